@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both build .venv first when it is missing or stale.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test venv java clean
+
+$(STAMP): pyproject.toml setup.py constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP) java
+
+# METEOR (pycocoevalcap) runs a Java program: install a headless JRE when none is on the machine.
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "java not found: installing a headless JRE for the METEOR scorer"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq default-jre-headless; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq default-jre-headless; fi; }
+
+demo: venv
+	$(VENV)/bin/odvla demo
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs mlruns demo_out .pytest_cache

@@ -1,0 +1,37 @@
+"""The batch the model consumes: keys, shapes, dtypes, frames. Built by ``odvla.platform.data.collate``.
+
+``B`` batch, ``6`` cameras in ``CAMERAS`` order, ``H, W`` the network input size (``model.vision.image_*``),
+``Na`` padded agents, ``Nm`` padded map elements, ``P`` points per map element (``model.vision.map_points``).
+Geometry is in the nuScenes ego frame of the keyframe (x forward, y left, metres).
+
+Tensors:
+    images            float32 [B, 6, 3, H, W]  ImageNet-normalised RGB
+    intrinsics        float32 [B, 6, 3, 3]     pixels of the *resized* image
+    sensor2ego        float32 [B, 6, 4, 4]     camera -> ego
+    ego_state         float32 [B, 7]           vx, vy, ax, ay, yaw_rate, speed, steering (EGO_STATE_FIELDS)
+    command           int64   [B]              index into COMMANDS (right, left, forward)
+    past_traj         float32 [B, 4, 2]        past ego positions, oldest first
+    past_mask         float32 [B, 4]
+    future_traj       float32 [B, 6, 2]        future ego positions t+0.5 .. t+3.0 s
+    future_mask       float32 [B, 6]
+    gt_boxes          float32 [B, Na, 9]       x, y, z, w, l, h, yaw, vx, vy
+    gt_labels         int64   [B, Na]          DETECTION_CLASSES index; -1 = padding / not a detection class
+    gt_agent_future   float32 [B, Na, 6, 2]    absolute future centres in the current ego frame
+    gt_agent_future_mask float32 [B, Na, 6]
+    gt_map_pts        float32 [B, Nm, P, 2]    polylines resampled to P points
+    gt_map_labels     int64   [B, Nm]          MAP_CLASSES index; -1 = padding
+    frame_index       int64   [B]
+Python lists (length B):
+    sample_token, scene_token : str
+    prompt  : str   user-turn text with the <scene>/<agent>/<map> placeholders (model.prompt builds it)
+    answer  : str   target assistant text ('' at inference)
+    task    : str   'planning', 'qa', 'caption_scene', 'interaction', ...
+"""
+from __future__ import annotations
+
+TENSOR_KEYS = (
+    "images", "intrinsics", "sensor2ego", "ego_state", "command", "past_traj", "past_mask", "future_traj",
+    "future_mask", "gt_boxes", "gt_labels", "gt_agent_future", "gt_agent_future_mask", "gt_map_pts",
+    "gt_map_labels", "frame_index",
+)
+TEXT_KEYS = ("sample_token", "scene_token", "prompt", "answer", "task")

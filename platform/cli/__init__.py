@@ -1,0 +1,1 @@
+"""``odvla`` command line: ``main.py`` dispatches to the ``cmd_*.py`` modules."""

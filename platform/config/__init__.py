@@ -1,0 +1,11 @@
+"""Typed config: ``Config`` dataclass tree, presets, YAML and ``--set`` overrides."""
+from odvla.platform.config.loader import (  # noqa: F401
+    ConfigError,
+    dump_yaml,
+    flatten,
+    from_dict,
+    load_config,
+    parse_override,
+    to_dict,
+)
+from odvla.platform.config.schema import CAMERAS, MODEL_PRESETS, STAGES, Config  # noqa: F401

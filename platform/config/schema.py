@@ -1,0 +1,222 @@
+"""The typed configuration tree of the platform: one dataclass per concern, one root ``Config``.
+
+Every job reads a ``Config`` (``odvla.platform.config.load_config``), built from defaults, then preset YAML files
+(model size, stage), then a user YAML, then ``--set a.b=c`` overrides. The resolved tree is logged to MLflow as
+params and as ``config.yaml`` with every run.
+
+Units: metres for lengths, seconds for times; frames are the nuScenes ego frame (x forward, y left) unless a field
+says otherwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+CAMERAS = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_FRONT_LEFT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_BACK_RIGHT",
+)
+"""Camera order used everywhere (images tensor dim 1, shard columns): UniAD / BEVFormer order."""
+
+STAGES = ("stage1", "stage2", "stage2_5", "stage3")
+MODEL_PRESETS = ("tiny", "0.5b", "3b", "7b")
+
+
+@dataclass
+class LLMConfig:
+    """Qwen2 decoder dimensions. ``path`` set: load weights + tokenizer from that local HF directory."""
+
+    path: Optional[str] = None
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 2048
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    vocab_size: int = 0
+    """0: take it from the tokenizer (tiny); real presets use 151936 (Qwen2.5)."""
+    tokenizer_vocab_size: int = 1024
+    """Size of the BPE trained offline for presets without a ``path`` (tiny)."""
+
+
+@dataclass
+class VisionConfig:
+    backbone_depth: int = 18
+    """torchvision ResNet depth: 18, 50 or 101 (101 for the real presets)."""
+    backbone_weights: Optional[str] = None
+    """Local file with torchvision ResNet weights (state dict); None = random init."""
+    fpn_channels: int = 32
+    image_height: int = 64
+    image_width: int = 112
+    """Network input size; shards keep full-size images, the data pipeline resizes."""
+    bev_x_range: tuple = (-51.2, 51.2)
+    bev_y_range: tuple = (-51.2, 51.2)
+    bev_z_range: tuple = (-3.0, 3.0)
+    bev_resolution: float = 3.2
+    """Metres per BEV cell, same in x and y."""
+    bev_z_points: int = 4
+    bev_channels: int = 32
+    num_scene_queries: int = 4
+    num_agent_queries: int = 16
+    num_agent_tokens: int = 4
+    """Top-k confident agent queries that become LLM tokens."""
+    num_map_queries: int = 8
+    map_points: int = 10
+    decoder_layers: int = 1
+    decoder_heads: int = 4
+    fuse_prev_bev: bool = True
+    agent_future_steps: int = 6
+
+
+@dataclass
+class TextConfig:
+    traj_encoding: str = "absolute"
+    """'absolute' (released OpenDriveVLA form) or 'delta' (per-step displacements)."""
+    traj_decimals: int = 2
+    compact_tokens: bool = False
+    """Add dedicated number tokens to the vocabulary (fewer decode steps per trajectory)."""
+    max_prompt_tokens: int = 1024
+    max_answer_tokens: int = 160
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    gradient_checkpointing: bool = False
+    dtype: str = "float32"
+    """float32 or bfloat16 (weights of an export and of a serve replica)."""
+
+
+@dataclass
+class DataConfig:
+    dataroot: Optional[str] = None
+    """nuScenes dataroot. None: the demo writes a synthetic one."""
+    version: str = "v1.0-mini"
+    shards: Optional[str] = None
+    """Folder of Parquet shards written by ``odvla prepare``."""
+    synth_scenes: int = 6
+    synth_keyframes: int = 40
+    synth_seed: int = 0
+    synth_image_width: int = 400
+    synth_image_height: int = 225
+    rows_per_shard: int = 256
+    batch_size: int = 2
+    """Rows per batch handed to each train worker (the DeepSpeed micro-batch)."""
+    decode_batch_size: int = 8
+    """Rows per ``map_batches`` call of the image decode stage."""
+    decode_concurrency: int = 1
+    max_agents: int = 32
+    max_map_elements: int = 24
+    map_points: int = 10
+    instructions: Optional[str] = None
+    """Folder of conversation Parquet files (``odvla prepare --instructions``)."""
+
+
+@dataclass
+class StageConfig:
+    name: str = "stage3"
+    trainable: str = "stage3"
+    """Name of the model's trainable-set method: stage1 | stage2 | stage2_5 | stage3."""
+    init_from: Optional[str] = None
+    """Checkpoint to start from: a model export folder, ``runs:/<run_id>`` or ``auto`` (previous stage)."""
+    mixture: dict = field(default_factory=lambda: {"planning": 1.0})
+    """Task name -> sampling weight of the stage's data mixture."""
+    loss_weights: dict = field(default_factory=lambda: {"lm": 1.0, "det": 0.0, "map": 0.0, "motion": 0.0})
+    train_agent_heads: bool = False
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    epochs: int = 1
+    max_steps: int = 0
+    """0: run ``epochs`` over the data; >0 stop after that many optimiser steps."""
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    zero_stage: int = 1
+    bf16: bool = False
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    storage_path: str = "runs"
+    run_name: Optional[str] = None
+    checkpoint_every: int = 0
+    """Optimiser steps between checkpoints; 0 = only at the end of the stage."""
+    max_failures: int = 2
+    log_every: int = 1
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    split: str = "val"
+    batch_size: int = 4
+    concurrency: int = 1
+    num_gpus_per_replica: float = 0.0
+    max_new_tokens: int = 160
+    plots: int = 4
+    out: Optional[str] = None
+    baseline_mlp_epochs: int = 200
+
+
+@dataclass
+class ServeConfig:
+    model: Optional[str] = None
+    """Export folder or ``models:/odvla-planner/<version|alias>``."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    num_replicas: int = 1
+    max_ongoing_requests: int = 8
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.005
+    max_queued_requests: int = 32
+    request_timeout_s: float = 30.0
+    max_body_bytes: int = 16 * 1024 * 1024
+    session_idle_s: float = 300.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class TrackingConfig:
+    tracking_uri: Optional[str] = None
+    """None: ``MLFLOW_TRACKING_URI`` or a local ``mlruns`` store."""
+    experiment: str = "opendrivevla"
+    registered_model: str = "odvla-planner"
+    log_system_metrics: bool = True
+
+
+@dataclass
+class SweepConfig:
+    stage_sets: list = field(default_factory=lambda: [["stage3"], ["stage1", "stage3"]])
+    model_sizes: list = field(default_factory=lambda: ["tiny"])
+    lrs: list = field(default_factory=list)
+    num_samples: int = 1
+    max_concurrent_trials: int = 1
+    scheduler: str = "none"
+    """'none' or 'asha'."""
+    storage_path: str = "runs/sweeps"
+    name: Optional[str] = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage: StageConfig = field(default_factory=StageConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
