@@ -16,24 +16,16 @@ import pyarrow as pa
 SCHEMA_VERSION = "1"
 META_VERSION_KEY = b"odvla.schema_version"
 
-PAST_STEPS = 4  # 2 s of history at 0.5 s
-FUTURE_STEPS = 6  # 3 s plan at 0.5 s
-STEP_SECONDS = 0.5
-
-COMMANDS = ("turn right", "turn left", "keep forward")
-"""Command index order = GPT-Driver's one-hot order [right, left, forward]."""
-
-MAP_CLASSES = ("divider", "boundary", "crossing")
-
-DETECTION_CLASSES = (
-    "car", "truck", "construction_vehicle", "bus", "trailer", "barrier",
-    "motorcycle", "bicycle", "pedestrian", "traffic_cone",
+from odvla.model.constants import (  # noqa: F401  (re-exported: the contract's vocabulary)
+    CAMERAS,
+    COMMANDS,
+    DETECTION_CLASSES,
+    EGO_STATE_FIELDS,
+    FUTURE_STEPS,
+    MAP_CLASSES,
+    PAST_STEPS,
+    STEP_SECONDS,
 )
-"""nuScenes detection classes; ``agent_class`` indexes this tuple (-1: not a detection class)."""
-
-EGO_STATE_FIELDS = ("vx", "vy", "ax", "ay", "yaw_rate", "speed", "steering")
-"""``ego_state`` vector: velocity (m/s) and acceleration (m/s^2) in the ego frame, yaw rate (rad/s), speed (m/s),
-steering angle (rad; 0 when no CAN bus)."""
 
 f32 = pa.list_(pa.float32())
 

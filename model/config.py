@@ -1,0 +1,80 @@
+"""Model configuration: the dataclasses the network is built from (``OpenDriveVLA(ModelConfig)``).
+
+They live in ``model/`` because model code never imports ``platform/``; ``odvla.platform.config`` embeds them in
+the job config tree. Units: metres, seconds; frames: nuScenes ego frame (x forward, y left).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class LLMConfig:
+    """Qwen2 decoder dimensions. ``path`` set: load weights + tokenizer from that local HF directory."""
+
+    path: Optional[str] = None
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 2048
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    vocab_size: int = 0
+    """0: take it from the tokenizer (tiny); real presets use 151936 (Qwen2.5)."""
+    tokenizer_vocab_size: int = 1024
+    """Size of the BPE trained offline for presets without a ``path`` (tiny)."""
+
+
+@dataclass
+class VisionConfig:
+    backbone_depth: int = 18
+    """torchvision ResNet depth: 18, 50 or 101 (101 for the real presets)."""
+    backbone_weights: Optional[str] = None
+    """Local file with torchvision ResNet weights (state dict); None = random init."""
+    fpn_channels: int = 32
+    image_height: int = 64
+    image_width: int = 112
+    """Network input size; shards keep full-size images, the data pipeline resizes."""
+    bev_x_range: tuple = (-51.2, 51.2)
+    bev_y_range: tuple = (-51.2, 51.2)
+    bev_z_range: tuple = (-3.0, 3.0)
+    bev_resolution: float = 3.2
+    """Metres per BEV cell, same in x and y."""
+    bev_z_points: int = 4
+    bev_channels: int = 32
+    num_scene_queries: int = 4
+    num_agent_queries: int = 16
+    num_agent_tokens: int = 4
+    """Top-k confident agent queries that become LLM tokens."""
+    num_map_queries: int = 8
+    map_points: int = 10
+    decoder_layers: int = 1
+    decoder_heads: int = 4
+    fuse_prev_bev: bool = True
+    agent_future_steps: int = 6
+
+
+@dataclass
+class TextConfig:
+    traj_encoding: str = "absolute"
+    """'absolute' (released OpenDriveVLA form) or 'delta' (per-step displacements)."""
+    traj_decimals: int = 2
+    compact_tokens: bool = False
+    """Add dedicated number tokens to the vocabulary (fewer decode steps per trajectory)."""
+    max_prompt_tokens: int = 1024
+    max_answer_tokens: int = 160
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    gradient_checkpointing: bool = False
+    dtype: str = "float32"
+    """float32 or bfloat16 (weights of an export and of a serve replica)."""
