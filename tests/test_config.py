@@ -1,0 +1,56 @@
+"""Config tree: presets, YAML files, --set overrides, and errors that name the key."""
+from __future__ import annotations
+
+import pytest
+
+from odvla.platform.config import ConfigError, dump_yaml, flatten, from_dict, load_config, to_dict
+from odvla.platform.config.schema import MODEL_PRESETS, STAGES
+
+
+def test_presets_load_with_real_qwen_dimensions():
+    cfg = load_config(model="0.5b", stage="stage3")
+    assert (cfg.model.llm.hidden_size, cfg.model.llm.num_hidden_layers, cfg.model.llm.vocab_size) == (896, 24, 151936)
+    assert cfg.model.vision.backbone_depth == 101
+    assert load_config(model="7b").model.llm.tie_word_embeddings is False
+    for m in MODEL_PRESETS:
+        for s in STAGES:
+            c = load_config(model=m, stage=s)
+            assert c.stage.name == s and c.model.preset == m
+
+
+def test_overrides_files_and_order(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("train: {lr: 0.5, epochs: 3}\nstage: {mixture: {qa: 2.0}}\n")
+    cfg = load_config(model="tiny", stage="stage2", files=[f], overrides=["train.lr=2e-5", "data.batch_size=4",
+                                                                          "model.vision.bev_x_range=[-10, 10]"])
+    assert cfg.train.lr == pytest.approx(2e-5)  # the override beats the file
+    assert cfg.train.epochs == 3 and cfg.data.batch_size == 4
+    assert cfg.stage.mixture == {"qa": 2.0}
+    assert cfg.model.vision.bev_x_range == (-10, 10)
+
+
+def test_round_trip_through_yaml_dict():
+    cfg = load_config(model="3b", stage="stage2_5", overrides=["train.num_workers=4"])
+    again = from_dict(to_dict(cfg))
+    assert to_dict(again) == to_dict(cfg)
+    assert "train.num_workers" in flatten(to_dict(cfg))
+    assert "hidden_size: 2048" in dump_yaml(cfg)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.lrr=1", "train.lrr"),
+    ("train.lr=fast", "train.lr"),
+    ("train.bf16=3", "train.bf16"),
+    ("model.vision.backbone_depth=1.5", "model.vision.backbone_depth"),
+    ("nonsense", "a.b=value"),
+])
+def test_bad_override_names_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(model="tiny", overrides=[override])
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="unknown model preset 'huge'"):
+        load_config(model="huge")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(files=[tmp_path / "nope.yaml"])
