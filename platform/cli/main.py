@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module ``odvla/platform/cli/cmd_<name>.py`` exposing
 ``register(subparsers) -> None`` (adds its parser and sets ``func=callable(args) -> int``). Modules are found by
-name, so adding a subcommand never touches this file.
+name, so adding a subcommand never touches this file. Packages above ``platform`` in the dependency order
+(``serve``, ``tune``) contribute commands through the ``odvla.commands`` entry-point group of pyproject.toml, so
+``platform`` never imports them.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from importlib.metadata import entry_points
 
 from odvla.platform.config import ConfigError
 
@@ -21,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for mod in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("cmd_")):
         importlib.import_module(f"odvla.platform.cli.{mod}").register(sub)
+    for ep in sorted(entry_points(group="odvla.commands"), key=lambda e: e.name):
+        ep.load()(sub)
     return parser
 
 

@@ -121,13 +121,24 @@ class TrackingConfig:
 
 @dataclass
 class SweepConfig:
+    mode: str = "ablation"
+    """'ablation': grid over stage_sets x model_sizes (x lrs); 'hpo': LR search with a searcher + ASHA."""
     stage_sets: list = field(default_factory=lambda: [["stage3"], ["stage1", "stage3"]])
     model_sizes: list = field(default_factory=lambda: ["tiny"])
     lrs: list = field(default_factory=list)
+    """Grid of learning rates for 'ablation' mode (empty: the stage presets' own)."""
+    lr_min: float = 1e-5
+    lr_max: float = 1e-2
     num_samples: int = 1
+    """'hpo': number of trials the searcher proposes."""
+    searcher: str = "optuna"
+    """'hpo' search algorithm: 'optuna' (TPE) or 'random'."""
+    scheduler: str = "asha"
+    """'hpo' trial scheduler: 'asha' or 'none'. ASHA stops trials by training loss after each stage."""
+    metric: str = "uniad/L2_avg"
     max_concurrent_trials: int = 1
-    scheduler: str = "none"
-    """'none' or 'asha'."""
+    max_failures: int = 1
+    """Retries of a failed trial before it is reported as failed."""
     storage_path: str = "runs/sweeps"
     name: Optional[str] = None
 
