@@ -1,0 +1,27 @@
+"""``odvla sweep``: run (or resume) a Tune ablation / HPO sweep on the current Ray cluster.
+
+Registered through the ``odvla.commands`` entry point (``platform`` does not import ``tune``).
+"""
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    from odvla.platform.cli.config_args import add_config_args
+
+    p = sub.add_parser("sweep", help="Tune sweep: stage-subset x model-size ablation, or LR HPO")
+    add_config_args(p)
+    p.add_argument("--restore", action="store_true",
+                   help="resume the interrupted sweep named by sweep.name under sweep.storage_path")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from odvla.platform.cli.config_args import config_from_args
+    from odvla.tune.sweep import SweepRecipe, run_sweep
+
+    cfg = config_from_args(args)
+    recipe = SweepRecipe(files=list(args.config), overrides=list(args.overrides))
+    out = run_sweep(cfg, recipe, restore=args.restore)
+    print(out["table_md"])
+    print(f"results: {out['table_path']}  plot: {out['plot_path']}  MLflow parent run: {out['parent_run_id']}")
+    return 0 if not out["failed"] else 1
