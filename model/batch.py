@@ -23,9 +23,15 @@ Tensors:
     frame_index       int64   [B]
 Python lists (length B):
     sample_token, scene_token : str
-    prompt  : str   user-turn text with the <scene>/<agent>/<map> placeholders (model.prompt builds it)
-    answer  : str   target assistant text ('' at inference)
-    task    : str   'planning', 'qa', 'caption_scene', 'interaction', ...
+    task     : str   'planning', 'qa', 'caption_scene', 'caption_agent', 'caption_map', 'interaction', 'external'
+    question : str   the task's question text ('' for 'planning': the model builds the planning prompt from
+                     ego_state, command and past_traj)
+    answer   : str   target assistant text; '' for 'planning' rows (the model's trajectory codec encodes
+                     future_traj) and at inference
+
+Text is the model's business: ``odvla.model.prompt`` builds the full user turn (visual placeholders
+<SCENE>/<TRACK>/<MAP>, ego state, command, history, question) from these fields, so the data pipeline, eval and
+serve never format prompts themselves.
 """
 from __future__ import annotations
 
@@ -34,4 +40,4 @@ TENSOR_KEYS = (
     "future_mask", "gt_boxes", "gt_labels", "gt_agent_future", "gt_agent_future_mask", "gt_map_pts",
     "gt_map_labels", "frame_index",
 )
-TEXT_KEYS = ("sample_token", "scene_token", "prompt", "answer", "task")
+TEXT_KEYS = ("sample_token", "scene_token", "task", "question", "answer")
