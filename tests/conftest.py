@@ -24,3 +24,22 @@ def ray_session():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A small synthetic nuScenes v1.0-mini dataroot: 4 scenes x 20 keyframes (3 train, 1 val), 320x180 JPEGs."""
+    from odvla.platform.data.synth import write_synthetic
+
+    return write_synthetic(tmp_path_factory.mktemp("synth") / "nuscenes", scenes=4, keyframes=20, seed=0,
+                           image_wh=(320, 180))
+
+
+@pytest.fixture(scope="session")
+def shards_dir(synth_root, tmp_path_factory, ray_session):
+    """Parquet shards of ``synth_root`` (``odvla prepare`` on the session's Ray): train 60 rows in 2 files, val 20."""
+    from odvla.platform.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("shards")
+    prepare(synth_root, "v1.0-mini", out, rows_per_shard=32, num_workers=2, progress=False)
+    return out

@@ -1,6 +1,7 @@
 """``odvla sweep``: run (or resume) a Tune ablation / HPO sweep on the current Ray cluster.
 
-Registered through the ``odvla.commands`` entry point (``platform`` does not import ``tune``).
+Registered through the ``odvla.commands`` entry point (``platform`` does not import ``tune``). Exit status 0
+when every trial finished, 1 when some trial failed or the sweep was interrupted (the table says which).
 """
 from __future__ import annotations
 
@@ -24,4 +25,8 @@ def run(args) -> int:
     out = run_sweep(cfg, recipe, restore=args.restore)
     print(out["table_md"])
     print(f"results: {out['table_path']}  plot: {out['plot_path']}  MLflow parent run: {out['parent_run_id']}")
-    return 0 if not out["failed"] else 1
+    if out["best"] is not None:
+        b = out["best"]
+        print(f"best trial: {b['trial_id']} ({b['stages']}, {b['model_size']}, lr {b['lr']:.2e}) "
+              f"{cfg.sweep.metric}={b[cfg.sweep.metric]:.3f}")
+    return 0 if not out["failed"] and not out["interrupted"] else 1

@@ -1,7 +1,8 @@
 """Search spaces of the sweeps: the paper's stage-subset ablation crossed with model size, and LR HPO.
 
 A trial's parameters are plain values (``stages`` is a '+'-joined string such as ``'stage1+stage3'`` so that it
-prints in tables and survives Tune's flattening); ``trial_overrides`` turns them into config overrides.
+prints in tables and survives Tune's flattening); ``odvla.tune.trial`` turns them into per-stage configs (model
+preset from ``model_size``, stage presets from ``stages``, ``train.lr`` from ``lr``).
 """
 from __future__ import annotations
 
@@ -54,14 +55,26 @@ def build_hpo_space(cfg: Config) -> dict:
     }
 
 
-def trial_overrides(params: dict) -> list[str]:
-    out = [f"model.preset={params['model_size']}"]
-    if "lr" in params:
-        out.append(f"train.lr={params['lr']}")
-    return out
-
-
 def trial_resources(size: str, use_gpu: bool) -> tuple[int, int]:
     """(num_workers, gpus_per_worker) for a trial of this model size."""
     workers, gpus = TRIAL_GPUS[size]
     return (workers, gpus) if use_gpu else (1, 0)
+
+
+def trial_gpus(size: str, use_gpu: bool) -> int:
+    workers, gpus = trial_resources(size, use_gpu)
+    return workers * gpus
+
+
+def max_concurrent_trials(cfg: Config, cluster_gpus: float, use_gpu_by_size: dict) -> int:
+    """``sweep.max_concurrent_trials``, or (0 = auto) as many of the largest trial as the cluster's GPUs hold.
+
+    Tune does not know that a trial's TorchTrainer will ask for GPUs (the trial driver itself holds 1 CPU), so
+    without a cap it would start every trial at once and they would wait on each other's GPUs.
+    """
+    if cfg.sweep.max_concurrent_trials > 0:
+        return cfg.sweep.max_concurrent_trials
+    need = max(trial_gpus(s, use_gpu_by_size[s]) for s in cfg.sweep.model_sizes)
+    if need == 0:
+        return 1
+    return max(1, int(cluster_gpus // need))

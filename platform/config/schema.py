@@ -91,6 +91,8 @@ class EvalConfig:
     plots: int = 4
     out: Optional[str] = None
     baseline_mlp_epochs: int = 200
+    qa_max_examples: int = 200
+    """QA examples of the split scored with BLEU/METEOR/CIDEr/ROUGE-L (0 = all)."""
 
 
 @dataclass
@@ -108,6 +110,19 @@ class ServeConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     session_idle_s: float = 300.0
     num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    """CPUs reserved per model replica."""
+    torch_threads: int = 1
+    """torch intra-op threads per model replica (0: torch's default)."""
+    device: str = "auto"
+    """'auto' (cuda when the replica sees a GPU), 'cpu' or 'cuda'."""
+    ingress_replicas: int = 1
+    health_check_period_s: float = 10.0
+    autoscaling: bool = False
+    """True: model replicas scale between min_replicas and max_replicas (num_replicas is ignored)."""
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 4.0
 
 
 @dataclass
@@ -117,6 +132,8 @@ class TrackingConfig:
     experiment: str = "opendrivevla"
     registered_model: str = "odvla-planner"
     log_system_metrics: bool = True
+    log_checkpoint: bool = True
+    """Log the final DeepSpeed checkpoint of each stage as an MLflow artifact (the export is always logged)."""
 
 
 @dataclass

@@ -1,0 +1,29 @@
+"""Four-stage training on Ray Train V2 + DeepSpeed, tracked in MLflow.
+
+    from odvla.platform.train import run_stage, run_pipeline, save_export, load_export
+
+Imports are lazy so that ``odvla.platform.train.export`` (eval, serve) does not pull in Ray Train.
+"""
+from __future__ import annotations
+
+_EXPORTS = {
+    "run_stage": "odvla.platform.train.trainer",
+    "StageResult": "odvla.platform.train.trainer",
+    "run_pipeline": "odvla.platform.train.pipeline",
+    "PipelineResult": "odvla.platform.train.pipeline",
+    "save_export": "odvla.platform.train.export",
+    "load_export": "odvla.platform.train.export",
+    "stage_config": "odvla.platform.train.stages",
+    "InitSource": "odvla.platform.train.stages",
+    "train_func": "odvla.platform.train.loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'odvla.platform.train' has no attribute {name!r}")

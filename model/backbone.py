@@ -1,0 +1,96 @@
+"""Image backbone: torchvision ResNet (18 / 50 / 101) + torchvision FeaturePyramidNetwork.
+
+All cameras of a batch go through in one pass as ``[B*6, 3, H, W]``; the FPN returns three levels (strides 8, 16,
+32 of the input) with ``fpn_channels`` channels each. Weights optionally come from a local file holding a torchvision
+ResNet state dict (e.g. ``resnet101-cd907fc2.pth``); the classification head (``fc.*``) is ignored.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torchvision.models import resnet18, resnet34, resnet50, resnet101
+from torchvision.ops import FeaturePyramidNetwork
+
+_RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
+STRIDES = (8, 16, 32)
+"""Input strides of the returned feature levels (ResNet stages 2, 3, 4)."""
+
+
+def load_resnet_weights(net: nn.Module, path: str | Path, depth: int) -> None:
+    """Load a torchvision ResNet state dict from ``path`` into ``net`` (``fc.*`` ignored).
+
+    Raises FileNotFoundError when the file is missing and ValueError when its keys or shapes do not fit a
+    ResNet-``depth`` (both messages name the file and ``model.vision.backbone_weights``).
+    """
+    path = Path(path)
+    where = f"model.vision.backbone_weights={str(path)!r}"
+    if not path.is_file():
+        raise FileNotFoundError(f"ResNet-{depth} weights not found: {where} is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt / not a torch file
+        raise ValueError(f"cannot read ResNet-{depth} weights from {where}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{where} does not hold a state dict of tensors")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    bad_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or bad_shape:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+        if bad_shape:
+            k = bad_shape[0]
+            detail.append(f"{len(bad_shape)} shape mismatches (e.g. {k}: file {tuple(state[k].shape)} vs "
+                          f"model {tuple(own[k].shape)})")
+        raise ValueError(f"{where} is not a torchvision ResNet-{depth} state dict: " + "; ".join(detail))
+    net.load_state_dict(state, strict=False)
+
+
+class ImageBackbone(nn.Module):
+    """ResNet trunk + FPN.
+
+    forward(images [N, 3, H, W]) -> list of 3 tensors [N, C, ceil(H/s), ceil(W/s)] for s in ``STRIDES``,
+    C = ``out_channels``. ``N`` is ``B * 6`` (cameras folded into the batch).
+    """
+
+    def __init__(self, depth: int = 18, out_channels: int = 32, weights: Optional[str] = None,
+                 gradient_checkpointing: bool = False):
+        super().__init__()
+        if depth not in _RESNETS:
+            raise ValueError(f"model.vision.backbone_depth={depth}: choose one of {sorted(_RESNETS)}")
+        net = _RESNETS[depth](weights=None)
+        if weights:
+            load_resnet_weights(net, weights, depth)
+        self.depth = depth
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        expansion = 1 if depth in (18, 34) else 4
+        self.fpn = FeaturePyramidNetwork([128 * expansion, 256 * expansion, 512 * expansion], out_channels)
+        self.out_channels = out_channels
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(module, x, use_reentrant=False)
+        return module(x)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        x = self._run(self.stem, images)
+        x = self._run(self.layer1, x)
+        c3 = self._run(self.layer2, x)
+        c4 = self._run(self.layer3, c3)
+        c5 = self._run(self.layer4, c4)
+        feats = self.fpn(OrderedDict([("c3", c3), ("c4", c4), ("c5", c5)]))
+        return list(feats.values())

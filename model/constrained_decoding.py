@@ -1,0 +1,249 @@
+"""Constrained decoding: a ``transformers`` LogitsProcessor that keeps generated trajectories inside the codec's grammar.
+
+:class:`TrajectoryGrammar` is a state machine over *token ids* built from the codec's character grammar
+(``[(x,y),...]`` with numbers ``-?(0|[1-9]d{0,2}).d{decimals}``) or, with compact tokens, over the number tokens.
+A vocabulary token is allowed in a state when feeding all its characters keeps the text a prefix of a valid
+trajectory; the table is computed lazily per state and cached. Each state also knows the fewest tokens that finish
+the trajectory (every grammar character exists as a single byte-level token), so the processor only allows tokens
+after which the trajectory can still end within ``max_new_tokens``: every generated trajectory parses.
+
+:class:`TrajectoryLogitsProcessor` runs one machine per batch row: 'planning' rows must start with ``<traj_start>``
+and end with ``<|im_end|>`` right after ``<traj_end>``; other rows generate freely until they emit ``<traj_start>``,
+are constrained until ``<traj_end>``, then are free again.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import torch
+from transformers import LogitsProcessor
+
+from odvla.model.traj_codec import MAX_INT_DIGITS, TRAJ_END, TRAJ_START, TrajectoryCodec, compact_number_tokens
+
+PRE = ("pre",)  # before <traj_start>
+DONE = ("done",)  # after <traj_end>
+_DIGITS = "0123456789"
+
+
+class TrajectoryGrammar:
+    """Token-level automaton of ``codec``'s trajectory text for ``tokenizer``. States are hashable tuples."""
+
+    def __init__(self, tokenizer, codec: TrajectoryCodec):
+        self.codec = codec
+        self.d = codec.decimals
+        self.n = codec.num_points
+        self.start_id = self._tid(tokenizer, TRAJ_START)
+        self.end_id = self._tid(tokenizer, TRAJ_END)
+        self._cache: dict[tuple, dict[int, tuple]] = {}
+        self._min_cache: dict[tuple, int] = {}
+        if codec.compact:
+            toks = compact_number_tokens(self.d)
+            self.int_ids = [self._tid(tokenizer, t) for t in toks if t[1] in "+-"]
+            self.frac_ids = [self._tid(tokenizer, t) for t in toks if t[1] == "."]
+            self.per_number = 2 if self.d > 0 else 1
+            self.length = 2 * self.n * self.per_number
+            return
+        slots: list[str] = ["["]
+        for i in range(self.n):
+            slots += ["(", "N", ",", "N", ")"] + ([","] if i < self.n - 1 else [])
+        slots.append("]")
+        self.slots = slots
+        added = set(tokenizer.get_added_vocab())
+        pat = re.compile(r"^[0-9.,()\[\]\-]+$")
+        self.candidates = [(i, s) for s, i in tokenizer.get_vocab().items() if s not in added and pat.match(s)]
+        singles = {s for _, s in self.candidates if len(s) == 1}
+        missing = set("0123456789.,()[]-") - singles
+        if missing:
+            raise ValueError(f"tokenizer lacks single-character tokens {sorted(missing)} needed by constrained "
+                             "decoding")
+
+    @staticmethod
+    def _tid(tokenizer, tok: str) -> int:
+        i = tokenizer.convert_tokens_to_ids(tok)
+        if i is None or (tokenizer.unk_token_id is not None and i == tokenizer.unk_token_id):
+            raise ValueError(f"tokenizer has no token {tok!r}; build it with odvla.model.tokenizer.build_tokenizer")
+        return int(i)
+
+    # ------------------------------------------------------------------------------------- character grammar
+    def _num_step(self, sub, ch: str):
+        d = self.d
+        if sub == "S" or sub == "M":
+            if ch == "-" and sub == "S":
+                return "M"
+            if ch == "0":
+                return "Z"
+            if ch in _DIGITS:
+                return ("I", 1)
+            return None
+        if sub == "Z" or sub[0] == "I":
+            k = 1 if sub == "Z" else sub[1]
+            if sub != "Z" and ch in _DIGITS and k < MAX_INT_DIGITS:
+                return ("I", k + 1)
+            if ch == "." and d > 0:
+                return ("F", 0)
+            return None
+        if sub[0] == "F" and ch in _DIGITS and sub[1] < d:
+            return ("F", sub[1] + 1)
+        return None
+
+    def _num_complete(self, sub) -> bool:
+        if self.d > 0:
+            return sub == ("F", self.d)
+        return sub == "Z" or (isinstance(sub, tuple) and sub[0] == "I")
+
+    def _feed_char(self, state, ch: str):
+        slot, sub = state
+        while slot < len(self.slots):
+            kind = self.slots[slot]
+            if kind != "N":
+                return (slot + 1, "S") if ch == kind else None
+            nxt = self._num_step(sub, ch)
+            if nxt is not None:
+                return (slot, nxt)
+            if not self._num_complete(sub):
+                return None
+            slot, sub = slot + 1, "S"
+        return None
+
+    def _num_min(self, sub) -> int:
+        d = self.d
+        if sub in ("S", "M"):
+            return 2 + d if d > 0 else 1
+        if sub == "Z" or sub[0] == "I":
+            return 1 + d if d > 0 else 0
+        return d - sub[1]
+
+    # ----------------------------------------------------------------------------------------- token machine
+    def start(self):
+        return PRE
+
+    def min_to_finish(self, state) -> int:
+        """Fewest tokens from ``state`` to the end of ``<traj_end>`` (0 when DONE)."""
+        m = self._min_cache.get(state)
+        if m is None:
+            m = self._min_cache[state] = self._min_to_finish(state)
+        return m
+
+    def _min_to_finish(self, state) -> int:
+        if state == DONE:
+            return 0
+        if state == PRE:
+            return 1 + self.min_to_finish(self._first())
+        if self.codec.compact:
+            return self.length - state[1] + 1
+        slot, sub = state
+        total = 1  # <traj_end>
+        for j in range(slot, len(self.slots)):
+            if self.slots[j] == "N":
+                total += self._num_min(sub if j == slot else "S")
+            else:
+                total += 1
+        return total
+
+    def _first(self):
+        return ("c", 0) if self.codec.compact else (0, "S")
+
+    def transitions(self, state) -> dict[int, tuple]:
+        """token id -> next state, for every token allowed in ``state`` (cached)."""
+        t = self._cache.get(state)
+        if t is not None:
+            return t
+        if state == PRE:
+            t = {self.start_id: self._first()}
+        elif state == DONE:
+            t = {}
+        elif self.codec.compact:
+            k = state[1]
+            if k == self.length:
+                t = {self.end_id: DONE}
+            else:
+                ids = self.frac_ids if (self.per_number == 2 and k % 2 == 1) else self.int_ids
+                t = {i: ("c", k + 1) for i in ids}
+        elif state[0] == len(self.slots):
+            t = {self.end_id: DONE}
+        else:
+            t = {}
+            for tid, s in self.candidates:
+                st = state
+                for ch in s:
+                    st = self._feed_char(st, ch)
+                    if st is None:
+                        break
+                if st is not None:
+                    t[tid] = st
+        self._cache[state] = t
+        return t
+
+    def advance(self, state, token_id: int):
+        """Next state after ``token_id``, or None when the token breaks the grammar."""
+        return self.transitions(state).get(int(token_id))
+
+
+class TrajectoryLogitsProcessor(LogitsProcessor):
+    """Masks logits so each row's trajectory follows :class:`TrajectoryGrammar` and ends within the budget.
+
+    ``tasks``: the batch's task names (rows with 'planning' must answer with exactly one trajectory).
+    ``prompt_len``: number of prompt ids at the front of ``input_ids`` (0 when generating from ``inputs_embeds``).
+    """
+
+    def __init__(self, grammar: TrajectoryGrammar, tasks: list[str], eos_token_id: int, max_new_tokens: int,
+                 prompt_len: int = 0):
+        self.g = grammar
+        self.eos = int(eos_token_id)
+        self.max_new = int(max_new_tokens)
+        self.prompt_len = int(prompt_len)
+        self.planning = [t == "planning" for t in tasks]
+        need = grammar.min_to_finish(PRE) + 1
+        if any(self.planning) and self.max_new < need:
+            raise ValueError(f"max_new_tokens={max_new_tokens} cannot hold a trajectory: constrained decoding needs at "
+                             f"least {need} tokens")
+        # per row: mode in {'free', 'traj', 'end', 'finished'}; grammar state when 'traj'
+        self.mode = ["traj" if p else "free" for p in self.planning]
+        self.state: list[Optional[tuple]] = [PRE if p else None for p in self.planning]
+        self.seen = 0
+
+    def _feed(self, b: int, tok: int) -> None:
+        mode = self.mode[b]
+        if mode == "finished":
+            return
+        if tok == self.eos:
+            self.mode[b] = "finished"
+            return
+        if mode == "free":
+            if tok == self.g.start_id:
+                self.mode[b], self.state[b] = "traj", self.g._first()
+            return
+        if mode == "traj":
+            nxt = self.g.advance(self.state[b], tok)
+            if nxt is None:  # only possible if every allowed logit was -inf; stop constraining this row
+                self.mode[b] = "free"
+            elif nxt == DONE:
+                self.mode[b] = "end" if self.planning[b] else "free"
+            else:
+                self.state[b] = nxt
+            return
+        if mode == "end":
+            self.mode[b] = "finished"
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        gen = input_ids[:, self.prompt_len:]
+        for pos in range(self.seen, gen.shape[1]):
+            for b in range(gen.shape[0]):
+                self._feed(b, int(gen[b, pos]))
+        self.seen = gen.shape[1]
+        remaining = self.max_new - gen.shape[1]  # tokens left including the one chosen now
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        for b in range(scores.shape[0]):
+            mode = self.mode[b]
+            if mode == "traj":
+                ids = [t for t, nxt in self.g.transitions(self.state[b]).items()
+                       if self.g.min_to_finish(nxt) <= remaining - 1]
+                mask[b, ids if ids else [self.eos]] = True
+            elif mode == "end":
+                mask[b, self.eos] = True
+            else:
+                mask[b] = True
+                if mode == "free" and self.g.min_to_finish(PRE) > remaining:
+                    mask[b, self.g.start_id] = False
+        return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)

@@ -1,0 +1,254 @@
+"""Waypoint text codec: ego-frame trajectories <-> the answer text the LLM reads and writes.
+
+Text form (released OpenDriveVLA): ``<traj_start>[(x1,y1),(x2,y2),...,(x6,y6)]<traj_end>``, metres, a fixed number
+of decimals (``text.traj_decimals``, 2 by default), no spaces, in the *text frame*: X to the right, Y forward, ego at
+the origin. Tensors stay in the nuScenes ego frame (x forward, y left), so ``X_text = -y_ego`` and
+``Y_text = x_ego``.
+
+Options (``TextConfig``):
+- ``traj_encoding='delta'``: each written point is the displacement from the previous waypoint (the first one from
+  the ego origin); decoding sums them back to absolute positions.
+- ``compact_tokens=True``: every number is written with two dedicated vocabulary tokens, a signed integer part
+  ``<+12>`` / ``<-0>`` and a fraction ``<.34>`` (no brackets or commas):
+  ``<traj_start><+1><.23><+12><.34>...<traj_end>`` = 2 + 4 * 6 = 26 tokens instead of about 70 when every digit is
+  a token (Qwen2.5). The tokens come from :func:`compact_number_tokens` and are added to the vocabulary by
+  ``odvla.model.tokenizer``.
+
+The parser is strict: the exact grammar of the encoder, surrounding whitespace only; malformed text raises
+:class:`TrajectoryParseError` naming the waypoint, the character offset, what was expected and what was found.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+import numpy as np
+
+from odvla.model.constants import FUTURE_STEPS
+
+TRAJ_START = "<traj_start>"
+TRAJ_END = "<traj_end>"
+MAX_INT_DIGITS = 3
+"""Integer part of a written number has at most 3 digits (|value| < 1000 m); compact tokens cover |value| < 100."""
+COMPACT_INT_LIMIT = 99
+ENCODINGS = ("absolute", "delta")
+
+
+class TrajectoryParseError(ValueError):
+    """Text that is not a trajectory of the codec's grammar. ``position`` = character offset (or None)."""
+
+    def __init__(self, message: str, text: str = "", position: Optional[int] = None):
+        self.text = text
+        self.position = position
+        shown = text if len(text) <= 200 else text[:200] + "..."
+        super().__init__(f"{message} (in {shown!r})")
+
+
+# ----------------------------------------------------------------------------------------------- frames, numbers
+def ego_to_text(points_ego: np.ndarray) -> np.ndarray:
+    """[..., 2] ego frame (x forward, y left) -> text frame (X right, Y forward)."""
+    p = np.asarray(points_ego, dtype=np.float64)
+    return np.stack([-p[..., 1], p[..., 0]], axis=-1)
+
+
+def text_to_ego(points_text: np.ndarray) -> np.ndarray:
+    """[..., 2] text frame (X right, Y forward) -> ego frame (x forward, y left)."""
+    p = np.asarray(points_text, dtype=np.float64)
+    return np.stack([p[..., 1], -p[..., 0]], axis=-1)
+
+
+def format_number(value: float, decimals: int = 2) -> str:
+    """Fixed-point text without '-0.00' (negative zero after rounding is written as 0)."""
+    if not np.isfinite(value):
+        raise ValueError(f"cannot write non-finite value {value!r} as trajectory text")
+    s = f"{float(value):.{decimals}f}"
+    if s.startswith("-") and float(s) == 0.0:
+        s = s[1:]
+    if len(s.lstrip("-").split(".")[0]) > MAX_INT_DIGITS:
+        raise ValueError(f"value {value!r} m is outside the writable range |v| < 10^{MAX_INT_DIGITS}")
+    return s
+
+
+def format_points(points_ego: np.ndarray, decimals: int = 2) -> str:
+    """[N, 2] ego-frame points -> ``'[(x,y),...]'`` in the text frame (X right, Y forward), no spaces.
+
+    Used for the trajectory answer, the history line of the prompt and any other text that lists points
+    (agent futures of instruction data).
+    """
+    p = np.asarray(points_ego, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise ValueError(f"format_points expects [N, 2] ego-frame points, got shape {p.shape}")
+    t = ego_to_text(p)
+    return "[" + ",".join(f"({format_number(x, decimals)},{format_number(y, decimals)})" for x, y in t) + "]"
+
+
+def compact_number_tokens(decimals: int = 2) -> list[str]:
+    """Vocabulary added by the compact encoding: ``<+0>..<+99>``, ``<-0>..<-99>`` and ``<.00>..<.99>``."""
+    ints = [f"<{s}{i}>" for s in "+-" for i in range(COMPACT_INT_LIMIT + 1)]
+    fracs = [f"<.{i:0{decimals}d}>" for i in range(10 ** decimals)] if decimals > 0 else []
+    return ints + fracs
+
+
+# -------------------------------------------------------------------------------------------------- the codec
+class TrajectoryCodec:
+    """Encode [6, 2] ego-frame trajectories as answer text and parse them back (see module docstring).
+
+    ``text_cfg``: ``odvla.model.config.TextConfig`` (``traj_encoding``, ``traj_decimals``, ``compact_tokens``).
+    """
+
+    def __init__(self, text_cfg, num_points: int = FUTURE_STEPS):
+        if text_cfg.traj_encoding not in ENCODINGS:
+            raise ValueError(f"text.traj_encoding must be one of {ENCODINGS}, got {text_cfg.traj_encoding!r}")
+        if not 0 <= int(text_cfg.traj_decimals) <= 4:
+            raise ValueError(f"text.traj_decimals must be in 0..4, got {text_cfg.traj_decimals!r}")
+        if text_cfg.compact_tokens and int(text_cfg.traj_decimals) > 3:
+            raise ValueError("text.compact_tokens supports text.traj_decimals <= 3 (10^decimals fraction tokens)")
+        self.encoding = text_cfg.traj_encoding
+        self.decimals = int(text_cfg.traj_decimals)
+        self.compact = bool(text_cfg.compact_tokens)
+        self.num_points = int(num_points)
+        d = self.decimals
+        frac = rf"\.\d{{{d}}}" if d > 0 else ""
+        self._number = re.compile(rf"-?(?:0|[1-9]\d{{0,{MAX_INT_DIGITS - 1}}}){frac}")
+        self._compact_int = re.compile(r"<([+-])(0|[1-9]\d?)>")
+        self._compact_frac = re.compile(rf"<\.(\d{{{d}}})>") if d > 0 else None
+
+    # ------------------------------------------------------------------------------------------------ encode
+    def to_written(self, traj_ego: np.ndarray) -> np.ndarray:
+        """[N, 2] ego frame -> [N, 2] text-frame values as written (absolute or per-step deltas), unrounded."""
+        t = ego_to_text(traj_ego)
+        if self.encoding == "delta":
+            t = np.diff(np.concatenate([np.zeros((1, 2)), t], axis=0), axis=0)
+        return t
+
+    def encode(self, traj_ego: np.ndarray) -> str:
+        """[6, 2] future ego positions (x forward, y left, metres) -> answer text (see module docstring)."""
+        p = np.asarray(traj_ego, dtype=np.float64)
+        if p.shape != (self.num_points, 2):
+            raise ValueError(f"trajectory must have shape ({self.num_points}, 2), got {p.shape}")
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"trajectory has non-finite values: {p.tolist()}")
+        if self.encoding == "delta":
+            # Round the absolute positions first, then difference them: decoding the rounded deltas gives back the
+            # rounded absolute positions exactly (no error accumulation over the 6 steps).
+            scale = 10 ** self.decimals
+            abs_q = np.round(ego_to_text(p) * scale).astype(np.int64)
+            w = np.diff(np.concatenate([np.zeros((1, 2), np.int64), abs_q], axis=0), axis=0) / scale
+        else:
+            w = ego_to_text(p)
+        if self.compact:
+            return TRAJ_START + "".join(self._compact_number(v) for v in w.reshape(-1)) + TRAJ_END
+        d = self.decimals
+        return TRAJ_START + "[" + ",".join(
+            f"({format_number(x, d)},{format_number(y, d)})" for x, y in w) + "]" + TRAJ_END
+
+    def _compact_number(self, v: float) -> str:
+        s = format_number(v, self.decimals)
+        sign = "-" if s.startswith("-") else "+"
+        ip, _, fp = s.lstrip("-").partition(".")
+        if int(ip) > COMPACT_INT_LIMIT:
+            raise ValueError(f"value {v!r} m is outside the compact encoding's range |v| < {COMPACT_INT_LIMIT + 1}")
+        return f"<{sign}{int(ip)}>" + (f"<.{fp}>" if self.decimals > 0 else "")
+
+    def tokens(self) -> list[str]:
+        """Vocabulary this codec's text needs beyond ordinary text (markers, and the compact number tokens)."""
+        return [TRAJ_START, TRAJ_END] + (compact_number_tokens(self.decimals) if self.compact else [])
+
+    # ------------------------------------------------------------------------------------------------ decode
+    def decode(self, text: str) -> np.ndarray:
+        """Answer text -> [6, 2] ego-frame positions (float64). Raises :class:`TrajectoryParseError`."""
+        written = self.parse_written(text)
+        if self.encoding == "delta":
+            written = np.cumsum(written, axis=0)
+        return text_to_ego(written)
+
+    def parse_written(self, text: str) -> np.ndarray:
+        """Answer text -> [6, 2] values as written (text frame, absolute or deltas)."""
+        if not isinstance(text, str):
+            raise TrajectoryParseError(f"expected a string, got {type(text).__name__}", str(text))
+        s = text.strip()
+        off = len(text) - len(text.lstrip())
+        if not s.startswith(TRAJ_START):
+            raise TrajectoryParseError(f"expected {TRAJ_START!r} at char {off}, found {s[:12]!r}", text, off)
+        pos = len(TRAJ_START)
+        values = self._parse_compact(s, pos, text, off) if self.compact else self._parse_plain(s, pos, text, off)
+        return np.asarray(values, dtype=np.float64).reshape(self.num_points, 2)
+
+    def _expect(self, s: str, pos: int, lit: str, what: str, text: str, off: int) -> int:
+        if not s.startswith(lit, pos):
+            found = s[pos:pos + 8] if pos < len(s) else "end of text"
+            raise TrajectoryParseError(f"{what}: expected {lit!r} at char {pos + off}, found {found!r}", text, pos + off)
+        return pos + len(lit)
+
+    def _parse_plain(self, s: str, pos: int, text: str, off: int) -> list[float]:
+        n, d = self.num_points, self.decimals
+        pos = self._expect(s, pos, "[", "start of the point list", text, off)
+        values: list[float] = []
+        for i in range(n):
+            where = f"waypoint {i + 1} of {n}"
+            pos = self._expect(s, pos, "(", where, text, off)
+            for axis, sep in (("x", ","), ("y", ")")):
+                m = self._number.match(s, pos)
+                if m is None:
+                    found = s[pos:pos + 8] if pos < len(s) else "end of text"
+                    raise TrajectoryParseError(
+                        f"{where}, {axis}: expected a number with {d} decimals at char {pos + off}, found {found!r}",
+                        text, pos + off)
+                values.append(float(m.group(0)))
+                pos = self._expect(s, m.end(), sep, f"{where}, after {axis}", text, off)
+            if i < n - 1:
+                if s.startswith("]", pos):
+                    raise TrajectoryParseError(f"only {i + 1} waypoints, expected {n}", text, pos + off)
+                pos = self._expect(s, pos, ",", f"after {where}", text, off)
+        if s.startswith(",", pos):
+            raise TrajectoryParseError(f"more than {n} waypoints", text, pos + off)
+        pos = self._expect(s, pos, "]", "end of the point list", text, off)
+        pos = self._expect(s, pos, TRAJ_END, "end of the trajectory", text, off)
+        if pos != len(s):
+            raise TrajectoryParseError(f"unexpected text after {TRAJ_END} at char {pos + off}", text, pos + off)
+        return values
+
+    def _parse_compact(self, s: str, pos: int, text: str, off: int) -> list[float]:
+        n = self.num_points
+        values: list[float] = []
+        for k in range(2 * n):
+            where = f"waypoint {k // 2 + 1} of {n}, {'xy'[k % 2]}"
+            m = self._compact_int.match(s, pos)
+            if m is None:
+                if s.startswith(TRAJ_END, pos):
+                    raise TrajectoryParseError(f"only {k} numbers, expected {2 * n} ({where} missing)", text, pos + off)
+                raise TrajectoryParseError(f"{where}: expected an integer token like '<+12>' at char {pos + off}, "
+                                           f"found {s[pos:pos + 8]!r}", text, pos + off)
+            sign, ip = m.group(1), int(m.group(2))
+            pos = m.end()
+            frac = 0.0
+            if self._compact_frac is not None:
+                f = self._compact_frac.match(s, pos)
+                if f is None:
+                    raise TrajectoryParseError(f"{where}: expected a fraction token like '<.{'0' * self.decimals}>' "
+                                               f"at char {pos + off}, found {s[pos:pos + 8]!r}", text, pos + off)
+                frac = int(f.group(1)) / 10 ** self.decimals
+                pos = f.end()
+            values.append((-1.0 if sign == "-" else 1.0) * (ip + frac))
+        pos = self._expect(s, pos, TRAJ_END, "end of the trajectory", text, off)
+        if pos != len(s):
+            raise TrajectoryParseError(f"unexpected text after {TRAJ_END} at char {pos + off}", text, pos + off)
+        return values
+
+    def find(self, text: str) -> Optional[str]:
+        """The first ``<traj_start>...<traj_end>`` span in a longer answer, or None (no trajectory written)."""
+        i = text.find(TRAJ_START)
+        if i < 0:
+            return None
+        j = text.find(TRAJ_END, i)
+        return text[i:] if j < 0 else text[i:j + len(TRAJ_END)]
+
+    def point_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans [start, end) of each waypoint in an encoded text (for masking invalid waypoints)."""
+        self.parse_written(text)
+        s0 = text.find(TRAJ_START) + len(TRAJ_START)
+        if self.compact:
+            toks = list(re.finditer(r"<[+\-.][0-9]*>", text[s0:]))
+            per = 4 if self.decimals > 0 else 2
+            return [(s0 + toks[i * per].start(), s0 + toks[i * per + per - 1].end()) for i in range(self.num_points)]
+        return [(s0 + m.start(), s0 + m.end()) for m in re.finditer(r"\([^()]*\)", text[s0:])]

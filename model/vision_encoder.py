@@ -1,0 +1,228 @@
+"""VisionEncoder: six cameras -> BEV -> scene / agent / map tokens for the LLM, with detection, motion and map
+losses, and explicit per-scene tracking state.
+
+    images [B, 6, 3, H, W] --ImageBackbone--> FPN levels [B*6, Cf, h, w]
+        --BEVEncoder (intrinsics, sensor2ego; previous BEV from the state)--> bev [B, C, nx, ny]
+        --+ sine positions--> memory [B, nx*ny, C]
+            --GlobalSceneSampler-->   scene_tokens [B, Ns, C]
+            --AgentQueryTransformer--> boxes / classes / futures of Q slots; top-k confident -> agent_tokens [B, K, C]
+            --MapQueryTransformer-->   polylines / classes of Qm queries; all of them -> map_tokens [B, Qm, C]
+
+``C = out_channels = model.vision.bev_channels``; ``Ns = num_scene_queries``, ``K = num_agent_tokens``,
+``Q = num_agent_queries``, ``Qm = num_map_queries``. Geometry in the nuScenes ego frame (x forward, y left, metres).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .agent_queries import AgentQueryTransformer
+from .backbone import ImageBackbone
+from .bev import BEVEncoder, sine_positional_encoding
+from .config import ModelConfig
+from .constants import CAMERAS, DETECTION_CLASSES, MAP_CLASSES
+from .map_queries import MapQueryTransformer
+from .scene_sampler import GlobalSceneSampler
+from .scene_state import SceneState
+from .vision_losses import AgentCriterion, MapCriterion
+
+LOSS_KEYS = ("det", "map", "motion")
+_AGENT_GT = ("gt_boxes", "gt_labels")
+_MAP_GT = ("gt_map_pts", "gt_map_labels")
+
+
+@dataclass
+class VisionOutput:
+    """What ``VisionEncoder.forward`` returns (B = batch, C = ``out_channels``).
+
+    scene_tokens [B, Ns, C]; agent_tokens [B, K, C] (the K most confident agent slots, by descending score);
+    map_tokens [B, Qm, C]; losses {'det', 'map', 'motion'} float32 scalars (zeros, still attached to the graph, when
+    the batch has no targets or ``compute_losses=False``); states: one new ``SceneState`` per sample;
+    predictions (float32 unless noted):
+        boxes [B, Q, 9] (x, y, z, w, l, h, yaw, vx, vy; metres, rad, m/s), scores [B, Q], labels [B, Q] int64
+        (``DETECTION_CLASSES``), agent_future [B, Q, 6, 2] absolute future centres (ego frame, metres),
+        track_ids [B, Q] int64 (-1: slot not tracked), agent_token_index [B, K] int64 (slot of each agent token),
+        map_pts [B, Qm, P, 2] metres, map_scores [B, Qm], map_labels [B, Qm] int64 (``MAP_CLASSES``),
+        bev [B, C, nx, ny] (i along x, j along y).
+    """
+
+    scene_tokens: torch.Tensor
+    agent_tokens: torch.Tensor
+    map_tokens: torch.Tensor
+    losses: dict = field(default_factory=dict)
+    states: list = field(default_factory=list)
+    predictions: dict = field(default_factory=dict)
+
+
+def _opt(batch: dict, key: str, device) -> Optional[torch.Tensor]:
+    t = batch.get(key)
+    return None if t is None else t.to(device)
+
+
+class VisionEncoder(nn.Module):
+    """The visual side of OpenDriveVLA, built from ``ModelConfig`` (``cfg.vision`` + ``cfg.gradient_checkpointing``).
+
+    forward(batch, states=None, compute_losses=True) -> VisionOutput. ``batch`` follows ``odvla.model.batch``:
+    needs images [B, 6, 3, H, W] (H, W = ``vision.image_height/width``), intrinsics [B, 6, 3, 3], sensor2ego
+    [B, 6, 4, 4]; the gt_* tensors for losses; scene_token (list) and frame_index [B] for tracking.
+    ``states`` is None or a list of B ``SceneState | None``: a state continues only when its scene_token equals the
+    sample's and frame_index != 0, otherwise the sample starts fresh (reset).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        v = cfg.vision
+        if not 0 < v.num_agent_tokens <= v.num_agent_queries:
+            raise ValueError(f"model.vision.num_agent_tokens={v.num_agent_tokens} must be in "
+                             f"1..num_agent_queries={v.num_agent_queries}")
+        self.config = cfg
+        self.backbone = ImageBackbone(v.backbone_depth, v.fpn_channels, v.backbone_weights,
+                                      cfg.gradient_checkpointing)
+        self.bev_encoder = BEVEncoder(v, v.fpn_channels)
+        self.grid = self.bev_encoder.grid
+        C = int(v.bev_channels)
+        self.out_channels = C
+        self.register_buffer("bev_pos", sine_positional_encoding(self.grid, C), persistent=False)  # [nx*ny, C]
+        self.scene_sampler = GlobalSceneSampler(C, v.num_scene_queries, v.decoder_heads, v.decoder_layers)
+        self.agent_queries = AgentQueryTransformer(v, C, self.grid)
+        self.map_queries = MapQueryTransformer(v, C, self.grid)
+        self.agent_criterion = AgentCriterion(self.agent_queries.coder, len(DETECTION_CLASSES))
+        self.map_criterion = MapCriterion(self.grid, len(MAP_CLASSES))
+        self.num_agent_tokens = int(v.num_agent_tokens)
+
+    # ------------------------------------------------------------------ parameter groups
+    def agent_motion_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the agent class / box / motion heads (what stage2_5's ``train_agent_heads`` unfreezes)."""
+        return [p for m in self.agent_queries.head_modules() for p in m.parameters()]
+
+    # ------------------------------------------------------------------ helpers
+    def _check_batch(self, batch: dict) -> torch.Tensor:
+        v = self.config.vision
+        for key in ("images", "intrinsics", "sensor2ego"):
+            if key not in batch:
+                raise KeyError(f"VisionEncoder: batch has no {key!r} (see odvla.model.batch)")
+        images = batch["images"]
+        want = (len(CAMERAS), 3, v.image_height, v.image_width)
+        if images.dim() != 5 or tuple(images.shape[1:]) != want:
+            raise ValueError(f"VisionEncoder: batch['images'] has shape {tuple(images.shape)}, expected "
+                             f"[B, {', '.join(map(str, want))}] (model.vision.image_height/width)")
+        B = images.shape[0]
+        for key, tail in (("intrinsics", (len(CAMERAS), 3, 3)), ("sensor2ego", (len(CAMERAS), 4, 4))):
+            if tuple(batch[key].shape) != (B, *tail):
+                raise ValueError(f"VisionEncoder: batch[{key!r}] has shape {tuple(batch[key].shape)}, "
+                                 f"expected {(B, *tail)}")
+        return images
+
+    def _active_states(self, batch: dict, states: Optional[Sequence[Optional[SceneState]]], B: int
+                       ) -> tuple[list[Optional[SceneState]], list[str], list[int]]:
+        scenes = list(batch.get("scene_token") or [""] * B)
+        fi = batch.get("frame_index")
+        frames = [0] * B if fi is None else [int(x) for x in torch.as_tensor(fi).reshape(-1).tolist()]
+        if states is None:
+            return [None] * B, scenes, frames
+        if len(states) != B:
+            raise ValueError(f"VisionEncoder: got {len(states)} scene states for a batch of {B}")
+        if "scene_token" not in batch or fi is None:
+            raise KeyError("VisionEncoder: tracking states need batch['scene_token'] and batch['frame_index']")
+        active = []
+        for s, scene, frame in zip(states, scenes, frames):
+            if s is not None and not isinstance(s, SceneState):
+                raise TypeError(f"VisionEncoder: states must hold SceneState or None, got {type(s)!r} "
+                                "(use SceneState.from_dict on serialised states)")
+            active.append(s if (s is not None and s.continues(scene, frame)) else None)
+        return active, scenes, frames
+
+    def _track_inputs(self, active: list[Optional[SceneState]], device, dtype
+                      ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        if all(s is None or s.track_embed is None for s in active):
+            return None, None
+        Q, C = self.agent_queries.num_queries, self.out_channels
+        embed = torch.zeros(len(active), Q, C, device=device, dtype=dtype)
+        mask = torch.zeros(len(active), Q, dtype=torch.bool, device=device)
+        for b, s in enumerate(active):
+            if s is None or s.track_embed is None:
+                continue
+            if tuple(s.track_embed.shape) != (Q, C):
+                raise ValueError(f"scene state of scene {s.scene_token!r} holds track_embed "
+                                 f"{tuple(s.track_embed.shape)}, this model uses {(Q, C)} (state from another config?)")
+            embed[b] = s.track_embed.to(device=device, dtype=dtype)
+            mask[b] = s.track_mask.to(device=device, dtype=torch.bool)
+        return embed, mask
+
+    def _new_states(self, active, scenes, frames, samples, agent, token_idx, bev) -> tuple[list, torch.Tensor]:
+        B, Q = agent["scores"].shape
+        states, all_ids = [], []
+        for b in range(B):
+            prev = active[b]
+            carry = torch.zeros(Q, dtype=torch.bool, device=bev.device)
+            carry[token_idx[b]] = True
+            ids = torch.full((Q,), -1, dtype=torch.long, device=bev.device)
+            next_id = 0
+            if prev is not None and prev.track_ids is not None:
+                next_id = prev.next_track_id
+                prev_ids = prev.track_ids.to(bev.device)
+                keep = carry & (prev_ids >= 0)
+                ids[keep] = prev_ids[keep]
+            else:
+                next_id = 0 if prev is None else prev.next_track_id
+            fresh = carry & (ids < 0)
+            n = int(fresh.sum())
+            ids[fresh] = torch.arange(next_id, next_id + n, device=bev.device)
+            all_ids.append(ids)
+            embed = agent["embed"][b].detach() * carry[:, None].to(agent["embed"].dtype)
+            states.append(SceneState(
+                scene_token=scenes[b], frame_index=frames[b], sample_token=samples[b], track_embed=embed,
+                track_mask=carry, track_ids=ids, track_boxes=agent["boxes"][b].detach(),
+                track_scores=agent["scores"][b].detach(), prev_bev=bev[b].detach(), next_track_id=next_id + n))
+        return states, torch.stack(all_ids)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: dict, states: Optional[Sequence[Optional[SceneState]]] = None,
+                compute_losses: bool = True) -> VisionOutput:
+        images = self._check_batch(batch)
+        B = images.shape[0]
+        active, scenes, frames = self._active_states(batch, states, B)
+        samples = list(batch.get("sample_token") or [f"#{b}" for b in range(B)])
+
+        param_dtype = next(self.backbone.parameters()).dtype
+        if not torch.is_autocast_enabled(images.device.type):
+            images = images.to(param_dtype)
+        feats = self.backbone(images.flatten(0, 1))  # levels [B*6, Cf, h, w]
+        prev_bev = [None if s is None else s.prev_bev for s in active]
+        bev = self.bev_encoder(feats, batch["intrinsics"], batch["sensor2ego"], prev_bev)  # [B, C, nx, ny]
+        memory = bev.flatten(2).transpose(1, 2) + self.bev_pos.to(bev.dtype)  # [B, nx*ny, C]
+
+        scene_tokens = self.scene_sampler(memory)
+        track_embed, track_mask = self._track_inputs(active, memory.device, memory.dtype)
+        agent = self.agent_queries(memory, track_embed, track_mask)
+        mp = self.map_queries(memory)
+
+        token_idx = agent["scores"].topk(self.num_agent_tokens, dim=1).indices  # [B, K] by descending score
+        agent_tokens = torch.gather(agent["embed"], 1, token_idx[..., None].expand(-1, -1, agent["embed"].shape[-1]))
+        map_tokens = mp["embed"]
+
+        zero = (agent["box_code"].sum() + agent["motion_offsets"].sum() + mp["pts01"].sum()
+                + agent["cls_logits"].sum() + mp["cls_logits"].sum()) * 0.0
+        losses = {k: zero for k in LOSS_KEYS}
+        if compute_losses and all(k in batch for k in _AGENT_GT):
+            agent_losses, _ = self.agent_criterion(
+                agent, batch["gt_boxes"].to(memory.device), batch["gt_labels"].to(memory.device),
+                _opt(batch, "gt_agent_future", memory.device), _opt(batch, "gt_agent_future_mask", memory.device),
+                samples)
+            losses.update({k: l + zero for k, l in agent_losses.items()})
+        if compute_losses and all(k in batch for k in _MAP_GT):
+            map_losses, _ = self.map_criterion(mp, batch["gt_map_pts"].to(memory.device),
+                                               batch["gt_map_labels"].to(memory.device), samples)
+            losses.update({k: l + zero for k, l in map_losses.items()})
+
+        new_states, track_ids = self._new_states(active, scenes, frames, samples, agent, token_idx, bev)
+        predictions = {
+            "boxes": agent["boxes"], "scores": agent["scores"], "labels": agent["labels"],
+            "agent_future": agent["agent_future"], "track_ids": track_ids, "agent_token_index": token_idx,
+            "map_pts": mp["map_pts"], "map_scores": mp["scores"], "map_labels": mp["labels"], "bev": bev,
+        }
+        return VisionOutput(scene_tokens=scene_tokens, agent_tokens=agent_tokens, map_tokens=map_tokens,
+                            losses=losses, states=new_states, predictions=predictions)

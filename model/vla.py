@@ -1,0 +1,177 @@
+"""OpenDriveVLA: vision encoder + token-specific projectors + Qwen2 LLM, trained as text in four stages.
+
+Data flow for a batch (model/batch.py, ``B`` rows):
+
+    images [B,6,3,H,W] ─► VisionEncoder ─► scene [B,Ns,Cv], agent [B,Ka,Cv], map [B,Km,Cv]  (+ det/map/motion losses)
+                                             │ projectors (one 2-layer MLP each)
+                                             ▼
+    prompt ids [B,L] (placeholders expanded) ─► embeddings [B,L,H], visual tokens written at the placeholders
+                                             ▼
+                                Qwen2ForCausalLM ─► answer text (loss on answer tokens only)
+
+Trajectories are text in the released OpenDriveVLA form (``odvla.model.traj_codec``); generation is greedy with a
+``LogitsProcessor`` that keeps trajectories in the grammar (``odvla.model.constrained_decoding``). Tracking state
+across keyframes is explicit (``SceneState`` lists in and out of ``generate``), never stored on the module.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import LogitsProcessorList
+
+from odvla.model.constrained_decoding import TrajectoryGrammar, TrajectoryLogitsProcessor
+from odvla.model.generate_output import GenerateOutput
+from odvla.model.llm import build_llm
+from odvla.model.projectors import VisualProjectors
+from odvla.model.prompt import MAP_TOKEN, SCENE_TOKEN, TRACK_TOKEN
+from odvla.model.text_inputs import ChatEncoder
+from odvla.model.tokenizer import build_tokenizer
+from odvla.model.traj_codec import TrajectoryCodec, TrajectoryParseError
+from odvla.model.vision_encoder import VisionEncoder
+
+STAGES = ("stage1", "stage2", "stage2_5", "stage3")
+LOSS_KEYS = ("lm", "det", "map", "motion")
+
+
+class OpenDriveVLA(nn.Module):
+    """The full model for ``cfg`` (``ModelConfig``). ``tokenizer``: reuse one (an export's); None = build it."""
+
+    def __init__(self, cfg, tokenizer=None):
+        super().__init__()
+        self.config = cfg
+        self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
+        self.codec = TrajectoryCodec(cfg.text)
+        self.chat = ChatEncoder(self.tokenizer, cfg)
+        self.vision = VisionEncoder(cfg)
+        self.llm = build_llm(cfg, self.tokenizer)
+        self.projectors = VisualProjectors(self.vision.out_channels, cfg.llm.hidden_size)
+        self.placeholder_ids = {ph: int(self.tokenizer.convert_tokens_to_ids(ph))
+                                for ph in (SCENE_TOKEN, TRACK_TOKEN, MAP_TOKEN)}
+        self._grammar: Optional[TrajectoryGrammar] = None
+        self._vision_frozen = False
+        if cfg.gradient_checkpointing:
+            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ------------------------------------------------------------------------------------------ trainable sets
+    def set_trainable(self, stage: str, train_agent_heads: bool = False) -> list[str]:
+        """Freeze everything but ``stage``'s set and return the trainable parameter names.
+
+        stage1: projectors. stage2: projectors + LLM. stage2_5: projectors + LLM (+ the vision encoder's agent /
+        motion heads when ``train_agent_heads``). stage3: everything. A vision encoder with no trainable parameter
+        stays in eval mode (frozen BatchNorm statistics) even when the model is put in train mode.
+        """
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+        self.requires_grad_(stage == "stage3")
+        if stage != "stage3":
+            self.projectors.requires_grad_(True)
+            if stage in ("stage2", "stage2_5"):
+                self.llm.requires_grad_(True)
+            if stage == "stage2_5" and train_agent_heads:
+                for p in self.vision.agent_motion_parameters():
+                    p.requires_grad_(True)
+        self._vision_frozen = not any(p.requires_grad for p in self.vision.parameters())
+        self.train(self.training)
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self._vision_frozen:
+            self.vision.eval()
+        return self
+
+    # ------------------------------------------------------------------------------------------------ embed
+    def _embed(self, batch: dict, input_ids: torch.Tensor, vis) -> torch.Tensor:
+        """Token embeddings [B, L, H] with the projected visual tokens written at the placeholder positions."""
+        emb = self.llm.get_input_embeddings()(input_ids)
+        pdtype = self.projectors.scene.fc1.weight.dtype
+        for ph, tokens, proj in ((SCENE_TOKEN, vis.scene_tokens, self.projectors.scene),
+                                 (TRACK_TOKEN, vis.agent_tokens, self.projectors.agent),
+                                 (MAP_TOKEN, vis.map_tokens, self.projectors.map)):
+            mask = input_ids == self.placeholder_ids[ph]  # [B, L]
+            counts = mask.sum(dim=1)
+            n = tokens.shape[1]
+            bad = (counts != n).nonzero().flatten().tolist()
+            if bad:
+                b = bad[0]
+                raise ValueError(f"sample {batch['sample_token'][b]!r}: prompt has {int(counts[b])} {ph} positions, "
+                                 f"the vision encoder gave {n} tokens")
+            x = proj(tokens.to(pdtype)).to(emb.dtype)  # [B, n, H]
+            emb = emb.masked_scatter(mask.unsqueeze(-1), x.reshape(-1, x.shape[-1]))
+        return emb
+
+    def _device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def forward(self, batch: dict) -> dict:
+        """Training losses: ``lm`` (mean cross-entropy over answer tokens), ``det``, ``map``, ``motion`` (vision
+        encoder; zeros without ground truth), and ``answer_tokens`` (int64 count of supervised tokens)."""
+        vis = self.vision(batch, states=None, compute_losses=True)
+        tb = self.chat.encode(batch, with_answers=True, device=self._device())
+        emb = self._embed(batch, tb.input_ids, vis)
+        out = self.llm(inputs_embeds=emb, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
+                       labels=tb.labels, use_cache=False)
+        losses = {"lm": out.loss.float()}
+        for k in LOSS_KEYS[1:]:
+            v = vis.losses.get(k)
+            losses[k] = v.float() if v is not None else out.loss.new_zeros(()).float()
+        losses["answer_tokens"] = (tb.labels[:, 1:] != -100).sum()
+        return losses
+
+    # --------------------------------------------------------------------------------------------- generate
+    @property
+    def grammar(self) -> TrajectoryGrammar:
+        if self._grammar is None:
+            self._grammar = TrajectoryGrammar(self.tokenizer, self.codec)
+        return self._grammar
+
+    @torch.no_grad()
+    def generate(self, batch: dict, states=None, max_new_tokens: Optional[int] = None,
+                 constrained: bool = True) -> GenerateOutput:
+        """Greedy answers for a batch (``answer`` fields are ignored). ``states``: per-row ``SceneState`` of the
+        previous keyframe of each row's scene (None: start fresh); the new states come back in the output."""
+        max_new = int(max_new_tokens or self.config.text.max_answer_tokens)
+        was_training = self.training
+        self.eval()
+        try:
+            vis = self.vision(batch, states=states, compute_losses=False)
+            tb = self.chat.encode(batch, with_answers=False, device=self._device())
+            emb = self._embed(batch, tb.input_ids, vis)
+            tasks = list(batch["task"])
+            eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+            procs = LogitsProcessorList()
+            if constrained:
+                procs.append(TrajectoryLogitsProcessor(self.grammar, tasks, eos, max_new))
+            seqs = self.llm.generate(inputs_embeds=emb, attention_mask=tb.attention_mask, max_new_tokens=max_new,
+                                     do_sample=False, num_beams=1, logits_processor=procs, eos_token_id=eos,
+                                     pad_token_id=pad, use_cache=True)
+        finally:
+            self.train(was_training)
+        B = len(tasks)
+        answers, parsed, errors, ntok = [], [], [], []
+        trajs = np.full((B, self.codec.num_points, 2), np.nan)
+        for b in range(B):
+            ids = seqs[b].tolist()
+            n = ids.index(eos) + 1 if eos in ids else len(ids)
+            ntok.append(n)
+            text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+            answers.append(text)
+            span = self.codec.find(text)
+            err = None
+            ok = False
+            if span is not None:
+                try:
+                    trajs[b] = self.codec.decode(text if tasks[b] == "planning" else span)
+                    ok = True
+                except TrajectoryParseError as e:
+                    err = str(e)
+            elif tasks[b] == "planning":
+                err = f"no {self.codec.tokens()[0]} in the answer {text[:80]!r}"
+            parsed.append(ok)
+            errors.append(err)
+        return GenerateOutput(answers=answers, trajectories=trajs, parsed=parsed, errors=errors,
+                              states=list(vis.states), num_generated_tokens=ntok)

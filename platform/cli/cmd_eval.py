@@ -1,0 +1,48 @@
+"""``odvla eval --model EXPORT``: open-loop evaluation of a model export on the val split.
+
+The config starts from the export's own ``config.yaml`` (its model, data and eval settings), then ``--config``
+files and ``--set`` overrides; ``--shards`` and ``--out`` are shortcuts for ``data.shards`` and ``eval.out``.
+Prints the results table (measured beside published numbers) and where predictions, plots and metrics went.
+"""
+from __future__ import annotations
+
+from odvla.platform.config import load_config, to_dict
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="open-loop evaluation of a model export: L2, collision, QA, baselines, plots")
+    p.add_argument("--model", required=True, metavar="EXPORT",
+                   help="export folder, runs:/<run_id>[/export] or models:/odvla-planner/<version|alias>")
+    p.add_argument("--shards", help="prepared shards folder (sets data.shards)")
+    p.add_argument("--split", help="split to evaluate (sets eval.split; default val)")
+    p.add_argument("--out", help="output folder (sets eval.out; default runs/eval/<time>)")
+    p.add_argument("--run-id", help="MLflow run to log metrics and artifacts into")
+    p.add_argument("--config", action="append", default=[], metavar="YAML", help="config file (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a config value, e.g. --set eval.concurrency=2 (repeatable)")
+    p.set_defaults(func=run)
+
+
+def eval_config(args):
+    from odvla.platform.train.export import load_export_config
+
+    _, export_cfg = load_export_config(args.model)
+    overrides = list(args.overrides)
+    for flag, key in ((args.shards, "data.shards"), (args.split, "eval.split"), (args.out, "eval.out")):
+        if flag:
+            overrides.append(f"{key}={flag}")
+    return load_config(base=to_dict(export_cfg), files=args.config, overrides=overrides)
+
+
+def run(args) -> int:
+    from odvla.platform.eval.evaluate import run_eval
+
+    cfg = eval_config(args)
+    result = run_eval(cfg, args.model, out_dir=cfg.eval.out, run_id=args.run_id)
+    print(result.table_md)
+    m = result.metrics
+    print(f"samples {int(m['predict/samples'])}, malformed answers {int(m['predict/malformed'])} "
+          f"({100 * m['predict/malformed_rate']:.1f} %)")
+    print(f"predictions: {result.predictions_path}")
+    print(f"results:     {result.out_dir / 'results.md'}  plots: {result.out_dir / 'plots'}")
+    return 0

@@ -1,0 +1,269 @@
+"""One shard record per nuScenes keyframe, built with the devkit (see ``shard_schema`` for fields and frames).
+
+Rules (documented here because the model learns from them):
+
+- Ego frame of a keyframe = the ego pose of its LIDAR_TOP sample_data (nuScenes convention): x forward, y left.
+- ``past_traj`` / ``future_traj``: ego positions of the 4 previous / 6 next keyframes of the scene (0.5 s apart),
+  in the current ego frame; masks are 0 where the scene has no such keyframe.
+- ``ego_state``: from the CAN bus when the dataroot has it (pose: vel, accel, rotation_rate; steering from
+  steeranglefeedback; the last message at or before the keyframe). Otherwise from the keyframe ego poses using
+  only the past: velocity = displacement since the previous keyframe / dt, acceleration = change of that
+  velocity / dt, yaw rate = yaw change / dt, all in the current ego frame; at a scene's first keyframe the
+  velocity and yaw rate use the next keyframe and the acceleration is 0; steering 0.
+- ``command`` (:func:`command_from_future`): lateral offset ``y`` of the last valid future waypoint (3 s when
+  available): ``y > 2 m`` -> turn left, ``y < -2 m`` -> turn right, else keep forward (as the reference, which
+  thresholds the 3 s lateral offset at 2 m).
+- Agents: every sample_annotation of the keyframe, boxes moved into the ego frame; velocity from
+  ``NuScenes.box_velocity`` rotated into the ego frame (0 where the devkit cannot estimate it); futures from the
+  instance's annotations at the next 6 keyframes. ``future_boxes``: every annotation of the next 6 keyframes.
+- Map: ``map_polylines.MapIndex`` around the ego pose, ``map_range`` = (half length along x, half width along y).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from odvla.model.constants import CAMERAS, COMMANDS, DETECTION_CLASSES, FUTURE_STEPS, PAST_STEPS
+from odvla.platform.data.errors import CorruptImageError, MissingImageError
+from odvla.platform.data.transforms import invert, pose_matrix, quat_yaw, wrap_angle
+
+COMMAND_THRESHOLD = 2.0  # metres of lateral offset
+
+
+def command_from_future(future_traj: np.ndarray, future_mask: np.ndarray, threshold: float = COMMAND_THRESHOLD
+                        ) -> int:
+    """COMMANDS index from the future ego waypoints ``[6,2]`` (ego frame) and their mask ``[6]``."""
+    valid = np.nonzero(np.asarray(future_mask) > 0)[0]
+    if len(valid) == 0:
+        return COMMANDS.index("keep forward")
+    y = float(future_traj[valid[-1], 1])
+    if y > threshold:
+        return COMMANDS.index("turn left")
+    if y < -threshold:
+        return COMMANDS.index("turn right")
+    return COMMANDS.index("keep forward")
+
+
+def detection_class(category: str) -> int:
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    name = category_to_detection_name(category)
+    return DETECTION_CLASSES.index(name) if name is not None else -1
+
+
+def check_jpeg(path: str, sample_token: str) -> None:
+    """Cheap integrity check of a camera file: exists, starts with the JPEG SOI and ends with EOI markers."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        raise MissingImageError("camera image not found", sample_token=sample_token, path=path) from None
+    with open(path, "rb") as f:
+        head = f.read(2)
+        f.seek(max(size - 2, 0))
+        tail = f.read(2)
+    if head != b"\xff\xd8" or tail != b"\xff\xd9":
+        raise CorruptImageError("camera image is not a complete JPEG", sample_token=sample_token, path=path)
+
+
+class _Ann:
+    """The annotations of one keyframe as global-frame arrays."""
+
+    def __init__(self, nusc, sample):
+        anns = [nusc.get("sample_annotation", t) for t in sample["anns"]]
+        self.tokens = [a["token"] for a in anns]
+        self.instance = [a["instance_token"] for a in anns]
+        self.category = [a["category_name"] for a in anns]
+        self.cls = np.array([detection_class(c) for c in self.category], dtype=np.int8)
+        self.vis = np.array([int(a["visibility_token"] or 0) for a in anns], dtype=np.int8)
+        self.centre = np.array([a["translation"] for a in anns], dtype=np.float64).reshape(-1, 3)
+        self.wlh = np.array([a["size"] for a in anns], dtype=np.float64).reshape(-1, 3)
+        self.yaw = np.array([quat_yaw(a["rotation"]) for a in anns], dtype=np.float64)
+        vel = np.array([nusc.box_velocity(t)[:3] for t in self.tokens], dtype=np.float64).reshape(-1, 3)
+        self.vel = np.nan_to_num(vel, nan=0.0)
+        self.by_instance = {inst: i for i, inst in enumerate(self.instance)}
+
+
+def _to_ego(pts: np.ndarray, g2e: np.ndarray) -> np.ndarray:
+    return pts @ g2e[:3, :3].T + g2e[:3, 3]
+
+
+class CanBus:
+    """Optional CAN-bus ego state (real nuScenes ``can_bus/`` expansion)."""
+
+    def __init__(self, dataroot: str):
+        self.api = None
+        if (Path(dataroot) / "can_bus").is_dir():
+            from nuscenes.can_bus.can_bus_api import NuScenesCanBus
+
+            self.api = NuScenesCanBus(dataroot=dataroot)
+
+    def scene_messages(self, scene_name: str):
+        if self.api is None:
+            return None
+        try:
+            pose = self.api.get_messages(scene_name, "pose", print_warnings=False)
+            steer = self.api.get_messages(scene_name, "steeranglefeedback", print_warnings=False)
+        except Exception:  # blacklisted scenes have no CAN data; the caller records the fallback
+            return None
+        if not pose:
+            return None
+        return pose, steer
+
+    @staticmethod
+    def state(msgs, utime: int) -> np.ndarray | None:
+        pose, steer = msgs
+        times = np.array([m["utime"] for m in pose])
+        i = int(np.searchsorted(times, utime, side="right")) - 1
+        if i < 0:
+            return None
+        m = pose[i]
+        vx, vy = m["vel"][0], m["vel"][1]
+        ax, ay = m["accel"][0], m["accel"][1]
+        steering = 0.0
+        if steer:
+            st = np.array([s["utime"] for s in steer])
+            j = int(np.searchsorted(st, utime, side="right")) - 1
+            steering = float(steer[max(j, 0)]["value"])
+        return np.array([vx, vy, ax, ay, m["rotation_rate"][2], np.hypot(vx, vy), steering], dtype=np.float32)
+
+
+def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, can: CanBus | None = None,
+                  map_range: tuple[float, float] = (30.0, 15.0), check_images: bool = True) -> tuple[list, dict]:
+    """Records (dicts of SCHEMA columns, arrays flattened) of every keyframe of a scene, and scene notes."""
+    scene = nusc.get("scene", scene_token)
+    log = nusc.get("log", scene["log_token"])
+    samples = []
+    tok = scene["first_sample_token"]
+    while tok:
+        s = nusc.get("sample", tok)
+        samples.append(s)
+        tok = s["next"]
+    n = len(samples)
+    ego = []  # keyframe ego2global
+    for s in samples:
+        sd = nusc.get("sample_data", s["data"]["LIDAR_TOP"])
+        pose = nusc.get("ego_pose", sd["ego_pose_token"])
+        ego.append(pose_matrix(pose["rotation"], pose["translation"]))
+    ego = np.array(ego)
+    pos = ego[:, :3, 3]
+    yaw = np.array([np.arctan2(E[1, 0], E[0, 0]) for E in ego])
+    ts = np.array([s["timestamp"] for s in samples], dtype=np.int64)
+    anns = [_Ann(nusc, s) for s in samples]
+    msgs = can.scene_messages(scene["name"]) if can is not None else None
+    notes = {"scene": scene["name"], "ego_state_source": "can_bus" if msgs else "ego_pose"}
+
+    # ego velocity (global) per keyframe from past poses (forward difference at the first keyframe)
+    vel = np.zeros((n, 3))
+    yawrate = np.zeros(n)
+    for k in range(n):
+        a, b = (k - 1, k) if k > 0 else (0, min(1, n - 1))
+        dt = max((ts[b] - ts[a]) * 1e-6, 1e-6)
+        if a != b:
+            vel[k] = (pos[b] - pos[a]) / dt
+            yawrate[k] = wrap_angle(yaw[b] - yaw[a]) / dt
+    records = []
+    for k, s in enumerate(samples):
+        E = ego[k]
+        g2e = invert(E)
+        R = E[:3, :3]
+        # ego state
+        state = CanBus.state(msgs, int(ts[k])) if msgs else None
+        if state is None:
+            v_ego = R.T @ vel[k]
+            if k >= 1:
+                dt = max((ts[k] - ts[k - 1]) * 1e-6, 1e-6)
+                acc = R.T @ (vel[k] - vel[k - 1]) / dt
+            else:
+                acc = np.zeros(3)
+            state = np.array([v_ego[0], v_ego[1], acc[0], acc[1], yawrate[k], np.linalg.norm(v_ego[:2]), 0.0],
+                             dtype=np.float32)
+        # ego waypoints
+        past = np.zeros((PAST_STEPS, 2))
+        past_mask = np.zeros(PAST_STEPS)
+        for i in range(PAST_STEPS):
+            j = k - PAST_STEPS + i
+            if j >= 0:
+                past[i] = _to_ego(pos[j], g2e)[:2]
+                past_mask[i] = 1
+        fut = np.zeros((FUTURE_STEPS, 2))
+        fut_yaw = np.zeros(FUTURE_STEPS)
+        fut_mask = np.zeros(FUTURE_STEPS)
+        for i in range(FUTURE_STEPS):
+            j = k + 1 + i
+            if j < n:
+                fut[i] = _to_ego(pos[j], g2e)[:2]
+                fut_yaw[i] = wrap_angle(yaw[j] - yaw[k])
+                fut_mask[i] = 1
+        command = command_from_future(fut, fut_mask)
+        # cameras
+        paths, Ks, s2es, e2gs = [], [], [], []
+        hw = None
+        for cam in CAMERAS:
+            if cam not in s["data"]:
+                raise MissingImageError(f"sample has no {cam} sample_data", sample_token=s["token"])
+            sd = nusc.get("sample_data", s["data"][cam])
+            full = os.path.join(dataroot, sd["filename"])
+            if check_images:
+                check_jpeg(full, s["token"])
+            cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+            pose = nusc.get("ego_pose", sd["ego_pose_token"])
+            paths.append(sd["filename"])
+            Ks.append(np.asarray(cs["camera_intrinsic"], dtype=np.float64))
+            s2es.append(pose_matrix(cs["rotation"], cs["translation"]))
+            e2gs.append(pose_matrix(pose["rotation"], pose["translation"]))
+            if hw is None:
+                hw = [int(sd["height"]), int(sd["width"])]
+        # agents
+        A = anns[k]
+        centre = _to_ego(A.centre, g2e) if len(A.tokens) else np.zeros((0, 3))
+        ayaw = wrap_angle(A.yaw - yaw[k])
+        avel = (A.vel @ g2e[:3, :3].T)[:, :2] if len(A.tokens) else np.zeros((0, 2))
+        boxes = np.concatenate([centre, A.wlh, ayaw[:, None], avel], 1) if len(A.tokens) else np.zeros((0, 9))
+        a_fut = np.zeros((len(A.tokens), FUTURE_STEPS, 2))
+        a_fut_mask = np.zeros((len(A.tokens), FUTURE_STEPS))
+        fb, fb_step, fb_cls, fb_vis = [], [], [], []
+        for i in range(FUTURE_STEPS):
+            j = k + 1 + i
+            if j >= n:
+                break
+            F = anns[j]
+            if not len(F.tokens):
+                continue
+            fc = _to_ego(F.centre, g2e)
+            for ai, inst in enumerate(A.instance):
+                fi = F.by_instance.get(inst)
+                if fi is not None:
+                    a_fut[ai, i] = fc[fi, :2]
+                    a_fut_mask[ai, i] = 1
+            fb.append(np.concatenate([fc[:, :2], F.wlh[:, :2], wrap_angle(F.yaw - yaw[k])[:, None]], 1))
+            fb_step.append(np.full(len(F.tokens), i, dtype=np.int8))
+            fb_cls.append(F.cls)
+            fb_vis.append(F.vis)
+        fb = np.concatenate(fb) if fb else np.zeros((0, 5))
+        # map
+        elems = map_index.polylines(float(E[0, 3]), float(E[1, 3]), float(yaw[k]), *map_range) if map_index else []
+        records.append({
+            "sample_token": s["token"], "scene_token": scene_token, "scene_name": scene["name"],
+            "log_location": log["location"], "timestamp": int(ts[k]), "frame_index": k, "split": split,
+            "prev_sample_token": s["prev"],
+            "cam_paths": paths, "cam_intrinsics": _flat(Ks), "cam_sensor2ego": _flat(s2es),
+            "cam_ego2global": _flat(e2gs), "image_hw": hw, "ego2global": _flat(E),
+            "ego_state": _flat(state), "command": command, "past_traj": _flat(past), "past_mask": _flat(past_mask),
+            "future_traj": _flat(fut), "future_yaw": _flat(fut_yaw), "future_mask": _flat(fut_mask),
+            "agent_boxes": _flat(boxes), "agent_class": A.cls.tolist(), "agent_category": list(A.category),
+            "agent_instance": list(A.instance), "agent_visibility": A.vis.tolist(),
+            "agent_future": _flat(a_fut), "agent_future_mask": _flat(a_fut_mask),
+            "future_boxes": _flat(fb), "future_box_step": np.concatenate(fb_step).tolist() if fb_step else [],
+            "future_box_class": np.concatenate(fb_cls).tolist() if fb_cls else [],
+            "future_box_visibility": np.concatenate(fb_vis).tolist() if fb_vis else [],
+            "map_points": _flat(np.concatenate([p for _, p in elems])) if elems else [],
+            "map_lengths": [len(p) for _, p in elems], "map_class": [c for c, _ in elems],
+        })
+    return records, notes
+
+
+def _flat(a) -> list[float]:
+    return np.asarray(a, dtype=np.float32).ravel().tolist()
+

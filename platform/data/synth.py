@@ -1,0 +1,241 @@
+"""Synthetic nuScenes: a dataroot the real devkit loads (``NuScenes``, ``NuScenesMap``), written from a seed.
+
+Layout written under ``out``::
+
+    v1.0-mini/*.json              the 13 nuScenes tables
+    maps/expansion/boston-seaport.json, maps/<token>.png   map expansion (v1.3) and semantic prior
+    samples/CAM_*/*.jpg, samples/LIDAR_TOP/*.pcd.bin        keyframe sensor data
+    odvla_split.json              the scene split: scene ``i`` is 'val' when ``i % VAL_EVERY == VAL_EVERY - 1``
+
+Each scene: the ego drives a lane route of the town grid (``synth_map``) with turns, stops and speed changes
+(``synth_motion``); agents move around it and are annotated at every keyframe (0.5 s) while within
+``ANNOTATION_RANGE`` m of the ego. Cameras trigger a few ms after the lidar, each with its own ego pose, as in
+nuScenes. Deterministic for ``seed``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from odvla.model.constants import CAMERAS
+from odvla.platform.data import synth_render as rig
+from odvla.platform.data.synth_map import RoadGrid
+from odvla.platform.data.synth_motion import ego_track, agents_around
+from odvla.platform.data.transforms import yaw_quat
+
+VERSION = "v1.0-mini"
+MAP_NAME = "boston-seaport"
+KEYFRAME_US = 500_000
+ANNOTATION_RANGE = 50.0
+VAL_EVERY = 4
+SPLIT_FILE = "odvla_split.json"
+
+CATEGORIES = [
+    "animal", "human.pedestrian.adult", "human.pedestrian.child", "human.pedestrian.construction_worker",
+    "human.pedestrian.personal_mobility", "human.pedestrian.police_officer", "human.pedestrian.stroller",
+    "human.pedestrian.wheelchair", "movable_object.barrier", "movable_object.debris",
+    "movable_object.pushable_pullable", "movable_object.trafficcone", "static_object.bicycle_rack",
+    "vehicle.bicycle", "vehicle.bus.bendy", "vehicle.bus.rigid", "vehicle.car", "vehicle.construction",
+    "vehicle.emergency.ambulance", "vehicle.emergency.police", "vehicle.motorcycle", "vehicle.trailer",
+    "vehicle.truck",
+]
+ATTRIBUTES = [
+    "vehicle.moving", "vehicle.stopped", "vehicle.parked", "cycle.with_rider", "cycle.without_rider",
+    "pedestrian.sitting_lying_down", "pedestrian.standing", "pedestrian.moving",
+]
+VISIBILITY = [("1", "v0-40"), ("2", "v40-60"), ("3", "v60-80"), ("4", "v80-100")]
+
+
+def scene_split(index: int) -> str:
+    """The split of the synthetic scene number ``index`` (0-based)."""
+    return "val" if index % VAL_EVERY == VAL_EVERY - 1 else "train"
+
+
+def _tok(seed: int, *parts) -> str:
+    return hashlib.md5("/".join(map(str, (seed,) + parts)).encode()).hexdigest()
+
+
+def _visibility(dist: float) -> str:
+    """Synthetic visibility level from range (no occlusion model): 4 near, 1 far."""
+    return "4" if dist < 20 else "3" if dist < 30 else "2" if dist < 40 else "1"
+
+
+def write_synthetic(out, scenes: int = 6, keyframes: int = 40, seed: int = 0,
+                    image_wh: tuple[int, int] = (400, 225), progress: bool = False) -> Path:
+    """Write a synthetic nuScenes ``v1.0-mini`` dataroot under ``out`` and return its path.
+
+    ``scenes`` scenes of ``keyframes`` keyframes at 2 Hz; images ``image_wh`` (width, height) px. An existing
+    ``out`` is replaced (the dataroot is written into ``out.tmp`` first and renamed, so an interrupted run never
+    leaves a half dataroot behind at ``out``).
+    """
+    out = Path(out)
+    if scenes < 1 or keyframes < 2:
+        raise ValueError(f"synth needs scenes >= 1 and keyframes >= 2 (got {scenes}, {keyframes})")
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    W, H = int(image_wh[0]), int(image_wh[1])
+    grid = RoadGrid()
+    map_token = _tok(seed, "map")
+    tables: dict[str, list] = {k: [] for k in (
+        "category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose", "log",
+        "scene", "sample", "sample_data", "sample_annotation", "map")}
+    cat_tok = {c: _tok(seed, "category", c) for c in CATEGORIES}
+    tables["category"] = [{"token": cat_tok[c], "name": c, "description": c, "index": i}
+                          for i, c in enumerate(CATEGORIES)]
+    att_tok = {a: _tok(seed, "attribute", a) for a in ATTRIBUTES}
+    tables["attribute"] = [{"token": att_tok[a], "name": a, "description": a} for a in ATTRIBUTES]
+    tables["visibility"] = [{"token": t, "level": lvl, "description": f"visibility of whole object is {lvl}"}
+                            for t, lvl in VISIBILITY]
+    channels = list(CAMERAS) + ["LIDAR_TOP"]
+    sensor_tok = {c: _tok(seed, "sensor", c) for c in channels}
+    tables["sensor"] = [{"token": sensor_tok[c], "channel": c, "modality": "lidar" if c == "LIDAR_TOP" else "camera"}
+                        for c in channels]
+    s2e = {c: rig.camera_sensor2ego(c) for c in CAMERAS}
+    s2e["LIDAR_TOP"] = rig.lidar_sensor2ego()
+    Ks = {c: rig.intrinsics(c, W, H) for c in CAMERAS}
+    renderer = rig.Renderer(W, H, grid.divider_polylines())
+    for c in channels:
+        (tmp / "samples" / c).mkdir(parents=True, exist_ok=True)
+    grid.write(tmp, MAP_NAME, map_token)
+    split = {"rule": f"scene index i (0-based) is val when i % {VAL_EVERY} == {VAL_EVERY - 1}", "train": [], "val": []}
+    log_tokens = []
+    duration = (keyframes - 1) * KEYFRAME_US * 1e-6
+
+    it = range(scenes)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc="synth scenes", unit="scene")
+    for si in it:
+        rng = np.random.default_rng([seed, si])
+        name = f"scene-{si + 1:04d}"
+        split[scene_split(si)].append(name)
+        log_tok, scene_tok = _tok(seed, "log", si), _tok(seed, "scene", si)
+        log_tokens.append(log_tok)
+        tables["log"].append({"token": log_tok, "logfile": f"n008-synth-{seed}-{si:04d}", "vehicle": "n008",
+                              "date_captured": "2018-08-01", "location": MAP_NAME})
+        cs_tok = {c: _tok(seed, "calib", si, c) for c in channels}
+        for c in channels:
+            T = s2e[c]
+            from pyquaternion import Quaternion
+            tables["calibrated_sensor"].append({
+                "token": cs_tok[c], "sensor_token": sensor_tok[c], "translation": T[:3, 3].tolist(),
+                "rotation": list(Quaternion(matrix=T[:3, :3]).elements),
+                "camera_intrinsic": Ks[c].tolist() if c != "LIDAR_TOP" else []})
+        ego, info = ego_track(grid, rng, duration)
+        agents = agents_around(grid, ego, rng, count=int(rng.integers(12, 20)))
+        base_ts = 1_533_151_600_000_000 + si * 60_000_000
+        sample_toks = [_tok(seed, "sample", si, k) for k in range(keyframes)]
+        kf_t = np.arange(keyframes) * KEYFRAME_US * 1e-6
+        # which agents are annotated at which keyframes (contiguous range within ANNOTATION_RANGE)
+        ego_xy_kf, _, _ = ego.at(kf_t)
+        ann_range = []
+        for ai, ag in enumerate(agents):
+            xy, _, _ = ag.track.at(kf_t)
+            near = np.nonzero(np.linalg.norm(xy - ego_xy_kf, axis=1) < ANNOTATION_RANGE)[0]
+            ann_range.append((near[0], near[-1]) if len(near) else None)
+        for ai, ag in enumerate(agents):
+            if ann_range[ai] is None:
+                continue
+            k0, k1 = ann_range[ai]
+            inst = _tok(seed, "instance", si, ai)
+            anns = [_tok(seed, "ann", si, ai, k) for k in range(k0, k1 + 1)]
+            tables["instance"].append({"token": inst, "category_token": cat_tok[ag.category],
+                                       "nbr_annotations": len(anns), "first_annotation_token": anns[0],
+                                       "last_annotation_token": anns[-1]})
+            xy, yaw, v = ag.track.at(kf_t[k0:k1 + 1])
+            for j, k in enumerate(range(k0, k1 + 1)):
+                dist = float(np.linalg.norm(xy[j] - ego_xy_kf[k]))
+                if ag.category == "vehicle.car" and ag.track.v.max() == 0.0:
+                    attrs = [att_tok["vehicle.parked"]]
+                elif ag.attribute_moving:
+                    attrs = [att_tok[ag.attribute_moving if v[j] > 0.2 else ag.attribute_stopped]]
+                else:
+                    attrs = []
+                tables["sample_annotation"].append({
+                    "token": anns[j], "sample_token": sample_toks[k], "instance_token": inst,
+                    "visibility_token": _visibility(dist), "attribute_tokens": attrs,
+                    "translation": [float(xy[j, 0]), float(xy[j, 1]), ag.wlh[2] / 2],
+                    "size": list(ag.wlh), "rotation": yaw_quat(float(yaw[j])),
+                    "prev": anns[j - 1] if j > 0 else "", "next": anns[j + 1] if j + 1 < len(anns) else "",
+                    "num_lidar_pts": int(max(1, 4000 / max(dist, 1.0) ** 1.5)), "num_radar_pts": 0})
+        # samples, sensor data, ego poses, images
+        prev_sd = {c: "" for c in channels}
+        sd_rows = {c: [] for c in channels}
+        for k in range(keyframes):
+            ts = base_ts + k * KEYFRAME_US
+            tables["sample"].append({"token": sample_toks[k], "timestamp": ts, "scene_token": scene_tok,
+                                     "prev": sample_toks[k - 1] if k else "",
+                                     "next": sample_toks[k + 1] if k + 1 < keyframes else ""})
+            boxes = []
+            for ai, ag in enumerate(agents):
+                r = ann_range[ai]
+                if r is None or not (r[0] <= k <= r[1]):
+                    continue
+                xy, yaw, _ = ag.track.at(np.array([kf_t[k]]))
+                boxes.append((np.array([xy[0, 0], xy[0, 1], ag.wlh[2] / 2]), ag.wlh, float(yaw[0]), ag.category))
+            for c in channels:
+                off = rig.RIG[c][3] if c != "LIDAR_TOP" else 0
+                t_us = ts + off
+                exy, eyaw, _ = ego.at(np.array([(t_us - base_ts) * 1e-6]))
+                pose_tok = _tok(seed, "pose", si, k, c)
+                tables["ego_pose"].append({"token": pose_tok, "timestamp": t_us,
+                                           "rotation": yaw_quat(float(eyaw[0])),
+                                           "translation": [float(exy[0, 0]), float(exy[0, 1]), 0.0]})
+                E = np.eye(4)
+                E[:3, :3] = rig.rot_z(np.rad2deg(eyaw[0]))
+                E[:3, 3] = [exy[0, 0], exy[0, 1], 0.0]
+                if c == "LIDAR_TOP":
+                    fname = f"samples/{c}/{name}__{c}__{t_us}.pcd.bin"
+                    _write_lidar(tmp / fname, E @ s2e[c], boxes, rng)
+                    h = w = 0
+                else:
+                    fname = f"samples/{c}/{name}__{c}__{t_us}.jpg"
+                    (tmp / fname).write_bytes(renderer.render(E @ s2e[c], Ks[c], boxes))
+                    h, w = H, W
+                sd_tok = _tok(seed, "sd", si, k, c)
+                sd_rows[c].append({
+                    "token": sd_tok, "sample_token": sample_toks[k], "ego_pose_token": pose_tok,
+                    "calibrated_sensor_token": cs_tok[c], "timestamp": t_us,
+                    "fileformat": "pcd" if c == "LIDAR_TOP" else "jpg", "is_key_frame": True, "height": h,
+                    "width": w, "filename": fname, "prev": prev_sd[c], "next": ""})
+                if prev_sd[c]:
+                    sd_rows[c][-2]["next"] = sd_tok
+                prev_sd[c] = sd_tok
+        for c in channels:
+            tables["sample_data"].extend(sd_rows[c])
+        tables["scene"].append({
+            "token": scene_tok, "log_token": log_tok, "nbr_samples": keyframes,
+            "first_sample_token": sample_toks[0], "last_sample_token": sample_toks[-1], "name": name,
+            "description": f"synthetic, seed {seed}: " + ", ".join(info["moves"][:3])
+                           + f"; {info['stops']} stop(s)"})
+    tables["map"].append({"token": map_token, "log_tokens": log_tokens, "category": "semantic_prior",
+                          "filename": f"maps/{map_token}.png"})
+    (tmp / VERSION).mkdir(parents=True, exist_ok=True)
+    for name, rows in tables.items():
+        (tmp / VERSION / f"{name}.json").write_text(json.dumps(rows))
+    (tmp / SPLIT_FILE).write_text(json.dumps(split, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _write_lidar(path: Path, lidar2global: np.ndarray, boxes, rng: np.random.Generator) -> None:
+    """A sparse point cloud (x, y, z, intensity, ring; float32) in the lidar frame: a ground ring plus points on
+    each box's surface, enough for the devkit's point-cloud loaders and renderers."""
+    ang = np.linspace(0, 2 * np.pi, 360, endpoint=False)
+    pts = [np.stack([np.cos(ang) * r, np.sin(ang) * r, np.zeros_like(ang)], -1) + [0, 0, -1.84]
+           for r in (5.0, 10.0, 20.0)]
+    inv = np.linalg.inv(lidar2global)
+    for centre, wlh, yaw, _ in boxes:
+        local = (rng.random((24, 3)) - 0.5) * np.array([wlh[1], wlh[0], wlh[2]])
+        g = local @ rig.rot_z(np.rad2deg(yaw)).T + centre
+        pts.append(g @ inv[:3, :3].T + inv[:3, 3])
+    p = np.concatenate(pts)
+    arr = np.concatenate([p, np.full((len(p), 1), 10.0), np.zeros((len(p), 1))], 1).astype(np.float32)
+    arr.tofile(path)

@@ -1,0 +1,275 @@
+"""The open-loop evaluation job: a model export -> predictions for every val sample -> metrics, table, pictures.
+
+    run_eval(cfg, model_ref, out_dir=None, run_id=None) -> EvalResult(metrics, table_md, predictions_path, out_dir)
+
+Steps (``jobs/evaluate.py`` and ``odvla eval`` call this):
+1. resolve the export (folder, ``runs:/<id>[/export]`` or ``models:/odvla-planner/<version|alias>``);
+2. predictions: the val split through ``build_dataset(cfg, split)`` (one planning row per sample) and Ray Data
+   ``map_batches`` over ``eval.concurrency`` model replicas (``eval.num_gpus_per_replica`` GPUs each), written to
+   ``predictions.parquet`` (sample token, predicted and GT waypoints, parsed flag, error, answer text);
+   malformed answers are counted (``predict/malformed``) and listed, never dropped silently;
+3. planning metrics in the three protocols (``planning_metrics.py``) for the model and the baselines
+   (constant velocity ``cv/...``, ego-status MLP trained on the train split ``mlp/...``);
+4. QA metrics (BLEU-4, METEOR, CIDEr, ROUGE-L) on the split's instruction examples when the conversation store has
+   any (``qa/...``, at most ``eval.qa_max_examples``);
+5. ``results.md`` (measured beside published numbers), ``metrics.json``, BEV and front-camera PNGs under
+   ``plots/``; everything logged to MLflow when ``run_id`` is given or a run is active.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from odvla.model.constants import FUTURE_STEPS, PAST_STEPS
+from odvla.platform.eval.baselines import constant_velocity, train_ego_mlp
+from odvla.platform.eval.planning_metrics import compute_planning_metrics, future_boxes_from_row
+from odvla.platform.eval.report import results_table
+
+log = logging.getLogger("odvla.eval")
+
+QA_TASKS = ("qa", "caption_scene", "caption_agent", "caption_map", "external")
+"""Instruction tasks scored with the caption metrics (planning has its own metrics; interaction is trajectories)."""
+_GT_COLUMNS = ("sample_token", "scene_token", "ego_state", "command", "past_traj", "past_mask", "future_traj",
+               "future_mask", "future_boxes", "future_box_step", "future_box_class", "future_box_visibility")
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    table_md: str
+    predictions_path: Path
+    out_dir: Path
+
+
+def read_split_table(shards_dir: str | Path, split: str, columns=None) -> pa.Table:
+    """The shard rows of one split, ``columns`` only (all by default); the reader checks the schema version."""
+    try:
+        from odvla.platform.data.shards import read_split
+    except ImportError:  # data layer without shards.py: the conversations reader checks the version too
+        from odvla.platform.data.conversations.generate import read_shard_split
+        from odvla.platform.data.shard_schema import SCHEMA
+
+        return read_shard_split(Path(shards_dir), split, columns=list(columns or SCHEMA.names))
+    table = read_split(shards_dir, split)
+    return table.select(list(columns)) if columns else table
+
+
+def _arr(table: pa.Table, name: str, shape: tuple) -> np.ndarray:
+    col = table.column(name).to_pylist()
+    try:
+        return np.asarray(col, dtype=np.float64).reshape((len(col),) + shape)
+    except ValueError as e:
+        bad = next((i for i, v in enumerate(col) if v is None or np.size(v) != int(np.prod(shape))), 0)
+        raise ValueError(f"shard column {name}: sample {table.column('sample_token')[bad]} has "
+                         f"{0 if col[bad] is None else np.size(col[bad])} values, expected {shape}") from e
+
+
+def score_trajectories(pred: np.ndarray, table: pa.Table, prefix: str = "") -> dict:
+    """Planning metrics of ``pred`` [N,6,2] against the rows of ``table`` (same order), keys prefixed."""
+    gt = _arr(table, "future_traj", (FUTURE_STEPS, 2))
+    mask = _arr(table, "future_mask", (FUTURE_STEPS,))
+    fb = [future_boxes_from_row(r) for r in table.select(
+        ["sample_token", "future_boxes", "future_box_step", "future_box_class", "future_box_visibility"]).to_pylist()]
+    m = compute_planning_metrics(pred, gt, mask, fb)
+    return {f"{prefix}{k}": v for k, v in m.items()}
+
+
+def baseline_metrics(cfg, val: pa.Table) -> dict:
+    """Constant velocity and the ego-status MLP (trained on the train split) on the val rows."""
+    out = score_trajectories(constant_velocity(_arr(val, "ego_state", (-1,))), val, "cv/")
+    try:
+        train = read_split_table(cfg.data.shards, "train", _GT_COLUMNS)
+    except FileNotFoundError as e:
+        log.warning("ego MLP baseline skipped: no train split (%s)", e)
+        return out
+    if train.num_rows == 0:
+        log.warning("ego MLP baseline skipped: the train split is empty")
+        return out
+
+    def inputs(t):
+        return (_arr(t, "ego_state", (-1,)), np.asarray(t.column("command").to_pylist()),
+                _arr(t, "past_traj", (PAST_STEPS, 2)), _arr(t, "past_mask", (PAST_STEPS,)))
+
+    mlp = train_ego_mlp(*inputs(train), _arr(train, "future_traj", (FUTURE_STEPS, 2)),
+                        _arr(train, "future_mask", (FUTURE_STEPS,)), epochs=cfg.eval.baseline_mlp_epochs,
+                        seed=cfg.train.seed)
+    out.update(score_trajectories(mlp.predict(*inputs(val)), val, "mlp/"))
+    out["mlp/train_samples"] = float(mlp.train_samples)
+    out["mlp/train_l1"] = mlp.train_loss
+    return out
+
+
+def _qa_examples(cfg, split: str) -> Optional[pa.Table]:
+    from odvla.platform.data.conversations.mixture import build_examples
+    from odvla.platform.data.conversations.schema import conversations_dir
+
+    conv = Path(cfg.data.instructions) if cfg.data.instructions else conversations_dir(Path(cfg.data.shards))
+    if not sorted((conv / split).glob("*.parquet")):
+        return None
+    ex = build_examples(cfg.data.shards, split, {t: 1.0 for t in QA_TASKS}, seed=cfg.train.seed,
+                        conversations=conv)
+    limit = int(getattr(cfg.eval, "qa_max_examples", 0) or 0)
+    if limit and ex.num_rows > limit:
+        ex = ex.slice(0, limit)
+    return ex if ex.num_rows else None
+
+
+def _write_predictions(cols: dict, path: Path) -> Path:
+    table = pa.table({
+        "sample_token": pa.array(cols["sample_token"].tolist(), pa.string()),
+        "scene_token": pa.array(cols["scene_token"].tolist(), pa.string()),
+        "task": pa.array(cols["task"].tolist(), pa.string()),
+        "question": pa.array(cols["question"].tolist(), pa.string()),
+        "answer": pa.array(cols["answer"].tolist(), pa.string()),
+        "reference": pa.array(cols.get("reference", np.full(len(cols["answer"]), "", object)).tolist(), pa.string()),
+        "pred_traj": pa.array([r.tolist() for r in np.asarray(cols["pred_traj"], np.float32)], pa.list_(pa.float32())),
+        "gt_traj": pa.array([r.tolist() for r in np.asarray(cols["gt_traj"], np.float32)], pa.list_(pa.float32())),
+        "gt_mask": pa.array([r.tolist() for r in np.asarray(cols["gt_mask"], np.float32)], pa.list_(pa.float32())),
+        "parsed": pa.array(cols["parsed"].tolist(), pa.bool_()),
+        "error": pa.array(cols["error"].tolist(), pa.string()),
+        "num_generated_tokens": pa.array(cols["num_generated_tokens"].tolist(), pa.int64()),
+    })
+    pq.write_table(table, path)
+    return path
+
+
+def _concat(a: dict, b: dict) -> dict:
+    return {k: np.concatenate([a[k], b[k]]) for k in a}
+
+
+def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: Optional[str] = None) -> EvalResult:
+    """Evaluate the export ``model_ref`` on ``cfg.eval.split`` of ``cfg.data.shards``; see the module docstring."""
+    from odvla.platform.data.pipeline import build_dataset
+    from odvla.platform.eval.predict import predict_dataset
+    from odvla.platform.train.export import load_export_config
+
+    if not cfg.data.shards:
+        raise ValueError("eval: data.shards is not set (run `odvla prepare` and pass --set data.shards=DIR)")
+    split = cfg.eval.split
+    out = Path(out_dir or cfg.eval.out or Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)
+    export_dir, export_cfg = load_export_config(model_ref, cfg.tracking.tracking_uri)
+    # the network (and so the image size the data pipeline resizes to) is the export's, whatever cfg.model says
+    cfg = dataclasses.replace(cfg, model=export_cfg.model)
+
+    val = read_split_table(cfg.data.shards, split, _GT_COLUMNS)
+    if val.num_rows == 0:
+        raise ValueError(f"eval: split {split!r} of {cfg.data.shards} has no samples")
+
+    # 1) planning predictions for every sample of the split
+    t0 = time.perf_counter()
+    cols = predict_dataset(build_dataset(cfg, split), export_dir, cfg.eval.batch_size, cfg.eval.concurrency,
+                           cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens)
+    seconds = time.perf_counter() - t0
+    tokens = val.column("sample_token").to_pylist()
+    pos = {t: i for i, t in enumerate(cols["sample_token"].tolist())}
+    missing = [t for t in tokens if t not in pos]
+    if missing or len(pos) != len(tokens):
+        raise RuntimeError(f"eval: {len(missing)} of {len(tokens)} {split} samples got no prediction "
+                           f"(first: {missing[:3]}); {len(cols['sample_token'])} rows came back")
+    order = np.array([pos[t] for t in tokens])
+    cols = {k: v[order] for k, v in cols.items()}
+    cols["reference"] = np.full(len(order), "", dtype=object)
+    n = len(order)
+    parsed = cols["parsed"].astype(bool)
+    metrics = {"predict/samples": float(n), "predict/malformed": float((~parsed).sum()),
+               "predict/malformed_rate": float((~parsed).mean()), "predict/seconds": seconds,
+               "predict/samples_per_s": n / max(seconds, 1e-9),
+               "predict/mean_generated_tokens": float(cols["num_generated_tokens"].mean())}
+    if (~parsed).any():
+        bad = [f"{t}: {e}" for t, e in zip(cols["sample_token"][~parsed], cols["error"][~parsed])]
+        log.warning("eval: %d of %d answers did not parse into a trajectory (scored as missing): %s",
+                    len(bad), n, "; ".join(bad[:5]))
+        (out / "malformed.txt").write_text("\n".join(bad) + "\n")
+    pred = np.asarray(cols["pred_traj"], np.float64).reshape(n, FUTURE_STEPS, 2)
+    pred[~parsed] = np.nan
+    metrics.update(score_trajectories(pred, val))
+    metrics.update(baseline_metrics(cfg, val))
+
+    # 2) QA on the split's instruction examples, when there are any
+    qa = _qa_examples(cfg, split)
+    if qa is not None:
+        refs = qa.column("answer").to_pylist()
+        blank = qa.set_column(qa.schema.get_field_index("answer"), "answer", pa.array([""] * qa.num_rows))
+        qcols = predict_dataset(build_dataset(cfg, split, examples=blank), export_dir, cfg.eval.batch_size,
+                                cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens)
+        by_key: dict = {}
+        for tok, task, q, a in zip(qa.column("sample_token").to_pylist(), qa.column("task").to_pylist(),
+                                   qa.column("question").to_pylist(), refs):
+            by_key.setdefault((tok, task, q), []).append(a)
+        keys = list(zip(qcols["sample_token"].tolist(), qcols["task"].tolist(), qcols["question"].tolist()))
+        missing_qa = [k for k in keys if k not in by_key]
+        if missing_qa or len(keys) != qa.num_rows:
+            raise RuntimeError(f"eval: QA predictions do not match the {qa.num_rows} examples "
+                               f"({len(keys)} came back; unknown: {missing_qa[:3]})")
+        from odvla.platform.eval.qa_metrics import compute_qa_metrics
+
+        metrics.update(compute_qa_metrics([by_key[k] for k in keys], qcols["answer"].tolist(),
+                                          ids=[f"{i}:{k[0]}" for i, k in enumerate(keys)]))
+        qcols["reference"] = np.asarray(["\n".join(by_key[k]) for k in keys], dtype=object)
+        cols = _concat(cols, qcols)
+
+    predictions_path = _write_predictions(cols, out / "predictions.parquet")
+    table_md = results_table(metrics)
+    (out / "results.md").write_text(table_md)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    _plots(cfg, val, pred, out / "plots", cfg.eval.plots)
+    _log_mlflow(cfg, run_id, metrics, out)
+    return EvalResult(metrics, table_md, predictions_path, out)
+
+
+def _plots(cfg, val: pa.Table, pred: np.ndarray, folder: Path, count: int) -> list[Path]:
+    """BEV and front-camera PNGs for the first ``count`` samples (evenly spread over the split)."""
+    if count <= 0:
+        return []
+    from odvla.platform.eval.plots import bev_plot, camera_plot
+
+    full = read_split_table(cfg.data.shards, cfg.eval.split)
+    idx = np.unique(np.linspace(0, val.num_rows - 1, min(count, val.num_rows)).round().astype(int))
+    pos = {t: i for i, t in enumerate(full.column("sample_token").to_pylist())}
+    dataroot = cfg.data.dataroot or _manifest_dataroot(cfg.data.shards)
+    paths = []
+    for i in idx:
+        tok = val.column("sample_token")[int(i)].as_py()
+        row = full.slice(pos[tok], 1).to_pylist()[0]
+        paths.append(bev_plot(row, pred[i], folder / f"bev_{i:04d}_{tok[:12]}.png"))
+        if dataroot:
+            paths.append(camera_plot(row, pred[i], dataroot, folder / f"cam_{i:04d}_{tok[:12]}.png"))
+    return paths
+
+
+def _manifest_dataroot(shards: str | Path) -> Optional[str]:
+    """The dataroot ``prepare`` recorded in ``manifest.json`` (the images live there)."""
+    f = Path(shards) / "manifest.json"
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text()).get("dataroot")
+    except ValueError:
+        return None
+
+
+def _log_mlflow(cfg, run_id: Optional[str], metrics: dict, out: Path) -> None:
+    """Metrics, table, plots and predictions into the given run, else into the active run, else nowhere."""
+    import mlflow
+
+    from odvla.platform.tracking.resilient import ResilientTracker
+    from odvla.platform.tracking.store import resolve_tracking_uri
+
+    if run_id is None:
+        active = mlflow.active_run()
+        if active is None:
+            return
+        run_id = active.info.run_id
+    tracker = ResilientTracker(resolve_tracking_uri(cfg.tracking.tracking_uri), run_id)
+    tracker.log_metrics({f"eval/{k}": float(v) for k, v in metrics.items() if np.isfinite(v)}, step=0)
+    tracker.log_artifacts(out, artifact_path="eval")

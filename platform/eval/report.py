@@ -1,0 +1,63 @@
+"""The results table: measured rows (model, baselines; every protocol) beside the published ones, as markdown.
+
+Measured metrics are a flat dict ``{'<prefix><protocol>/L2_1s': ...}``: the model's keys have no prefix
+(``uniad/L2_1s``), the baselines' are prefixed (``cv/uniad/L2_1s``, ``mlp/uniad/L2_1s``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+from odvla.platform.eval.planning_metrics import PROTOCOLS
+from odvla.platform.eval.published import SOURCE, published
+
+_HEAD = ("| method | source | protocol | L2 1s | L2 2s | L2 3s | L2 avg | Col 1s | Col 2s | Col 3s | Col avg |\n"
+         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+FAMILY_PROTOCOLS = {"stp3": ("odvla", "stp3"), "uniad": ("uniad",)}
+"""Which measured protocols sit in which published column family."""
+FAMILY_TITLES = {
+    "stp3": "ST-P3-averaged columns (mean over steps up to the horizon)",
+    "uniad": "UniAD columns (value at the horizon step)",
+}
+
+
+def _fmt(v) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def measured_row(metrics: Mapping[str, float], name: str, prefix: str, protocol: str) -> str | None:
+    key = f"{prefix}{protocol}/"
+    if f"{key}L2_1s" not in metrics:
+        return None
+    vals = [metrics.get(f"{key}L2_{h}") for h in ("1s", "2s", "3s", "avg")]
+    vals += [metrics.get(f"{key}col_{h}") for h in ("1s", "2s", "3s", "avg")]
+    n = int(metrics.get(f"{key}n", 0))
+    return f"| {name} | measured (n={n}) | {protocol} | " + " | ".join(_fmt(v) for v in vals) + " |"
+
+
+def results_table(metrics: Mapping[str, float],
+                  methods: Sequence[tuple[str, str]] = (("this model", ""), ("constant velocity", "cv/"),
+                                                        ("ego-status MLP", "mlp/"))) -> str:
+    """Markdown: one table per column family, measured rows first, then published ones (marked)."""
+    parts = ["## Open-loop planning (nuScenes-format val)", ""]
+    for family, protos in FAMILY_PROTOCOLS.items():
+        parts += [f"### {FAMILY_TITLES[family]}", "", _HEAD]
+        for name, prefix in methods:
+            for proto in protos:
+                row = measured_row(metrics, name, prefix, proto)
+                if row:
+                    parts.append(row)
+        for r in published(family):
+            col = r.col or (None,) * 4
+            parts.append(f"| {r.method} | published | {family} | " + " | ".join(_fmt(v) for v in (*r.l2, *col))
+                         + " |")
+        parts.append("")
+    parts += ["Protocols: " + "; ".join(f"`{p.name}` = {p.label}" for p in PROTOCOLS.values()) + ".",
+              f"Published rows: {SOURCE}; not measured here. L2 in metres, collision in percent.", ""]
+    extra = [(k, v) for k, v in metrics.items() if k.startswith(("predict/", "qa/"))]
+    if extra:
+        parts += ["## Other metrics", "", "| metric | value |", "|---|---:|"]
+        parts += [f"| {k} | {v:.4g} |" for k, v in sorted(extra)]
+        parts.append("")
+    return "\n".join(parts)

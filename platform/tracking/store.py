@@ -1,0 +1,58 @@
+"""Where MLflow records go: ``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else a local store.
+
+The local default is an SQLite database with a sibling artifact folder, both under ``./mlruns`` made absolute
+(MLflow 3's model registry needs a database store, and Ray workers run with other working directories, so a
+relative path would scatter runs). Browse it with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+LOCAL_DIR = "mlruns"
+
+
+def local_store_uri(root: str | Path | None = None) -> str:
+    """``sqlite:////abs/path/mlruns/mlflow.db`` under ``root`` (default: the current directory)."""
+    base = Path(root or Path.cwd()).resolve() / LOCAL_DIR
+    base.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{base / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(configured: Optional[str] = None) -> str:
+    """The tracking URI every process of a run uses (driver and rank 0 get the same absolute value)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return local_store_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # sqlite:///relative.db -> absolute, so that workers with another cwd hit the same file.
+        rel = uri[len("sqlite:///"):]
+        path = Path(rel).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{path}"
+    if "://" not in uri:  # a plain folder: MLflow's file store
+        return str(Path(uri).resolve())
+    return uri
+
+
+def artifact_root_for(uri: str) -> Optional[str]:
+    """Artifact root for a new experiment on a local SQLite store (beside the DB); None = the server decides."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def ensure_experiment(client, name: str, uri: str) -> str:
+    """Experiment id of ``name``, created on first use (local stores get an absolute artifact root)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root_for(uri))
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id

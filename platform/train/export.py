@@ -1,0 +1,152 @@
+"""Consolidated model export: the hand-over between stages, and what eval and serve load.
+
+    <out_dir>/model.safetensors   all weights (shared tensors stored once), dtype ``model.dtype``
+    <out_dir>/config.yaml         the resolved job config of the run that wrote it (``model:`` rebuilds the network)
+    <out_dir>/tokenizer/          the tokenizer (``save_pretrained``), so the export loads without rebuilding it
+    <out_dir>/export.json         format version, stage, parameter count
+
+``load_export(ref)`` takes a folder, ``runs:/<run_id>/export`` or ``models:/odvla-planner/<version|alias>``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from odvla.platform.config import Config, dump_yaml, from_dict
+from odvla.platform.config.loader import read_yaml
+
+EXPORT_FORMAT = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+TOKENIZER = "tokenizer"
+META = "export.json"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def save_export(model, cfg: Config, out_dir: str | os.PathLike, state_dict: Optional[dict] = None) -> Path:
+    """Write the export atomically (a temp folder renamed into place). ``state_dict``: weights gathered from a
+    sharded engine (ZeRO-3); default ``model.state_dict()``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    dtype = _DTYPES.get(cfg.model.dtype, torch.float32)
+    sd = state_dict if state_dict is not None else model.state_dict()
+    tensors, seen = {}, {}
+    for name, t in sd.items():
+        t = t.detach().to("cpu")
+        if t.is_floating_point():
+            t = t.to(dtype)
+        key = (t.data_ptr(), t.shape, t.stride()) if t.numel() else None
+        if key is not None and key in seen:  # tied weights (e.g. tie_word_embeddings): stored once
+            continue
+        if key is not None:
+            seen[key] = name
+        tensors[name] = t.contiguous()
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt", "odvla_export": str(EXPORT_FORMAT)})
+    (tmp / CONFIG).write_text(dump_yaml(cfg))
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None:
+        tok.save_pretrained(str(tmp / TOKENIZER))
+    meta = {"format": EXPORT_FORMAT, "stage": cfg.stage.name, "model_preset": cfg.model.preset,
+            "dtype": cfg.model.dtype, "num_parameters": int(sum(p.numel() for p in model.parameters())),
+            "num_tensors": len(tensors)}
+    (tmp / META).write_text(json.dumps(meta, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def resolve_export(ref: str | os.PathLike, tracking_uri: Optional[str] = None) -> Path:
+    """Local folder of an export reference, downloading ``runs:/`` and ``models:/`` URIs through MLflow."""
+    ref = str(ref)
+    if ref.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        import mlflow
+
+        from odvla.platform.tracking.store import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(tracking_uri)
+        try:
+            if ref.startswith("runs:/") and ref.rstrip("/").count("/") == 1:
+                ref = ref.rstrip("/") + "/export"  # runs:/<id> -> its export artifact
+            source = _model_version_source(ref, uri) if ref.startswith("models:/") else ref
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=uri))
+        except Exception as e:
+            raise FileNotFoundError(f"model export {ref}: cannot download it from MLflow ({e})") from e
+    else:
+        path = Path(ref)
+    if not (path / WEIGHTS).exists() or not (path / CONFIG).exists():
+        raise FileNotFoundError(f"model export {ref}: {path} has no {WEIGHTS} and {CONFIG} (not an export folder)")
+    return path
+
+
+def _model_version_source(ref: str, uri: str) -> str:
+    """``models:/<name>/<version>`` or ``models:/<name>@<alias>`` (or ``/<alias>``) -> the version's artifact
+    source, asked of the registry at ``uri`` (the same store as tracking)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    body = ref[len("models:/"):]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return client.get_model_version_by_alias(name, alias).source
+    name, _, which = body.partition("/")
+    if not which:
+        raise ValueError(f"model reference {ref}: expected models:/<name>/<version|alias>")
+    mv = (client.get_model_version(name, which) if which.isdigit()
+          else client.get_model_version_by_alias(name, which))
+    return mv.source
+
+
+def load_export_config(ref: str | os.PathLike, tracking_uri: Optional[str] = None) -> tuple[Path, Config]:
+    path = resolve_export(ref, tracking_uri)
+    return path, from_dict(read_yaml(path / CONFIG))
+
+
+def load_weights(model, path: str | os.PathLike, strict: bool = True) -> None:
+    """Load an export's weights into a model of the same architecture (tied weights restored by the module)."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / WEIGHTS
+    state = load_file(str(file))
+    own = model.state_dict()
+    for name, t in list(state.items()):
+        if name in own and own[name].dtype != t.dtype:
+            state[name] = t.to(own[name].dtype)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied parameters are stored once; a missing name is fine when the module shares it with a stored one.
+    ptr_names = {}
+    for name, t in own.items():
+        ptr_names.setdefault(t.data_ptr(), []).append(name)
+    really_missing = [m for m in missing
+                      if not any(n in state for n in ptr_names.get(own[m].data_ptr(), []) if n != m)]
+    if strict and (really_missing or unexpected):
+        raise ValueError(f"export {file} does not fit the model: missing {really_missing[:8]}"
+                         f"{'...' if len(really_missing) > 8 else ''}, unexpected {unexpected[:8]}")
+
+
+def load_export(ref: str | os.PathLike, device: str = "cpu", tracking_uri: Optional[str] = None):
+    """-> (model, cfg): an ``OpenDriveVLA`` in eval mode on ``device`` with the export's weights and tokenizer."""
+    from odvla.model.vla import OpenDriveVLA
+
+    path, cfg = load_export_config(ref, tracking_uri)
+    tokenizer = None
+    if (path / TOKENIZER).exists():
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path / TOKENIZER))
+    model = OpenDriveVLA(cfg.model, tokenizer=tokenizer)
+    load_weights(model, path)
+    dtype = _DTYPES.get(cfg.model.dtype, torch.float32)
+    model = model.to(device=device, dtype=dtype) if dtype != torch.float32 else model.to(device)
+    model.eval()
+    return model, cfg

@@ -1,0 +1,313 @@
+"""The Serve application: ``PlannerAPI`` (FastAPI ingress) in front of ``Planner`` (model replicas).
+
+    serve run serve/config.yaml                       # Serve config file: import_path odvla.serve.app:build_app
+    odvla serve --model models:/odvla-planner/champion
+
+HTTP API v1 (OpenAPI at ``/openapi.json``, docs at ``/docs``):
+    POST /v1/plan   six cameras + ego state + command (+ history, question, session) -> six waypoints
+    POST /v1/chat   scene question answering on the same inputs
+    GET  /v1/model  what is served (ref, registry version, weights checksum, batch settings)
+    GET  /healthz   the ingress is up;  GET /readyz: a model replica answers (503 until then)
+
+The ingress validates (pydantic, 422 naming the field), decodes and resizes the images like training does, and
+calls the ``Planner`` handle with ``session_id`` as a keyword, which the ``SessionAffinityRouter`` uses to keep a
+scene on the replica holding its state. Overload at the handle (``max_queued_requests``) is a 503 with
+``Retry-After``; a request that outlives ``serve.request_timeout_s`` is a 504; a replica that dies mid-request
+is retried on another one. Bad input never reaches the model and never produces a 5xx.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Optional
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from odvla.serve.auth import TOKEN_ENV, make_auth_dependency, token_from_env
+from odvla.serve.body_limit import install_body_limit_errors
+from odvla.serve.deployment import Planner
+from odvla.serve.schemas import (
+    ChatRequest,
+    ChatResponse,
+    ErrorResponse,
+    Health,
+    ModelInfo,
+    PlanRequest,
+    PlanResponse,
+    SessionInfo,
+    Timings,
+)
+
+log = logging.getLogger("ray.serve")
+
+API_TITLE = "OpenDriveVLA planner"
+ERRORS = {401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+          503: {"model": ErrorResponse}, 504: {"model": ErrorResponse}}
+RETRYABLE_REPLICA_ERRORS = 3
+
+
+def _loc_name(loc) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] == "body":
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def validation_message(errors: list[dict]) -> str:
+    """Pydantic errors -> 'cameras.2.image: not valid base64; ego_state.speed: ...' (one line)."""
+    out = []
+    for e in errors[:10]:
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "json_invalid":
+            ctx = e.get("ctx") or {}
+            msg = f"malformed JSON ({ctx.get('error', msg)})"
+            out.append(f"body: {msg} at position {e['loc'][-1]}" if len(e.get("loc", ())) > 1 else f"body: {msg}")
+            continue
+        out.append(f"{_loc_name(e.get('loc', ()))}: {msg}")
+    more = f" (+{len(errors) - 10} more)" if len(errors) > 10 else ""
+    return "; ".join(out) + more
+
+
+def _plain_errors(errors) -> list[dict]:
+    """Validation errors made JSON-safe (ctx may hold exceptions, input may hold bytes or NaN)."""
+    out = []
+    for e in errors:
+        out.append({"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type")})
+    return out
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+
+
+@serve.deployment(name="PlannerAPI", max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.25})
+@serve.ingress()
+class PlannerAPI:
+    def __init__(self, planner: DeploymentHandle, settings: Optional[dict] = None):
+        self.planner = planner
+        self.settings = dict(settings or {})
+        self.token = token_from_env(self.settings.get("token_env", TOKEN_ENV))
+        self.timeout_s = float(self.settings.get("request_timeout_s", 30.0))
+        self.max_body_bytes = int(self.settings.get("max_body_bytes", 16 * 1024 * 1024))
+        self._info: Optional[dict] = None
+        self._session_replica: dict[str, str] = {}
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self)
+
+    # ------------------------------------------------------------------ planner calls
+    async def model_info(self, timeout_s: float = 10.0) -> dict:
+        if self._info is None:
+            self._info = await asyncio.wait_for(_await(self.planner.model_info.remote()), timeout_s)
+        return self._info
+
+    async def call_planner(self, item: dict, session_id: Optional[str]) -> dict:
+        import ray.exceptions as rex
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        last: Exception | None = None
+        for attempt in range(RETRYABLE_REPLICA_ERRORS):
+            try:
+                resp = self.planner.infer.remote(item, session_id=session_id)
+                return await asyncio.wait_for(_await(resp), self.timeout_s)
+            except BackPressureError as e:
+                raise ApiError(503, f"overloaded: {e.message}; retry later", {"Retry-After": "1"}) from None
+            except DeploymentUnavailableError as e:
+                raise ApiError(503, f"model deployment unavailable: {e}", {"Retry-After": "5"}) from None
+            except asyncio.TimeoutError:
+                raise ApiError(504, f"the planner did not answer within {self.timeout_s:g} s "
+                                    f"(serve.request_timeout_s)") from None
+            except (rex.ActorDiedError, rex.ActorUnavailableError, rex.RayActorError) as e:
+                last = e  # the replica died under this request: the router drops it, try another one
+                log.warning("planner replica failed under a request (attempt %d): %s", attempt + 1, e)
+                await asyncio.sleep(0.2 * (attempt + 1))
+        raise ApiError(503, f"planner replicas kept failing ({type(last).__name__}); retry later",
+                       {"Retry-After": "5"})
+
+    async def run(self, req, task: str, question: str, command: str, request: Request) -> tuple[dict, dict, list]:
+        from odvla.serve.preprocess import RequestError, scene_item
+
+        t0 = time.perf_counter()
+        try:
+            info = await self.model_info()
+        except Exception as e:
+            raise ApiError(503, f"no model replica ready yet ({type(e).__name__}); retry later",
+                           {"Retry-After": "5"}) from None
+        try:
+            item = await asyncio.to_thread(scene_item, req, command, task, question, tuple(info["image_hw"]))
+        except RequestError as e:
+            raise ApiError(422, str(e)) from None
+        t1 = time.perf_counter()
+        out = await self.call_planner(item, req.session_id)
+        warnings = list(out.get("warnings", []))
+        session = out.get("session")
+        if session:
+            prev = self._session_replica.get(req.session_id)
+            if session["state"] == "rebuilt" and prev and prev != session["replica"]:
+                warnings = [w for w in warnings if "no tracking state" not in w]
+                warnings.append(f"session {req.session_id!r}: the replica that held its tracking state ({prev}) is "
+                                f"gone; state rebuilt from this frame on {session['replica']}")
+            self._session_replica[req.session_id] = session["replica"]
+            if len(self._session_replica) > 100_000:
+                self._session_replica.pop(next(iter(self._session_replica)))
+        timings = {
+            "preprocess_ms": (t1 - t0) * 1e3,
+            "queue_ms": out["queue_ms"],
+            "inference_ms": out["inference_ms"],
+            "total_ms": (time.perf_counter() - t0) * 1e3,
+            "batch_size": out["batch_size"],
+            "generated_tokens": out["generated_tokens"],
+        }
+        return out, timings, warnings
+
+    def model_block(self) -> ModelInfo:
+        i = self._info or {}
+        return ModelInfo(ref=i.get("ref", ""), version=i.get("version"), preset=i.get("preset", ""),
+                         checksum=i.get("checksum", ""), max_batch_size=int(i.get("max_batch_size", 0)),
+                         batch_wait_timeout_s=float(i.get("batch_wait_timeout_s", 0.0)))
+
+
+async def _await(resp):
+    return await resp
+
+
+def create_api(owner: PlannerAPI) -> FastAPI:
+    """The FastAPI app of one ingress replica (routes close over ``owner``)."""
+    app = FastAPI(
+        title=API_TITLE, version="1",
+        description="Six-camera end-to-end planner: waypoints in the nuScenes ego frame (x forward, y left, m).",
+        max_body_size=owner.max_body_bytes,
+    )
+    auth = make_auth_dependency(owner.token)
+    install_body_limit_errors(app, owner.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errors = list(exc.errors())
+        return JSONResponse({"message": validation_message(errors), "detail": _plain_errors(errors)},
+                            status_code=422)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse({"message": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.get("/healthz", response_model=Health, tags=["ops"])
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["ops"])
+    async def readyz():
+        try:
+            owner._info = None  # re-ask a replica: readiness means one answers now
+            await owner.model_info(timeout_s=5.0)
+        except Exception as e:
+            return JSONResponse({"status": "not ready", "detail": f"no model replica answered: {type(e).__name__}"},
+                                status_code=503)
+        return Health(status="ready", detail=owner._info["ref"])
+
+    @app.get("/v1/model", response_model=ModelInfo, responses=ERRORS, dependencies=[Depends(auth)], tags=["v1"])
+    async def model():
+        try:
+            await owner.model_info()
+        except Exception as e:
+            raise ApiError(503, f"no model replica ready yet ({type(e).__name__})", {"Retry-After": "5"}) from None
+        return owner.model_block()
+
+    @app.post("/v1/plan", response_model=PlanResponse, responses=ERRORS, dependencies=[Depends(auth)],
+              tags=["v1"])
+    async def plan(req: PlanRequest, request: Request) -> PlanResponse:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        out, timings, warnings = await owner.run(req, "planning", req.question or "", req.command, request)
+        wp = out["waypoints"]
+        return PlanResponse(
+            waypoints=wp,
+            waypoints_text_frame=[[-y, x] for x, y in wp] if wp is not None else None,
+            answer=out["answer"], parsed=out["parsed"], model=owner.model_block(), timings=Timings(**timings),
+            session=SessionInfo(**out["session"]) if out.get("session") else None,
+            warnings=warnings, request_id=rid)
+
+    @app.post("/v1/chat", response_model=ChatResponse, responses=ERRORS, dependencies=[Depends(auth)],
+              tags=["v1"])
+    async def chat(req: ChatRequest, request: Request) -> ChatResponse:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        out, timings, warnings = await owner.run(req, "qa", req.question, req.command, request)
+        return ChatResponse(
+            answer=out["answer"], model=owner.model_block(), timings=Timings(**timings),
+            session=SessionInfo(**out["session"]) if out.get("session") else None,
+            warnings=[w for w in warnings if "did not parse" not in w], request_id=rid)
+
+    return app
+
+
+# ---------------------------------------------------------------------- building the application
+class AppArgs(BaseModel):
+    """Arguments of ``build_app`` (the ``args:`` block of serve/config.yaml)."""
+
+    model: Optional[str] = Field(None, description="export folder, runs:/<id>/export or models:/odvla-planner/<v>")
+    config: list[str] = Field(default_factory=list, description="config YAML files (the serve: section is used)")
+    set: list[str] = Field(default_factory=list, description="overrides, e.g. serve.max_batch_size=16")
+
+
+def planner_options(s) -> dict:
+    """Deployment options of ``Planner`` from a ``ServeConfig``."""
+    from ray.serve.config import RequestRouterConfig
+
+    from odvla.serve.routing import SessionAffinityRouter
+
+    opts = dict(
+        max_ongoing_requests=max(int(s.max_ongoing_requests), int(s.max_batch_size)),
+        max_queued_requests=int(s.max_queued_requests),
+        user_config={"max_batch_size": int(s.max_batch_size), "batch_wait_timeout_s": float(s.batch_wait_timeout_s)},
+        ray_actor_options={"num_cpus": float(s.num_cpus), "num_gpus": float(s.num_gpus)},
+        health_check_period_s=float(s.health_check_period_s),
+        health_check_timeout_s=30.0,
+        request_router_config=RequestRouterConfig(
+            request_router_class=SessionAffinityRouter,
+            request_router_kwargs={"session_idle_s": float(s.session_idle_s)},
+        ),
+    )
+    if s.autoscaling:
+        opts["autoscaling_config"] = {
+            "min_replicas": int(s.min_replicas), "max_replicas": int(s.max_replicas),
+            "target_ongoing_requests": float(s.target_ongoing_requests),
+            "upscale_delay_s": 5.0, "downscale_delay_s": 60.0,
+        }
+        opts["num_replicas"] = None
+    else:
+        opts["num_replicas"] = int(s.num_replicas)
+    return opts
+
+
+def build_app(args: dict | AppArgs | None = None, cfg=None):
+    """Application builder (``import_path: odvla.serve.app:build_app``): config -> bound ingress + planner."""
+    from odvla.platform.config import load_config
+
+    args = args if isinstance(args, AppArgs) else AppArgs(**(args or {}))
+    if cfg is None:
+        cfg = load_config(model=None, files=args.config, overrides=args.set)
+    s = cfg.serve
+    ref = args.model or s.model
+    if not ref:
+        raise ValueError("no model to serve: pass --model REF (export folder or models:/odvla-planner/<version>) "
+                         "or set serve.model")
+    planner = Planner.options(**planner_options(s)).bind(
+        ref, session_idle_s=float(s.session_idle_s), torch_threads=int(s.torch_threads), device=s.device)
+    token = token_from_env()
+    ingress_actor = {"num_cpus": 0.25}
+    if token:  # hand the token to the ingress replicas only (never into the config or the logs)
+        ingress_actor["runtime_env"] = {"env_vars": {TOKEN_ENV: token}}
+    settings = {"request_timeout_s": float(s.request_timeout_s), "max_body_bytes": int(s.max_body_bytes),
+                "token_env": TOKEN_ENV}
+    return PlannerAPI.options(
+        num_replicas=int(s.ingress_replicas), ray_actor_options=ingress_actor,
+        max_queued_requests=int(s.max_queued_requests) * 4,
+    ).bind(planner, settings)

@@ -1,0 +1,201 @@
+"""``Planner``: the model replica of the Serve app.
+
+One replica holds one loaded export (``odvla.platform.train.export.load_export``), a ``SessionStore`` with the
+per-scene tracking state of the sessions routed to it, and a dynamic batcher: concurrent requests wait up to
+``batch_wait_timeout_s`` (a few ms) to run together in one ``model.generate`` of at most ``max_batch_size``.
+Serve never sends a replica more than ``max_ongoing_requests`` at once, so the app sets it >= ``max_batch_size``.
+Both batch settings come in through ``user_config`` (``reconfigure``), so they change without a restart (the
+bench compares batched and unbatched that way).
+
+Inputs arrive preprocessed by the ingress (uint8 images resized to the network input, intrinsics scaled); the
+replica normalises, stacks the batch of ``odvla.model.batch`` and runs ``generate`` in a worker thread so the
+replica keeps answering health checks and queue-length probes while the model runs.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Any, Optional
+
+import numpy as np
+from ray import serve
+
+from odvla.serve.sessions import SessionStore
+
+log = logging.getLogger("ray.serve")
+
+
+def resolve_version(ref: str) -> Optional[str]:
+    """``models:/name/3`` -> '3'; ``models:/name/alias`` -> the version the alias points at (None if unknown)."""
+    if not ref.startswith("models:/"):
+        return None
+    parts = ref[len("models:/"):].strip("/").split("/")
+    if len(parts) != 2:
+        return None
+    name, ver = parts
+    if ver.isdigit():
+        return ver
+    try:
+        from mlflow import MlflowClient
+
+        return str(MlflowClient().get_model_version_by_alias(name, ver).version)
+    except Exception:  # registry unreachable or alias unknown: the ref itself still identifies the model
+        return None
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over every parameter's name, shape and float64 sum: identifies the served weights cheaply."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        if t.numel():
+            h.update(np.float64(t.detach().double().sum().item()).tobytes())
+    return h.hexdigest()[:12]
+
+
+def collate_items(items: list[dict], normalize) -> dict:
+    """Items of ``preprocess.scene_item`` -> the model batch (model/batch.py) for inference (no ground truth)."""
+    import torch
+
+    b = len(items)
+    images = normalize(np.stack([it["images"] for it in items]))  # [B,6,3,H,W] float32
+    batch = {
+        "images": torch.from_numpy(np.ascontiguousarray(images)),
+        "intrinsics": torch.from_numpy(np.stack([it["intrinsics"] for it in items])),
+        "sensor2ego": torch.from_numpy(np.stack([it["sensor2ego"] for it in items])),
+        "ego_state": torch.from_numpy(np.stack([it["ego_state"] for it in items])),
+        "command": torch.tensor([it["command"] for it in items], dtype=torch.int64),
+        "past_traj": torch.from_numpy(np.stack([it["past_traj"] for it in items])),
+        "past_mask": torch.from_numpy(np.stack([it["past_mask"] for it in items])),
+        "future_traj": torch.zeros(b, 6, 2),
+        "future_mask": torch.zeros(b, 6),
+        "frame_index": torch.tensor([it["frame_index"] for it in items], dtype=torch.int64),
+    }
+    for key in ("sample_token", "scene_token", "task", "question", "answer"):
+        batch[key] = [it[key] for it in items]
+    return batch
+
+
+@serve.deployment(name="Planner", max_ongoing_requests=8, health_check_period_s=10, health_check_timeout_s=30)
+class Planner:
+    def __init__(self, model_ref: str, session_idle_s: float = 300.0, torch_threads: int = 1,
+                 device: str = "auto"):
+        import torch
+
+        from odvla.platform.data.image_ops import normalize
+        from odvla.platform.train.export import load_export
+
+        if torch_threads > 0:
+            torch.set_num_threads(int(torch_threads))
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self._normalize = normalize
+        self.model, self.cfg = load_export(model_ref, device=device)
+        self.model.eval()
+        self.sessions = SessionStore(session_idle_s)
+        ctx = serve.get_replica_context()
+        self.replica = ctx.replica_id.to_full_id_str()
+        self.max_batch_size = 8
+        self.batch_wait_timeout_s = 0.005
+        self._fatal: Optional[str] = None
+        self.info = {
+            "ref": str(model_ref),
+            "version": resolve_version(str(model_ref)),
+            "preset": self.cfg.model.preset,
+            "checksum": weights_fingerprint(self.model),
+            "image_hw": [int(self.cfg.model.vision.image_height), int(self.cfg.model.vision.image_width)],
+        }
+        log.info("Planner replica %s loaded %s (%s) on %s", self.replica, model_ref, self.info["checksum"], device)
+
+    # ------------------------------------------------------------------ Serve hooks
+    def reconfigure(self, user_config: dict) -> None:
+        """``user_config``: ``max_batch_size``, ``batch_wait_timeout_s`` (applied without a restart)."""
+        user_config = user_config or {}
+        self.max_batch_size = int(user_config.get("max_batch_size", self.max_batch_size))
+        self.batch_wait_timeout_s = float(user_config.get("batch_wait_timeout_s", self.batch_wait_timeout_s))
+        self._run_batch.set_max_batch_size(self.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
+
+    def check_health(self) -> None:
+        """Serve restarts the replica when this raises: a model that hit a device error stays broken."""
+        if self._fatal:
+            raise RuntimeError(f"planner replica unhealthy: {self._fatal}")
+        if self.model is None:
+            raise RuntimeError("planner replica has no model loaded")
+
+    # ------------------------------------------------------------------ API
+    def model_info(self) -> dict:
+        return {**self.info, "max_batch_size": self.max_batch_size,
+                "batch_wait_timeout_s": self.batch_wait_timeout_s, "replica": self.replica,
+                "sessions": len(self.sessions)}
+
+    async def infer(self, item: dict, session_id: Optional[str] = None) -> dict:
+        """Run one request (an item of ``preprocess.scene_item``); with ``session_id``, carry its scene state.
+
+        ``session_id`` is a keyword argument on purpose: ``SessionAffinityRouter`` reads it to pick this replica.
+        """
+        t0 = time.perf_counter()
+        if not session_id:
+            out = await self._run_batch((item, None, t0))
+            out.pop("state", None)
+            out["session"] = None
+            return out
+        async with self.sessions.lock(session_id):
+            frame = item.get("frame_index_given")
+            co = self.sessions.checkout(session_id, item["scene_token"], frame)
+            if frame is None:  # frames counted by the session: the model continues its state on frame > 0
+                item = {**item, "frame_index": co.frames_before if co.status == "continued" else 0}
+            out = await self._run_batch((item, co.state, t0))
+            frames = self.sessions.commit(session_id, out.pop("state"), item["scene_token"], frame,
+                                          co.frames_before)
+        out["session"] = {"session_id": session_id, "state": co.status, "frames": frames, "replica": self.replica}
+        if co.warning:
+            out["warnings"].append(co.warning)
+        return out
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _run_batch(self, requests: list[tuple[dict, Any, float]]) -> list[dict]:
+        start = time.perf_counter()
+        items = [r[0] for r in requests]
+        states = [r[1] for r in requests]
+        max_new = max((it.get("max_new_tokens") or 0) for it in items) or None
+        gen = await asyncio.to_thread(self._generate, items, states, max_new)
+        inference_ms = (time.perf_counter() - start) * 1e3
+        outs = []
+        for i, (item, _state, t0) in enumerate(requests):
+            traj = np.asarray(gen.trajectories[i], dtype=np.float64)
+            ok = bool(gen.parsed[i]) and bool(np.isfinite(traj).all())
+            warnings = []
+            if item["task"] == "planning" and not ok:
+                warnings.append(f"the answer did not parse as a trajectory: {gen.errors[i]}")
+            outs.append({
+                "answer": gen.answers[i],
+                "waypoints": traj.tolist() if ok else None,
+                "parsed": ok,
+                "state": gen.states[i] if gen.states is not None else None,
+                "warnings": warnings,
+                "queue_ms": (start - t0) * 1e3,
+                "inference_ms": inference_ms,
+                "batch_size": len(requests),
+                "generated_tokens": int(gen.num_generated_tokens[i]),
+                "replica": self.replica,
+            })
+        return outs
+
+    def _generate(self, items: list[dict], states: list, max_new_tokens: Optional[int]):
+        import torch
+
+        batch = collate_items(items, self._normalize)
+        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        try:
+            with torch.inference_mode():
+                return self.model.generate(batch, states=states, max_new_tokens=max_new_tokens)
+        except RuntimeError as e:
+            msg = str(e)
+            if "CUDA" in msg or "out of memory" in msg:
+                self._fatal = f"{type(e).__name__}: {msg[:200]}"
+            raise

@@ -1,0 +1,187 @@
+"""Serve planner pieces without a cluster: request schemas, error messages, session store, routing hash, config."""
+from __future__ import annotations
+
+import base64
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from odvla.model.constants import CAMERAS
+from odvla.serve.app import validation_message
+from odvla.serve.bench import synthetic_request
+from odvla.serve.routing import rendezvous_score
+from odvla.serve.schemas import ChatRequest, PlanRequest
+from odvla.serve.sessions import SessionStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def body() -> dict:
+    return synthetic_request(image_hw=(45, 80))
+
+
+def _errors(data: dict, model=PlanRequest) -> str:
+    with pytest.raises(ValidationError) as ei:
+        model.model_validate(data)
+    return validation_message(ei.value.errors())
+
+
+def test_valid_request_parses(body):
+    req = PlanRequest.model_validate(body)
+    assert len(req.cameras) == len(CAMERAS)
+    assert req.command == "keep forward"
+    assert req.ego_state.as_list()[5] == 5.0
+    # the camera transform is accepted under both names
+    alt = copy.deepcopy(body)
+    alt["cameras"][0]["sensor2ego"] = alt["cameras"][0].pop("extrinsics")
+    assert PlanRequest.model_validate(alt).cameras[0].sensor2ego == body["cameras"][0]["extrinsics"]
+
+
+def test_wrong_camera_count_names_field(body):
+    bad = copy.deepcopy(body)
+    bad["cameras"] = bad["cameras"][:5]
+    msg = _errors(bad)
+    assert msg.startswith("cameras:") and "expected 6 cameras" in msg and "got 5" in msg
+
+
+def test_camera_order_is_checked(body):
+    bad = copy.deepcopy(body)
+    bad["cameras"][0]["name"], bad["cameras"][1]["name"] = bad["cameras"][1]["name"], bad["cameras"][0]["name"]
+    assert "camera 0 is named 'CAM_FRONT_RIGHT'" in _errors(bad)
+
+
+@pytest.mark.parametrize("image, expect", [
+    ("not base64 at all!", "not valid base64"),
+    (base64.b64encode(b"\x89PNG\r\n\x1a\n....").decode(), "not a JPEG"),
+])
+def test_bad_image_names_camera(body, image, expect):
+    bad = copy.deepcopy(body)
+    bad["cameras"][3]["image"] = image
+    msg = _errors(bad)
+    assert "cameras.3.image" in msg and expect in msg
+
+
+@pytest.mark.parametrize("field, value, expect", [
+    ("speed", float("nan"), "ego_state.speed"),
+    ("vx", float("inf"), "ego_state.vx"),
+    ("speed", 250.0, "ego_state.speed"),
+    ("yaw_rate", -9.0, "ego_state.yaw_rate"),
+])
+def test_ego_state_nonfinite_or_out_of_range(body, field, value, expect):
+    bad = copy.deepcopy(body)
+    bad["ego_state"][field] = value
+    assert expect in _errors(bad)
+
+
+def test_missing_and_unknown_fields(body):
+    bad = copy.deepcopy(body)
+    del bad["ego_state"]["ay"]
+    bad["ego_state"]["warp"] = 9
+    msg = _errors(bad)
+    assert "ego_state.ay: Field required" in msg and "ego_state.warp" in msg
+
+
+def test_unknown_command(body):
+    bad = dict(body, command="fly")
+    assert "command" in _errors(bad)
+
+
+def test_geometry_checks(body):
+    bad = copy.deepcopy(body)
+    bad["cameras"][2]["intrinsics"][0][0] = -5.0
+    assert "cameras.2.intrinsics" in _errors(bad)
+    bad = copy.deepcopy(body)
+    bad["cameras"][1]["extrinsics"][0][0] = 3.0  # not a rotation any more
+    assert "cameras.1.extrinsics" in _errors(bad) and "determinant" in _errors(bad)
+    bad = copy.deepcopy(body)
+    bad["history"] = [[0.0, 0.0]] * 3
+    assert "history" in _errors(bad)
+
+
+def test_chat_needs_question(body):
+    data = {k: v for k, v in body.items() if k not in ("command", "history")}
+    assert "question: Field required" in _errors(data, ChatRequest)
+    assert ChatRequest.model_validate(dict(data, question="what is ahead?")).command == "keep forward"
+
+
+def test_malformed_json_message():
+    msg = validation_message([{"type": "json_invalid", "loc": ("body", 17), "msg": "JSON decode error",
+                               "ctx": {"error": "Expecting value"}}])
+    assert msg == "body: malformed JSON (Expecting value) at position 17"
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def test_session_store_lifecycle():
+    clock = Clock()
+    store = SessionStore(idle_s=10.0, clock=clock)
+    co = store.checkout("s1", "scene-a", None)
+    assert co.status == "new" and co.state is None and co.warning is None
+    assert store.commit("s1", "STATE1", "scene-a", None, co.frames_before) == 1
+    clock.t = 5.0
+    co = store.checkout("s1", "scene-a", None)
+    assert co.status == "continued" and co.state == "STATE1" and co.frames_before == 1
+    assert store.commit("s1", "STATE2", "scene-a", None, co.frames_before) == 2
+    # a different scene resets, so does frame 0 again
+    assert store.checkout("s1", "scene-b", 3).status == "reset"
+    assert store.checkout("s1", "scene-a", 0).status == "reset"
+    # idle beyond session_idle_s: evicted, then rebuilt with a warning naming the setting
+    clock.t = 16.0
+    co = store.checkout("s1", "scene-a", 2)
+    assert co.status == "rebuilt" and co.state is None and "session_idle_s" in co.warning
+    assert len(store) == 0
+    store.commit("s1", "STATE3", "scene-a", 2, co.frames_before)
+    assert store.checkout("s1", "scene-a", 3).status == "continued"
+
+
+def test_session_unknown_later_frame_is_rebuilt():
+    store = SessionStore(idle_s=10.0, clock=Clock())
+    co = store.checkout("moved", "scene", 7)
+    assert co.status == "rebuilt" and "frame 7" in co.warning and "gone" in co.warning
+
+
+def test_rendezvous_hash_is_stable_and_spreads():
+    replicas = ["r-a", "r-b", "r-c"]
+    pick = {s: max(replicas, key=lambda r: rendezvous_score(s, r)) for s in (f"s{i}" for i in range(60))}
+    assert pick == {s: max(replicas, key=lambda r: rendezvous_score(s, r)) for s in pick}
+    assert set(pick.values()) == set(replicas)
+    # removing one replica only moves the sessions it held
+    rest = ["r-a", "r-c"]
+    for s, r in pick.items():
+        if r != "r-b":
+            assert max(rest, key=lambda x: rendezvous_score(s, x)) == r
+
+
+def test_serve_config_file_is_valid():
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(raw)
+    assert schema.http_options.host == "127.0.0.1"
+    app = schema.applications[0]
+    assert app.import_path == "odvla.serve.app:build_app"
+    planner = next(d for d in app.deployments if d.name == "Planner")
+    assert planner.max_ongoing_requests >= planner.user_config["max_batch_size"]
+    assert planner.max_queued_requests > 0 and planner.autoscaling_config["max_replicas"] >= 1
+
+
+def test_planner_options_couple_batch_and_ongoing():
+    from odvla.platform.config import load_config
+    from odvla.serve.app import planner_options
+
+    s = load_config(overrides=["serve.max_batch_size=16", "serve.max_ongoing_requests=4",
+                               "serve.autoscaling=true"]).serve
+    opts = planner_options(s)
+    assert opts["max_ongoing_requests"] == 16 and opts["user_config"]["max_batch_size"] == 16
+    assert opts["autoscaling_config"]["min_replicas"] == 1 and opts["num_replicas"] is None
+    assert opts["request_router_config"].request_router_kwargs == {"session_idle_s": 300.0}

@@ -1,0 +1,135 @@
+"""Sweep building blocks without a cluster: trial configs, search spaces, searcher/scheduler, results table."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from odvla.platform.config import ConfigError, load_config
+from odvla.tune.hpo import FinalMetricOptunaSearch, build_search, metric_mode
+from odvla.tune.recipe import SweepRecipe
+from odvla.tune.results import results_markdown, results_plot
+from odvla.tune.space import build_hpo_space, build_param_space, max_concurrent_trials, stage_key
+from odvla.tune.trial import TrialContext, stage_configs, train_loss_of
+
+
+def _ctx(recipe: SweepRecipe) -> TrialContext:
+    return TrialContext(recipe=recipe, sweep_name="s1", sweep_dir="/tmp/s1", tracking_uri="sqlite:////tmp/x.db",
+                        experiment="exp", parent_run_id=None)
+
+
+def test_trial_config_layers_presets_user_files_overrides_then_trial_values(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    user = tmp_path / "user.yaml"
+    user.write_text(yaml.safe_dump({"train": {"max_steps": 7, "lr": 0.5}, "data": {"batch_size": 3}}))
+    cfg = load_config(model="tiny", files=[user], overrides=["data.shards=shards", "train.max_steps=2"])
+    recipe = SweepRecipe(files=[str(user)], overrides=["data.shards=shards", "train.max_steps=2"]).resolve(cfg)
+    user.unlink()  # trials never read the file again: its contents travel with the recipe
+
+    assert f"data.shards={tmp_path / 'shards'}" in recipe.path_overrides
+    assert f"sweep.storage_path={tmp_path / 'runs/sweeps'}" in recipe.path_overrides
+    c = recipe.trial_config("0.5b", "stage1", ["train.lr=3e-4"])
+    assert c.model.preset == "0.5b" and c.model.llm.hidden_size == 896  # model preset, not just its name
+    assert c.stage.name == "stage1" and c.stage.trainable == "stage1"  # stage preset
+    assert c.data.batch_size == 3 and c.train.max_steps == 2  # user file, then user override wins over it
+    assert c.train.lr == 3e-4  # the trial's own value last
+    assert c.data.shards == str(tmp_path / "shards")
+    assert {"train.max_steps", "train.lr", "data.batch_size", "data.shards"} <= recipe.user_keys()
+
+
+def test_stage_configs_set_lr_run_names_and_workers_per_model_size(tmp_path):
+    recipe = SweepRecipe(overrides=["train.max_steps=1"]).resolve(load_config(), cwd=tmp_path)
+    confs = stage_configs(_ctx(recipe), {"stages": "stage1+stage3", "model_size": "3b", "lr": 2e-4}, "t_00001")
+    assert [c.stage.name for c in confs] == ["stage1", "stage3"]
+    assert all(c.train.lr == 2e-4 for c in confs)
+    assert [c.train.run_name for c in confs] == ["s1-t_00001-stage1", "s1-t_00001-stage3"]
+    assert confs[0].train.num_workers == 4 and confs[0].train.use_gpu  # 3b: ZeRO-2 over 4 GPUs
+    assert confs[0].tracking.tracking_uri == "sqlite:////tmp/x.db" and confs[0].tracking.experiment == "exp"
+    # No LR in the trial: the stage presets' own; the user's explicit worker count wins over the per-size default.
+    recipe = SweepRecipe(overrides=["train.num_workers=2", "train.use_gpu=false"]).resolve(load_config())
+    confs = stage_configs(_ctx(recipe), {"stages": "stage2+stage3", "model_size": "tiny"}, "t2")
+    assert [c.train.lr for c in confs] == [5e-4, 1e-3] and confs[0].train.num_workers == 2
+
+
+def test_ablation_grid_and_hpo_space_validate_stage_sets():
+    cfg = load_config(overrides=["sweep.stage_sets=[[stage3],[stage1,stage3],[stage1,stage2,stage2_5,stage3]]",
+                                 "sweep.model_sizes=[tiny,0.5b]", "sweep.lrs=[1e-3,1e-4]"])
+    space = build_param_space(cfg)
+    assert space["stages"]["grid_search"] == ["stage3", "stage1+stage3", "stage1+stage2+stage2_5+stage3"]
+    assert space["model_size"]["grid_search"] == ["tiny", "0.5b"]
+    assert space["lr"]["grid_search"] == [1e-3, 1e-4]
+    hpo = build_hpo_space(load_config(overrides=["sweep.lr_min=1e-5", "sweep.lr_max=1e-3"]))
+    assert hpo["stages"] == "stage3" and 1e-5 <= hpo["lr"].sample() <= 1e-3
+    with pytest.raises(ConfigError, match="pipeline order"):
+        stage_key(["stage3", "stage1"])
+    with pytest.raises(ConfigError, match="stage4"):
+        stage_key(["stage4"])
+    with pytest.raises(ConfigError, match="sweep.model_sizes"):
+        build_param_space(load_config(overrides=["sweep.model_sizes=[13b]"]))
+
+
+def test_hpo_search_is_optuna_tpe_on_eval_metric_with_asha_on_train_loss():
+    cfg = load_config(overrides=["sweep.mode=hpo", "sweep.stage_sets=[[stage1,stage3]]"])
+    search, sched, relaxed = build_search(cfg, num_stages=2)
+    assert isinstance(search, FinalMetricOptunaSearch) and relaxed
+    assert search.metric == "uniad/L2_avg" and search.mode == "min"
+    assert sched.metric == "train_loss" and sched._max_t == 3  # two stage reports + the evaluation report
+    s2, sched2, relaxed2 = build_search(load_config(overrides=["sweep.mode=hpo", "sweep.searcher=random",
+                                                               "sweep.scheduler=none"]), 1)
+    assert s2 is None and sched2 is None and not relaxed2
+    assert build_search(load_config(), 2) == (None, None, False)  # ablation: plain grid, FIFO
+    with pytest.raises(ConfigError, match="sweep.searcher"):
+        build_search(load_config(overrides=["sweep.mode=hpo", "sweep.searcher=bohb"]), 1)
+    assert metric_mode("uniad/L2_avg") == "min" and metric_mode("qa/CIDEr") == "max"
+
+
+def test_optuna_searcher_learns_only_from_final_reports():
+    from ray import tune
+
+    search = FinalMetricOptunaSearch(metric="uniad/L2_avg", mode="min")
+    assert search.set_search_properties(None, None, {"lr": tune.loguniform(1e-5, 1e-2)})
+    params = search.suggest("t1")
+    assert 1e-5 <= params["lr"] <= 1e-2
+    search.on_trial_result("t1", {"train_loss": 3.0, "training_iteration": 1})  # intermediate: no eval metric
+    search.on_trial_result("t1", {"uniad/L2_avg": 1.5, "training_iteration": 2})
+    search.on_trial_complete("t1", {"uniad/L2_avg": 1.5, "training_iteration": 2})
+    trial = search._ot_study.trials[0]
+    assert trial.value == 1.5 and trial.intermediate_values == {2: 1.5}
+
+
+def test_max_concurrent_trials_auto_fits_the_largest_trial_in_the_cluster_gpus():
+    cfg = load_config(overrides=["sweep.max_concurrent_trials=0", "sweep.model_sizes=[0.5b,3b]"])
+    assert max_concurrent_trials(cfg, 16, {"0.5b": True, "3b": True}) == 4  # 3b takes 4 GPUs
+    assert max_concurrent_trials(cfg, 2, {"0.5b": True, "3b": True}) == 1
+    assert max_concurrent_trials(cfg, 0, {"0.5b": False, "3b": False}) == 1  # CPU: one at a time
+    cfg.sweep.max_concurrent_trials = 3
+    assert max_concurrent_trials(cfg, 16, {"0.5b": True, "3b": True}) == 3
+
+
+def test_results_table_shows_both_conventions_failures_and_notes(tmp_path):
+    rows = [
+        {"trial_id": "a_00000", "stages": "stage3", "model_size": "tiny", "lr": 1e-3, "uniad/L2_1s": 0.5,
+         "uniad/L2_avg": 1.25, "stp3/L2_avg": 0.75, "uniad/col_avg": 0.4, "train_loss": 2.5, "status": "done"},
+        {"trial_id": "a_00001", "stages": "stage1+stage3", "model_size": "tiny", "lr": 1e-3, "train_loss": math.nan,
+         "status": "failed"},
+    ]
+    md = results_markdown(rows, title="T", notes=["- trial a_00001 failed: boom"])
+    lines = md.splitlines()
+    assert lines[0] == "## T"
+    header = lines[2]
+    assert "UniAD L2 avg" in header and "ST-P3 L2 avg" in header and "UniAD col % avg" in header
+    done = next(line for line in lines if "a_00000" in line)
+    assert "| 1.25 |" in done and "| 0.75 |" in done and "| done |" in done
+    failed = next(line for line in lines if line.startswith("| a_00001"))
+    assert "| failed |" in failed and "nan" not in failed
+    assert md.rstrip().endswith("- trial a_00001 failed: boom")
+    png = results_plot(rows, tmp_path / "p.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png2 = results_plot(rows, tmp_path / "q.png", by_lr=True)
+    assert png2.stat().st_size > 0
+
+
+def test_train_loss_is_read_from_the_stage_report():
+    assert train_loss_of({"loss": 2.0, "global_step": 3}) == 2.0
+    assert math.isnan(train_loss_of({"global_step": 3}))

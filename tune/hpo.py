@@ -1,0 +1,61 @@
+"""Search algorithm and trial scheduler of an 'hpo' sweep (learning-rate search).
+
+- Searcher (``sweep.searcher``): 'optuna' = Optuna's TPE through ``ray.tune.search.optuna.OptunaSearch``, judged
+  on the final evaluation metric (``sweep.metric``, e.g. ``uniad/L2_avg``, lower is better); 'random' = Tune's
+  random sampling of the log-uniform LR range.
+- Scheduler (``sweep.scheduler``): 'asha' = ``ASHAScheduler`` on the training loss reported after each stage
+  (``training_iteration`` counts reports: one per stage, one for the evaluation), so a trial whose loss lags after
+  its first stages stops before the expensive later stages; 'none' = run every trial to the end.
+
+The two judge different metrics: intermediate reports have no evaluation metric yet. Tune's strict check that
+every report carries every metric is therefore relaxed for 'optuna' sweeps (``TUNE_DISABLE_STRICT_METRIC_CHECKING``)
+and the Optuna searcher ignores reports without its metric.
+"""
+from __future__ import annotations
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from odvla.platform.config import Config, ConfigError
+
+LOSS_METRIC = "train_loss"
+
+
+class FinalMetricOptunaSearch(OptunaSearch):
+    """OptunaSearch that learns only from reports carrying its metric (the trial's final evaluation)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:
+            super().on_trial_result(trial_id, result)
+
+
+def metric_mode(metric: str) -> str:
+    """Lower is better for L2 / collision / loss; higher for QA scores (BLEU, METEOR, CIDEr)."""
+    return "max" if any(k in metric.lower() for k in ("bleu", "meteor", "cider")) else "min"
+
+
+def build_search(cfg: Config, num_stages: int):
+    """(search_alg or None, scheduler or None, needs_relaxed_metric_check) for ``cfg.sweep``."""
+    sw = cfg.sweep
+    if sw.mode != "hpo":
+        return None, None, False
+    if sw.searcher == "optuna":
+        mode = metric_mode(sw.metric)
+        search = FinalMetricOptunaSearch(metric=sw.metric, mode=mode,
+                                         sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
+        relaxed = True
+    elif sw.searcher == "random":
+        search, relaxed = None, False
+    else:
+        raise ConfigError(f"sweep.searcher: unknown search algorithm {sw.searcher!r} (known: optuna, random)")
+    if sw.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        # Rungs at 1, 2, 4 ... reports; max_t = every stage + the evaluation report.
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric=LOSS_METRIC, mode="min",
+                                  max_t=num_stages + 1, grace_period=1, reduction_factor=2)
+    elif sw.scheduler == "none":
+        scheduler = None
+    else:
+        raise ConfigError(f"sweep.scheduler: unknown scheduler {sw.scheduler!r} (known: asha, none)")
+    return search, scheduler, relaxed

@@ -1,0 +1,240 @@
+"""Ray Tune sweeps of the training pipeline: the stage-subset x model-size ablation, and learning-rate HPO.
+
+    run_sweep(cfg, SweepRecipe(files=[...], overrides=[...]))              # new sweep (sweep.name or a timestamp)
+    run_sweep(cfg, SweepRecipe(...), restore=True)                          # resume the sweep named sweep.name
+
+Train V2 style: ``Tuner(run_trial, param_space=...)``; each trial is a driver (1 CPU) that runs one TorchTrainer
+per stage and then the evaluation (``odvla.tune.trial``). The trainers' workers request the GPUs, so Tune is
+capped at ``sweep.max_concurrent_trials`` (0: as many of the largest trial as the cluster's GPUs hold) to keep
+trials from starving each other.
+
+The experiment lives at ``<sweep.storage_path>/<sweep.name>/`` (Tune's state, one folder per trial, the progress
+checkpoints, ``eval/<trial_id>/``, ``results.md``, ``results.png``, ``odvla_sweep.json`` with what a resume
+needs). A failed trial is retried ``sweep.max_failures`` times, resuming after its last finished stage, then
+reported as failed in the table. An interrupted sweep (Ctrl-C, a lost driver) resumes with ``restore=True``:
+finished trials are kept, unfinished and failed ones continue from their last finished stage.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from odvla.platform.config import Config, ConfigError, from_dict, to_dict
+from odvla.tune.hpo import build_search, metric_mode
+from odvla.tune.recipe import SweepRecipe
+from odvla.tune.results import results_markdown, results_plot
+from odvla.tune.space import build_hpo_space, build_param_space, max_concurrent_trials, stage_key
+from odvla.tune.tracking import (close_sweep_run, mark_trial, open_sweep_run, reopen_run, resolve_tracking_uri,
+                                 trial_runs)
+from odvla.tune.trial import TrialContext, run_trial
+
+__all__ = ["SweepRecipe", "run_sweep", "sweep_rows"]
+
+log = logging.getLogger(__name__)
+META_FILE = "odvla_sweep.json"
+TRIAL_CPUS = 1
+"""CPUs held by a trial driver; its TorchTrainer workers and Ray Data tasks request their own resources."""
+
+
+@dataclass
+class _Plan:
+    cfg: Config
+    name: str
+    exp_dir: Path
+    recipe: SweepRecipe
+    tracking_uri: str
+    parent_run_id: str | None
+
+
+def _exp_dir(cfg: Config, name: str) -> Path:
+    storage = cfg.sweep.storage_path
+    if "://" in storage:
+        raise ConfigError(f"sweep.storage_path={storage!r}: use a file-system path (on a cluster, shared storage "
+                          f"such as /mnt/shared/odvla/sweeps); the results table and resume state are written there")
+    return Path(storage).resolve() / name
+
+
+def _new_plan(cfg: Config, recipe: SweepRecipe) -> _Plan:
+    sw = cfg.sweep
+    if sw.mode not in ("ablation", "hpo"):
+        raise ConfigError(f"sweep.mode: unknown mode {sw.mode!r} (known: ablation, hpo)")
+    for s in sw.stage_sets:
+        stage_key(s)  # validates names and order before any trial starts
+    if sw.mode == "hpo" and not (0 < sw.lr_min < sw.lr_max):
+        raise ConfigError(f"sweep.lr_min/lr_max: need 0 < lr_min < lr_max, got {sw.lr_min}, {sw.lr_max}")
+    if any(float(x) <= 0 for x in sw.lrs):
+        raise ConfigError(f"sweep.lrs: learning rates must be > 0, got {sw.lrs}")
+    name = sw.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    exp_dir = _exp_dir(cfg, name)
+    from ray import tune
+
+    if exp_dir.exists() and tune.Tuner.can_restore(str(exp_dir)):
+        raise ConfigError(f"sweep {name!r} already exists at {exp_dir}: resume it with --restore "
+                          f"(or pick another sweep.name)")
+    recipe = recipe.resolve(cfg)
+    tracking_uri = resolve_tracking_uri(cfg)
+    parent = open_sweep_run(cfg, name, tracking_uri, sw.mode)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    plan = _Plan(cfg, name, exp_dir, recipe, tracking_uri, parent)
+    meta = {"name": name, "tracking_uri": tracking_uri, "parent_run_id": parent, "recipe": asdict(recipe),
+            "config": to_dict(cfg)}
+    (exp_dir / META_FILE).write_text(json.dumps(meta, indent=1))
+    return plan
+
+
+def _restored_plan(cfg: Config) -> _Plan:
+    from ray import tune
+
+    if not cfg.sweep.name:
+        raise ConfigError("--restore needs the sweep's name: --set sweep.name=<name> (a folder under "
+                          f"sweep.storage_path={cfg.sweep.storage_path})")
+    exp_dir = _exp_dir(cfg, cfg.sweep.name)
+    meta_path = exp_dir / META_FILE
+    if not meta_path.exists() or not tune.Tuner.can_restore(str(exp_dir)):
+        raise ConfigError(f"no sweep to resume at {exp_dir} (missing {META_FILE} or Tune experiment state)")
+    meta = json.loads(meta_path.read_text())
+    # The original sweep's config and recipe: resumed trials train exactly what the first run would have.
+    plan = _Plan(from_dict(meta["config"]), meta["name"], exp_dir, SweepRecipe(**meta["recipe"]),
+                 meta["tracking_uri"], meta["parent_run_id"])
+    reopen_run(plan.tracking_uri, plan.parent_run_id)
+    return plan
+
+
+def _trial_name(trial) -> str:
+    c = trial.config
+    lr = f"-lr{c['lr']:.1e}" if isinstance(c.get("lr"), float) else ""
+    return f"{c.get('stages')}-{c.get('model_size')}{lr}"
+
+
+def _trial_dirname(trial) -> str:
+    return f"{trial.trial_id}-{_trial_name(trial)}"
+
+
+def run_sweep(cfg: Config, recipe: SweepRecipe, restore: bool = False) -> dict:
+    """Run (or resume) the sweep described by ``cfg.sweep``; every trial's config is built from ``recipe``.
+
+    Returns ``{'table_md', 'table_path', 'plot_path', 'parent_run_id', 'failed' (trial ids), 'interrupted',
+    'rows' (one dict per trial), 'best' (row or None), 'experiment_path'}``.
+    """
+    import ray
+    from ray import tune
+
+    plan = _restored_plan(cfg) if restore else _new_plan(cfg, recipe)
+    cfg, sw = plan.cfg, plan.cfg.sweep
+    stage_count = max(len(s) for s in sw.stage_sets) if sw.mode == "ablation" else len(sw.stage_sets[0])
+    search, scheduler, relaxed = build_search(cfg, stage_count)
+    if relaxed:
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+
+    ctx = TrialContext(recipe=plan.recipe, sweep_name=plan.name, sweep_dir=str(plan.exp_dir),
+                       tracking_uri=plan.tracking_uri, experiment=cfg.tracking.experiment,
+                       parent_run_id=plan.parent_run_id)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": TRIAL_CPUS})
+
+    if restore:
+        tuner = tune.Tuner.restore(str(plan.exp_dir), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        sizes = sw.model_sizes if sw.mode == "ablation" else sw.model_sizes[:1]
+        last_stage = sw.stage_sets[0][-1]
+        use_gpu = {s: plan.recipe.trial_config(s, last_stage).train.use_gpu for s in sizes}
+        if not ray.is_initialized():
+            ray.init()
+        gpus = ray.cluster_resources().get("GPU", 0.0)
+        concurrent = max_concurrent_trials(cfg, gpus, use_gpu)
+        space = build_param_space(cfg) if sw.mode == "ablation" else build_hpo_space(cfg)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(
+                num_samples=1 if sw.mode == "ablation" else sw.num_samples,
+                max_concurrent_trials=concurrent, search_alg=search, scheduler=scheduler,
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
+            run_config=tune.RunConfig(
+                name=plan.name, storage_path=str(plan.exp_dir.parent),
+                failure_config=tune.FailureConfig(max_failures=sw.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1),
+        )
+    grid = tuner.fit()
+    return _finish(plan, grid)
+
+
+def sweep_rows(grid, mode: str) -> tuple[list[dict], bool]:
+    """One row per trial from a ``ResultGrid``: parameters, last metrics, ``status`` and ``error``.
+
+    Returns (rows, interrupted): interrupted when some trial neither finished nor failed (the sweep was stopped).
+    """
+    interrupted = grid.num_terminated + grid.num_errors < len(grid)
+    rows = []
+    for res in grid:
+        m = dict(res.metrics or {})
+        c = res.config or {}
+        row = {"stages": c.get("stages"), "model_size": c.get("model_size"), "lr": c.get("lr"), **m}
+        row["trial_id"] = m.get("trial_id") or Path(res.path).name.split("-")[0]
+        if res.error is not None:
+            lines = [ln.strip() for ln in str(res.error).strip().splitlines() if ln.strip()]
+            row["status"] = "failed"
+            row["error"] = (lines[-1] if lines else type(res.error).__name__)[:400]
+        elif m.get("phase") == "done":
+            row["status"] = "done"
+        elif interrupted:
+            row["status"] = "unfinished"
+        else:
+            row["status"] = "stopped (ASHA)" if mode == "hpo" else "stopped"
+        rows.append(row)
+    return rows, interrupted
+
+
+def _finish(plan: _Plan, grid) -> dict:
+    sw = plan.cfg.sweep
+    rows, interrupted = sweep_rows(grid, sw.mode)
+    title = f"Sweep {plan.name} ({sw.mode})"
+    notes = [f"- trial {r['trial_id']} ({r['stages']}, {r['model_size']}) failed after {sw.max_failures + 1} "
+             f"attempt(s): {r['error']}" for r in rows if r["status"] == "failed"]
+    if interrupted:
+        notes.append(f"- sweep interrupted: resume with `odvla sweep --restore --set sweep.name={plan.name} "
+                     f"--set sweep.storage_path={plan.exp_dir.parent}`")
+    table_md = results_markdown(rows, title=title, notes=notes)
+    table_path = plan.exp_dir / "results.md"
+    table_path.write_text(table_md)
+    plot_path = None
+    if any(isinstance(r.get(sw.metric), (int, float)) for r in rows):
+        plot_path = results_plot(rows, plan.exp_dir / "results.png", metric=sw.metric,
+                                 by_lr=sw.mode == "hpo")
+    (plan.exp_dir / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+
+    done = [r for r in rows if r["status"] == "done" and isinstance(r.get(sw.metric), (int, float))
+            and not math.isnan(r[sw.metric])]
+    best = None
+    if done:
+        sign = 1 if metric_mode(sw.metric) == "min" else -1
+        best = min(done, key=lambda r: sign * r[sw.metric])
+
+    _close_trial_runs(plan, rows)
+    summary = {"trials": len(rows), "trials_done": len(done), "trials_failed": sum(r["status"] == "failed"
+                                                                                      for r in rows)}
+    if best is not None:
+        summary[f"best/{sw.metric}"] = best[sw.metric]
+    close_sweep_run(plan.tracking_uri, plan.parent_run_id, table_path, plot_path, summary,
+                    status="KILLED" if interrupted else "FINISHED")
+    return {"table_md": table_md, "table_path": str(table_path), "plot_path": str(plot_path) if plot_path else None,
+            "parent_run_id": plan.parent_run_id, "failed": [r["trial_id"] for r in rows if r["status"] == "failed"],
+            "interrupted": interrupted, "rows": rows, "best": best, "experiment_path": str(plan.exp_dir)}
+
+
+def _close_trial_runs(plan: _Plan, rows: list[dict]) -> None:
+    """Trials killed from outside (scheduler stop, lost worker, interruption) could not close their own run."""
+    if not plan.parent_run_id:
+        return
+    by_trial = {r["trial_id"]: r for r in rows}
+    for run in trial_runs(plan.tracking_uri, plan.cfg.tracking.experiment, plan.parent_run_id):
+        row = by_trial.get(run.data.tags.get("odvla.trial_id"))
+        if row is None or run.info.status != "RUNNING":
+            continue
+        status = {"done": "FINISHED", "failed": "FAILED"}.get(row["status"], "KILLED")
+        mark_trial(plan.tracking_uri, run.info.run_id, status, note=row["status"])
