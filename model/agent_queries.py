@@ -124,10 +124,11 @@ class AgentQueryTransformer(nn.Module):
     def head_modules(self) -> list[nn.Module]:
         return [self.cls_head, self.box_head, self.motion_head]
 
-    def queries(self, batch_size: int, track_embed: Optional[torch.Tensor], track_mask: Optional[torch.Tensor]
-                ) -> torch.Tensor:
+    def queries(self, batch_size: int, track_embed: Optional[torch.Tensor], track_mask: Optional[torch.Tensor],
+                device: torch.device) -> torch.Tensor:
         """Initial query slots [B, Q, C]: the learned query, plus the projected previous embedding on carried slots."""
-        q = self.query_embed.weight[None].expand(batch_size, -1, -1)
+        idx = torch.arange(self.num_queries, device=device)
+        q = self.query_embed(idx)[None].expand(batch_size, -1, -1)  # module call: ZeRO-3 gathers the weight
         if track_embed is None or track_mask is None or not bool(track_mask.any()):
             return q
         carried = self.track_proj(track_embed.to(q.dtype))
@@ -136,7 +137,7 @@ class AgentQueryTransformer(nn.Module):
     def forward(self, memory: torch.Tensor, track_embed: Optional[torch.Tensor] = None,
                 track_mask: Optional[torch.Tensor] = None) -> dict:
         B = memory.shape[0]
-        tgt = self.queries(B, track_embed, track_mask)
+        tgt = self.queries(B, track_embed, track_mask, memory.device)
         embed = self.decoder(tgt, memory)  # [B, Q, C]
         cls_logits = self.cls_head(embed).float()
         box_code = self.coder.activate(self.box_head(embed))

@@ -21,6 +21,9 @@ Tensors:
     gt_map_pts        float32 [B, Nm, P, 2]    polylines resampled to P points
     gt_map_labels     int64   [B, Nm]          MAP_CLASSES index; -1 = padding
     frame_index       int64   [B]
+Optional tensors (used when present):
+    ego2global        float32 [B, 4, 4]        keyframe ego -> global; the vision encoder warps the previous
+                                               frame's BEV by the ego motion before fusing it
 Python lists (length B):
     sample_token, scene_token : str
     task     : str   'planning', 'qa', 'caption_scene', 'caption_agent', 'caption_map', 'interaction', 'external'
@@ -41,3 +44,4 @@ TENSOR_KEYS = (
     "gt_map_labels", "frame_index",
 )
 TEXT_KEYS = ("sample_token", "scene_token", "task", "question", "answer")
+OPTIONAL_TENSOR_KEYS = ("ego2global",)

@@ -124,6 +124,23 @@ def project_points(points: torch.Tensor, intrinsics: torch.Tensor, sensor2ego: t
     return uv, depth, valid
 
 
+def align_prev_bev(prev_bev: torch.Tensor, cur2prev: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
+    """Resample the previous keyframe's BEV [C, nx, ny] into the current ego frame.
+
+    ``cur2prev`` [4, 4] maps current-ego points to previous-ego points (``inv(prev_ego2global) @ ego2global``).
+    Each current cell takes the bilinear sample of ``prev_bev`` at its centre seen from the previous frame; cells
+    the previous grid did not cover become zero.
+    """
+    with torch.autocast(device_type=prev_bev.device.type, enabled=False):
+        c = grid.cell_centres().to(prev_bev.device)  # [nx, ny, 2]
+        T = cur2prev.to(device=prev_bev.device, dtype=torch.float32)
+        p = c @ T[:2, :2].T + T[:2, 3]  # [nx, ny, 2] previous-ego (x, y); heights ignored (planar motion)
+        n = grid.normalise_xy(p) * 2 - 1  # [-1, 1] over the grid, align_corners=False convention
+        g = torch.stack([n[..., 1], n[..., 0]], dim=-1)[None]  # grid_sample: x -> W (j, y axis), y -> H (i, x)
+        out = F.grid_sample(prev_bev[None].float(), g, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0].to(prev_bev.dtype)
+
+
 def pixels_to_grid(uv: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
     """Pixel coordinates [..., 2] -> ``grid_sample`` coordinates in [-1, 1] (align_corners=False).
 
@@ -162,7 +179,7 @@ class BEVEncoder(nn.Module):
     forward(feats, intrinsics [B, 6, 3, 3], sensor2ego [B, 6, 4, 4], prev_bev) -> bev [B, C_out, nx, ny]
       feats: list of FPN levels [B*6, C_in, h_l, w_l] (cameras folded, ``CAMERAS`` order)
       prev_bev: None or list (length B) of [C_out, nx, ny] | None — the previous keyframe's BEV of each sample's
-        scene (not ego-motion aligned; the batch carries no ego pose). Samples without one fuse with themselves.
+        scene, already in the current ego frame (``align_prev_bev``). Samples without one fuse with themselves.
     """
 
     def __init__(self, vcfg, in_channels: int):
@@ -196,8 +213,9 @@ class BEVEncoder(nn.Module):
             cam_sum = None
             for lvl in feats:
                 f = lvl.reshape(B, V, *lvl.shape[1:])[:, v].float()  # [B, C, h, w]
-                s = F.grid_sample(f, g, mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0]
+                s = F.grid_sample(f, g, mode="bilinear", padding_mode="border", align_corners=False)[..., 0]
                 cam_sum = s if cam_sum is None else cam_sum + s
+            # border padding: a point inside the image but within half a feature cell of its edge is not dimmed
             cam = cam_sum * (valid[:, v, None, :].float() / len(feats))  # [B, C, N]
             acc = cam if acc is None else acc + cam
         count = valid.float().sum(dim=1)  # [B, N]

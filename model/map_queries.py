@@ -34,7 +34,8 @@ class MapQueryTransformer(nn.Module):
 
     def forward(self, memory: torch.Tensor) -> dict:
         B = memory.shape[0]
-        tgt = self.query_embed.weight[None].expand(B, -1, -1)
+        idx = torch.arange(self.num_queries, device=memory.device)
+        tgt = self.query_embed(idx)[None].expand(B, -1, -1)
         embed = self.decoder(tgt, memory)
         cls_logits = self.cls_head(embed).float()
         pts01 = self.pts_head(embed).float().sigmoid().reshape(B, self.num_queries, self.num_points, 2)

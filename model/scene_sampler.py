@@ -17,5 +17,6 @@ class GlobalSceneSampler(nn.Module):
         self.decoder = make_decoder(channels, heads, layers)
 
     def forward(self, memory: torch.Tensor) -> torch.Tensor:
-        tgt = self.query_embed.weight[None].expand(memory.shape[0], -1, -1)
+        idx = torch.arange(self.num_queries, device=memory.device)
+        tgt = self.query_embed(idx)[None].expand(memory.shape[0], -1, -1)
         return self.decoder(tgt, memory)

@@ -13,6 +13,8 @@ Shapes (``Q`` agent queries, ``C`` the encoder width ``out_channels``, ``nx, ny`
     track_boxes  [Q, 9]      last box of each slot (x, y, z, w, l, h, yaw, vx, vy; ego frame of ``sample_token``)
     track_scores [Q]         last confidence of each slot
     prev_bev     [C, nx, ny] BEV features of the frame this state was made from (detached), or None
+    ego2global   [4, 4]      ego pose of that frame (when the batch carried ``ego2global``): the next frame warps
+                             ``prev_bev`` by the ego motion; None = fused unaligned
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from typing import Optional
 import torch
 
 STATE_VERSION = 1
-_TENSOR_FIELDS = ("track_embed", "track_mask", "track_ids", "track_boxes", "track_scores", "prev_bev")
+_TENSOR_FIELDS = ("track_embed", "track_mask", "track_ids", "track_boxes", "track_scores", "prev_bev",
+                  "ego2global")
 
 
 @dataclass
@@ -38,6 +41,7 @@ class SceneState:
     track_boxes: Optional[torch.Tensor] = None
     track_scores: Optional[torch.Tensor] = None
     prev_bev: Optional[torch.Tensor] = None
+    ego2global: Optional[torch.Tensor] = None
     next_track_id: int = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -64,12 +68,14 @@ class SceneState:
         return 0 if self.track_mask is None else int(self.track_mask.sum())
 
     def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "SceneState":
-        """Copy with tensors moved to ``device``; floating tensors cast to ``dtype`` when given."""
+        """Copy with tensors moved to ``device``; floating tensors cast to ``dtype`` when given (the ego pose stays
+        float32)."""
         kw = {}
         for name in _TENSOR_FIELDS:
             t = getattr(self, name)
             if t is not None:
-                t = t.to(device=device, dtype=dtype if (dtype is not None and t.is_floating_point()) else None)
+                cast = dtype is not None and t.is_floating_point() and name != "ego2global"
+                t = t.to(device=device, dtype=dtype if cast else None)
             kw[name] = t
         return SceneState(scene_token=self.scene_token, frame_index=self.frame_index, sample_token=self.sample_token,
                           next_track_id=self.next_track_id, **kw)

@@ -21,7 +21,7 @@ from torch import nn
 
 from .agent_queries import AgentQueryTransformer
 from .backbone import ImageBackbone
-from .bev import BEVEncoder, sine_positional_encoding
+from .bev import BEVEncoder, align_prev_bev, rigid_inverse, sine_positional_encoding
 from .config import ModelConfig
 from .constants import CAMERAS, DETECTION_CLASSES, MAP_CLASSES
 from .map_queries import MapQueryTransformer
@@ -67,7 +67,8 @@ class VisionEncoder(nn.Module):
 
     forward(batch, states=None, compute_losses=True) -> VisionOutput. ``batch`` follows ``odvla.model.batch``:
     needs images [B, 6, 3, H, W] (H, W = ``vision.image_height/width``), intrinsics [B, 6, 3, 3], sensor2ego
-    [B, 6, 4, 4]; the gt_* tensors for losses; scene_token (list) and frame_index [B] for tracking.
+    [B, 6, 4, 4]; the gt_* tensors for losses; scene_token (list) and frame_index [B] for tracking; optional
+    ego2global [B, 4, 4] (keyframe ego pose) to warp the previous BEV by the ego motion before fusing it.
     ``states`` is None or a list of B ``SceneState | None``: a state continues only when its scene_token equals the
     sample's and frame_index != 0, otherwise the sample starts fresh (reset).
     """
@@ -152,7 +153,8 @@ class VisionEncoder(nn.Module):
             mask[b] = s.track_mask.to(device=device, dtype=torch.bool)
         return embed, mask
 
-    def _new_states(self, active, scenes, frames, samples, agent, token_idx, bev) -> tuple[list, torch.Tensor]:
+    def _new_states(self, active, scenes, frames, samples, agent, token_idx, bev, ego2global
+                    ) -> tuple[list, torch.Tensor]:
         B, Q = agent["scores"].shape
         states, all_ids = [], []
         for b in range(B):
@@ -176,8 +178,24 @@ class VisionEncoder(nn.Module):
             states.append(SceneState(
                 scene_token=scenes[b], frame_index=frames[b], sample_token=samples[b], track_embed=embed,
                 track_mask=carry, track_ids=ids, track_boxes=agent["boxes"][b].detach(),
-                track_scores=agent["scores"][b].detach(), prev_bev=bev[b].detach(), next_track_id=next_id + n))
+                track_scores=agent["scores"][b].detach(), prev_bev=bev[b].detach(), next_track_id=next_id + n,
+                ego2global=None if ego2global is None else ego2global[b].detach().float()))
         return states, torch.stack(all_ids)
+
+    def _prev_bev(self, active: list[Optional[SceneState]], ego2global: Optional[torch.Tensor]
+                  ) -> list[Optional[torch.Tensor]]:
+        """Previous BEV of each sample, warped into the current ego frame when both poses are known."""
+        out = []
+        for b, s in enumerate(active):
+            if s is None or s.prev_bev is None:
+                out.append(None)
+            elif ego2global is not None and s.ego2global is not None:
+                cur = ego2global[b].float()
+                cur2prev = rigid_inverse(s.ego2global.to(cur.device).float()) @ cur
+                out.append(align_prev_bev(s.prev_bev.to(cur.device), cur2prev, self.grid))
+            else:
+                out.append(s.prev_bev)
+        return out
 
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict, states: Optional[Sequence[Optional[SceneState]]] = None,
@@ -191,7 +209,7 @@ class VisionEncoder(nn.Module):
         if not torch.is_autocast_enabled(images.device.type):
             images = images.to(param_dtype)
         feats = self.backbone(images.flatten(0, 1))  # levels [B*6, Cf, h, w]
-        prev_bev = [None if s is None else s.prev_bev for s in active]
+        prev_bev = self._prev_bev(active, batch.get("ego2global"))
         bev = self.bev_encoder(feats, batch["intrinsics"], batch["sensor2ego"], prev_bev)  # [B, C, nx, ny]
         memory = bev.flatten(2).transpose(1, 2) + self.bev_pos.to(bev.dtype)  # [B, nx*ny, C]
 
@@ -218,7 +236,8 @@ class VisionEncoder(nn.Module):
                                                batch["gt_map_labels"].to(memory.device), samples)
             losses.update({k: l + zero for k, l in map_losses.items()})
 
-        new_states, track_ids = self._new_states(active, scenes, frames, samples, agent, token_idx, bev)
+        new_states, track_ids = self._new_states(active, scenes, frames, samples, agent, token_idx, bev,
+                                                 batch.get("ego2global"))
         predictions = {
             "boxes": agent["boxes"], "scores": agent["scores"], "labels": agent["labels"],
             "agent_future": agent["agent_future"], "track_ids": track_ids, "agent_token_index": token_idx,

@@ -56,9 +56,8 @@ def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages
     from odvla.platform.data.prepare import prepare
     from odvla.platform.data.synth import write_synthetic
     from odvla.platform.tracking import resolve_tracking_uri
+    from odvla.platform.train.pipeline import run_pipeline
     from odvla.platform.train.stages import stage_config
-    from odvla.platform.train.trainer import run_stage
-    from odvla.platform.train.stages import InitSource
 
     try:
         from rich.console import Console
@@ -89,34 +88,20 @@ def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages
     build_instructions(out / "shards", seed=cfg.data.synth_seed)
 
     name = cfg.train.run_name or f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    _say(console, f"[bold]4/5 train[/bold] {' -> '.join(stages)} (tiny, Ray Train + DeepSpeed on CPU)")
-    from odvla.platform.train.pipeline import PipelineResult
-    from odvla.platform.tracking import TAG_PIPELINE, ResilientTracker, ensure_experiment, get_or_create_run
+    cfg.train.run_name = name
+    _say(console, f"[bold]4/5 train[/bold] {' -> '.join(stages)} (tiny, Ray Train + DeepSpeed on CPU); steps "
+                  + ", ".join(f"{s} {STAGE_STEPS[s]}" for s in stages))
+    clock = {"t": time.time()}
 
-    tracker = ResilientTracker(uri, None)
-    opened = tracker._call("open pipeline run", lambda: get_or_create_run(
-        tracker.client, ensure_experiment(tracker.client, cfg.tracking.experiment, uri),
-        f"{cfg.train.storage_path}/{name}", name, {TAG_PIPELINE: "true", "odvla.stages": "+".join(stages),
-                                                   "odvla.demo": "true"}))
-    tracker.run_id = opened[0] if opened else None
-    tracker._down_since = None
-    pipe = PipelineResult(parent_run_id=tracker.run_id)
-    previous = None
-    for i, stage in enumerate(stages):
-        ts = time.time()
-        scfg = stage_config(cfg, stage, overrides=demo_stage_overrides(stage, overrides))
-        scfg.train.run_name = f"{name}-{stage}"
-        _say(console, f"    [{i + 1}/{len(stages)}] {stage}: {scfg.train.max_steps} steps, lr {scfg.train.lr:g}, "
-                      f"trainable set {scfg.stage.trainable}, mixture {scfg.stage.mixture}")
-        res = run_stage(scfg, parent_run_id=tracker.run_id, previous=previous,
-                        register=(stage == "stage3" and stage == stages[-1]))
-        previous = InitSource(str(res.export_dir), res.run_id or "")
-        pipe.results.append(res)
-        tracker.log_metrics({f"{stage}/loss": res.metrics.get("loss", float("nan"))}, step=i)
-        _say(console, f"        loss {res.metrics.get('loss', float('nan')):.3f}  "
-                      f"{res.metrics.get('samples_per_s', 0):.1f} samples/s  ({time.time() - ts:.0f} s)")
-    pipe.export_dir = pipe.results[-1].export_dir
-    pipe.registered_version = pipe.results[-1].registered_version
+    def progress(res) -> None:
+        m = res.metrics
+        _say(console, f"    {res.stage}: step {m.get('global_step')}  loss {m.get('loss', float('nan')):.3f}  "
+                      f"{m.get('samples_per_s', 0):.1f} samples/s  ({time.time() - clock['t']:.0f} s)  "
+                      f"MLflow run {res.run_id}")
+        clock["t"] = time.time()
+
+    pipe = run_pipeline(cfg, stages=stages, overrides=overrides, tags={"odvla.demo": "true"},
+                        stage_overrides={s: demo_stage_overrides(s) for s in stages}, on_stage=progress)
     evaluation = None
     if evaluate:
         from odvla.platform.eval.evaluate import run_eval
@@ -125,7 +110,6 @@ def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages
         ecfg = stage_config(cfg, stages[-1], overrides=demo_stage_overrides(stages[-1], overrides))
         evaluation = run_eval(ecfg, str(pipe.export_dir), out_dir=out / "eval", run_id=pipe.results[-1].run_id)
         print(evaluation.table_md)
-    tracker.terminate("FINISHED")
     secs = time.time() - t0
     _say(console, f"MLflow: {uri}  (pipeline run {pipe.parent_run_id}, experiment {cfg.tracking.experiment!r})")
     if uri.startswith("sqlite:///"):

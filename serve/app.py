@@ -31,7 +31,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from odvla.serve.auth import TOKEN_ENV, make_auth_dependency, token_from_env
-from odvla.serve.body_limit import install_body_limit_errors
+from odvla.serve.body_limit import install_body_limit
 from odvla.serve.deployment import Planner
 from odvla.serve.schemas import (
     ChatRequest,
@@ -185,10 +185,9 @@ def create_api(owner: PlannerAPI) -> FastAPI:
     app = FastAPI(
         title=API_TITLE, version="1",
         description="Six-camera end-to-end planner: waypoints in the nuScenes ego frame (x forward, y left, m).",
-        max_body_size=owner.max_body_bytes,
     )
     auth = make_auth_dependency(owner.token)
-    install_body_limit_errors(app, owner.max_body_bytes)
+    install_body_limit(app, owner.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

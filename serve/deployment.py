@@ -46,13 +46,16 @@ def resolve_version(ref: str) -> Optional[str]:
 
 
 def weights_fingerprint(model) -> str:
-    """sha256 over every parameter's name, shape and float64 sum: identifies the served weights cheaply."""
+    """sha256 (12 hex) over every tensor's name, dtype, shape and raw bytes: identifies the served weights
+    exactly, whatever the device or thread count (sums of floats would not)."""
+    import torch
+
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         if t.numel():
-            h.update(np.float64(t.detach().double().sum().item()).tobytes())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:12]
 
 

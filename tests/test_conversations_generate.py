@@ -125,6 +125,9 @@ def test_inconsistent_shard_row_names_the_sample():
     row["agent_instance"] = ["a", "b"]
     with pytest.raises(ValueError, match="shard row of sample bad-token: 2 agent instances for 1 agents"):
         views_from_table(pa.Table.from_pylist([row], schema=SCHEMA))
+    row = shard_row("nan-token", "train", [{"xy": (5.0, float("nan")), "cls": 0, "inst": "a"}])
+    with pytest.raises(ValueError, match="shard row of sample nan-token: non-finite values in agent_boxes"):
+        views_from_table(pa.Table.from_pylist([row], schema=SCHEMA))
 
 
 def test_shard_of_other_version_is_refused(tmp_path):

@@ -237,3 +237,15 @@ def test_conversation_file_of_other_version_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"x\.parquet: conversation schema version '0'"):
         read_conversations(tmp_path / "x.parquet")
     assert isinstance(t, pa.Table)
+
+
+def test_gpt_driver_import_reports_split_mismatch(tmp_path):
+    shards = write_shards(tmp_path / "shards")
+    fut = np.zeros((7, 2))
+    f = tmp_path / "cached_nuscenes_info.pkl"
+    f.write_bytes(pickle.dumps({t: gpt_driver_info(fut) for t in ("s1", "v1", "gone")}))
+    split = dump(tmp_path / "split.json", {"train": ["s1", "v1"], "val": []})  # v1 is a val sample in the shards
+    report = build_instructions(shards, {"gpt_driver": f}, generated=False, gpt_driver_split=split)
+    st = report["sources"]["gpt_driver"]
+    assert (st["matched"], st["unmatched"], st["split_mismatch"]) == (2, 1, 1)
+    assert report["counts"]["val"]["gpt_driver"] == {"planning": 1}

@@ -179,3 +179,18 @@ def test_results_table_has_measured_and_published_rows():
     assert "| OpenDriveVLA-0.5B | published | stp3 | 0.15 | 0.32 | 0.57 | 0.35 | 0.01 | 0.06 | 0.20 | 0.09 |" in md
     assert "| EMMA | published | stp3 | 0.14 | 0.29 | 0.54 | 0.32 | — |" in md
     assert "ego-status MLP" not in md  # no mlp/ keys -> no row
+
+
+def test_cell_test_matches_the_raster_on_random_scenes():
+    from odvla.platform.bench.bench_eval import synthetic_inputs
+    from odvla.platform.eval.planning_metrics import pack_boxes
+
+    pred, gt, mask, fb = synthetic_inputs(24, 60, seed=3)
+    pred[:, :, 0] *= 0.3  # keep the ego among the boxes
+    classes = ("car", "truck", "bus", "pedestrian")
+    grid = build_occupancy(fb, classes, False)
+    pix, valid = pack_boxes(fb, classes, False)
+    for yaw in (False, True):
+        raster = occ.ego_collisions(pred, grid, yaw)
+        direct = occ.ego_box_collisions(pred, pix, valid, yaw)
+        assert raster.any() and (raster == direct).all()

@@ -229,3 +229,24 @@ def test_training_on_one_batch_reduces_det_and_map_losses(cfg):
     assert last["det"] < 0.5 * first["det"], (first, last)
     assert last["map"] < 0.5 * first["map"], (first, last)
     assert last["motion"] < first["motion"], (first, last)
+
+
+def test_ego_pose_in_the_batch_warps_the_previous_bev_and_travels_with_the_state(cfg, encoder):
+    pose0 = torch.eye(4).expand(2, 4, 4).clone()
+    pose0[:, :3, 3] = torch.tensor([400.0, 1200.0, 0.0])
+    pose1 = pose0.clone()
+    pose1[:, 0, 3] += 6.4  # drove two cells forward
+    batch0 = dict(random_batch(cfg, seed=1), ego2global=pose0)
+    batch1 = dict(random_batch(cfg, seed=2), ego2global=pose1, frame_index=torch.tensor([1, 1]))
+    with torch.no_grad():
+        out0 = encoder(batch0)
+        aligned = encoder(batch1, states=out0.states)
+        unaligned = encoder({k: v for k, v in batch1.items() if k != "ego2global"}, states=out0.states)
+    assert torch.equal(out0.states[0].ego2global, pose0[0])
+    assert not torch.allclose(aligned.predictions["bev"], unaligned.predictions["bev"])
+    restored = [SceneState.from_dict(s.to_dict()) for s in out0.states]
+    assert torch.equal(restored[1].ego2global, pose0[1])
+    assert restored[1].to(dtype=torch.bfloat16).ego2global.dtype == torch.float32  # poses keep full precision
+    with torch.no_grad():
+        again = encoder(batch1, states=restored)
+    assert torch.allclose(again.predictions["bev"], aligned.predictions["bev"])

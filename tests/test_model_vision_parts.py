@@ -202,3 +202,27 @@ def test_backbone_levels_and_local_weights(tmp_path):
         ImageBackbone(18, weights=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match="backbone_depth"):
         ImageBackbone(42)
+
+
+def _pose(x: float, y: float, yaw_deg: float) -> torch.Tensor:
+    a = math.radians(yaw_deg)
+    T = torch.eye(4)
+    T[:2, :2] = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    T[:2, 3] = torch.tensor([x, y])
+    return T
+
+
+@pytest.mark.parametrize("motion,prev_xy,cur_xy", [((3.2, 0.0, 0.0), (11.2, 1.6), (8.0, 1.6)),  # 1 cell forward
+                                                    ((0.0, 0.0, 90.0), (11.2, 1.6), (1.6, -11.2))])  # turn left
+def test_previous_bev_is_warped_by_the_ego_motion(vcfg, motion, prev_xy, cur_xy):
+    from odvla.model.bev import align_prev_bev
+
+    grid = BEVGrid.from_config(vcfg)
+    prev_pose = _pose(1000.0, -500.0, 30.0)  # somewhere in the global frame
+    cur_pose = prev_pose @ _pose(*motion)
+    prev = torch.zeros(2, grid.nx, grid.ny)
+    prev[:, grid.cell_of(*prev_xy)[0], grid.cell_of(*prev_xy)[1]] = 1.0
+    warped = align_prev_bev(prev, rigid_inverse(prev_pose) @ cur_pose, grid)
+    i, j = grid.cell_of(*cur_xy)
+    assert float(warped[0, i, j]) == pytest.approx(1.0, abs=1e-3)
+    assert float(warped.sum()) == pytest.approx(2.0, abs=1e-2)  # moved, not smeared

@@ -13,7 +13,7 @@ from odvla.model.constants import CAMERAS
 from odvla.serve.app import validation_message
 from odvla.serve.bench import synthetic_request
 from odvla.serve.routing import rendezvous_score
-from odvla.serve.schemas import ChatRequest, PlanRequest
+from odvla.serve.schemas import ChatRequest, Health, PlanRequest
 from odvla.serve.sessions import SessionStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,3 +185,23 @@ def test_planner_options_couple_batch_and_ongoing():
     assert opts["max_ongoing_requests"] == 16 and opts["user_config"]["max_batch_size"] == 16
     assert opts["autoscaling_config"]["min_replicas"] == 1 and opts["num_replicas"] is None
     assert opts["request_router_config"].request_router_kwargs == {"session_idle_s": 300.0}
+
+
+def test_body_limit_counts_streamed_bodies():
+    """A chunked body without Content-Length is cut at the limit too (the e2e test covers Content-Length)."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from odvla.serve.body_limit import install_body_limit
+
+    app = FastAPI()
+    install_body_limit(app, 100)
+
+    @app.post("/echo")
+    async def echo(h: Health) -> Health:
+        return h
+
+    client = TestClient(app)
+    r = client.post("/echo", content=(b"x" * 50 for _ in range(10)), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "serve.max_body_bytes" in r.json()["message"]
+    assert client.post("/echo", json={"status": "ok"}).status_code == 200

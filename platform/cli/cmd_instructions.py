@@ -34,10 +34,13 @@ def add_instruction_args(p: argparse.ArgumentParser, standalone: bool = True) ->
     g.add_argument("--gpt-driver-split", metavar="JSON", help="GPT-Driver split.json (recorded per record, "
                                                               "mismatches with the shard split counted)")
     if standalone:
-        g.add_argument("--dataroot", dest="instr_dataroot", metavar="DIR", help="nuScenes dataroot the shards came from (TOD3Cap "
-                                                                 "annotation tokens; default: the shard manifest's)")
-        g.add_argument("--version", dest="instr_version", metavar="VERSION", help="nuScenes version (default: the shard manifest's)")
-    g.add_argument("--seed" if standalone else "--instructions-seed", dest="instr_seed", type=int, default=0, metavar="N",
+        g.add_argument("--dataroot", dest="instr_dataroot", metavar="DIR",
+                       help="nuScenes dataroot the shards came from (TOD3Cap annotation tokens; default: the shard "
+                            "manifest's)")
+        g.add_argument("--version", dest="instr_version", metavar="VERSION",
+                       help="nuScenes version (default: the shard manifest's)")
+    g.add_argument("--seed" if standalone else "--instructions-seed", dest="instr_seed", type=int, default=0,
+                   metavar="N",
                    help="template seed of the generated records (default: 0)")
     g.add_argument("--no-generated", action="store_true", help="only import the given public sets")
 

@@ -154,10 +154,13 @@ class SweepConfig:
     """'hpo' trial scheduler: 'asha' or 'none'. ASHA stops trials by training loss after each stage."""
     metric: str = "uniad/L2_avg"
     max_concurrent_trials: int = 1
+    """Trials running at once; 0 = as many of the largest trial as the cluster's GPUs hold."""
     max_failures: int = 1
     """Retries of a failed trial before it is reported as failed."""
     storage_path: str = "runs/sweeps"
+    """Folder (shared storage on a cluster) of the sweep's Tune experiment, results table and resume state."""
     name: Optional[str] = None
+    """Sweep name (folder under storage_path); None = ``sweep-<time>``. ``--restore`` needs it."""
 
 
 @dataclass

@@ -5,7 +5,8 @@ Layout written under ``out``::
     v1.0-mini/*.json              the 13 nuScenes tables
     maps/expansion/boston-seaport.json, maps/<token>.png   map expansion (v1.3) and semantic prior
     samples/CAM_*/*.jpg, samples/LIDAR_TOP/*.pcd.bin        keyframe sensor data
-    odvla_split.json              the scene split: scene ``i`` is 'val' when ``i % VAL_EVERY == VAL_EVERY - 1``
+    odvla_split.json              the scene split: the last ``val_count(scenes)`` scenes are 'val' (a quarter,
+                                  rounded, at least one when there are two scenes or more)
 
 Each scene: the ego drives a lane route of the town grid (``synth_map``) with turns, stops and speed changes
 (``synth_motion``); agents move around it and are annotated at every keyframe (0.5 s) while within
@@ -31,7 +32,7 @@ VERSION = "v1.0-mini"
 MAP_NAME = "boston-seaport"
 KEYFRAME_US = 500_000
 ANNOTATION_RANGE = 50.0
-VAL_EVERY = 4
+VAL_FRACTION = 0.25
 SPLIT_FILE = "odvla_split.json"
 
 CATEGORIES = [
@@ -50,9 +51,14 @@ ATTRIBUTES = [
 VISIBILITY = [("1", "v0-40"), ("2", "v40-60"), ("3", "v60-80"), ("4", "v80-100")]
 
 
-def scene_split(index: int) -> str:
-    """The split of the synthetic scene number ``index`` (0-based)."""
-    return "val" if index % VAL_EVERY == VAL_EVERY - 1 else "train"
+def val_count(scenes: int) -> int:
+    """How many of ``scenes`` synthetic scenes are validation scenes."""
+    return 0 if scenes < 2 else max(1, int(round(scenes * VAL_FRACTION)))
+
+
+def scene_split(index: int, scenes: int) -> str:
+    """The split of the synthetic scene number ``index`` (0-based) of ``scenes``: the last ones are 'val'."""
+    return "val" if index >= scenes - val_count(scenes) else "train"
 
 
 def _tok(seed: int, *parts) -> str:
@@ -102,7 +108,8 @@ def write_synthetic(out, scenes: int = 6, keyframes: int = 40, seed: int = 0,
     for c in channels:
         (tmp / "samples" / c).mkdir(parents=True, exist_ok=True)
     grid.write(tmp, MAP_NAME, map_token)
-    split = {"rule": f"scene index i (0-based) is val when i % {VAL_EVERY} == {VAL_EVERY - 1}", "train": [], "val": []}
+    split = {"rule": f"the last {val_count(scenes)} of {scenes} scenes (fraction {VAL_FRACTION}) are val",
+             "train": [], "val": []}
     log_tokens = []
     duration = (keyframes - 1) * KEYFRAME_US * 1e-6
 
@@ -113,7 +120,7 @@ def write_synthetic(out, scenes: int = 6, keyframes: int = 40, seed: int = 0,
     for si in it:
         rng = np.random.default_rng([seed, si])
         name = f"scene-{si + 1:04d}"
-        split[scene_split(si)].append(name)
+        split[scene_split(si, scenes)].append(name)
         log_tok, scene_tok = _tok(seed, "log", si), _tok(seed, "scene", si)
         log_tokens.append(log_tok)
         tables["log"].append({"token": log_tok, "logfile": f"n008-synth-{seed}-{si:04d}", "vehicle": "n008",

@@ -28,7 +28,7 @@ class RoadGrid:
     """A grid of ``n`` roads per axis at spacing ``spacing`` starting at ``margin`` (m)."""
 
     n: int = 5
-    spacing: float = 130.0
+    spacing: float = 100.0
     margin: float = 60.0
     lines: np.ndarray = field(init=False)
 

@@ -80,10 +80,15 @@ def train_ego_mlp(ego_state, command, past_traj, past_mask, future_traj, future_
     model.std.copy_(xt.std(0).clamp_min(1e-3) if len(xt) > 1 else torch.ones(x.shape[1]))
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss = torch.tensor(0.0)
-    for _ in range(max(1, epochs)):
-        opt.zero_grad()
-        loss = ((model(xt) - yt).abs().sum(-1) * mt).sum() / mt.sum()
-        loss.backward()
-        opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 22-in MLP: thread start-up costs more than the math, badly so on a busy host
+    try:
+        for _ in range(max(1, epochs)):
+            opt.zero_grad()
+            loss = ((model(xt) - yt).abs().sum(-1) * mt).sum() / mt.sum()
+            loss.backward()
+            opt.step()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     return EgoMLPBaseline(model, float(loss.detach()), len(x))

@@ -52,15 +52,9 @@ class EvalResult:
 
 def read_split_table(shards_dir: str | Path, split: str, columns=None) -> pa.Table:
     """The shard rows of one split, ``columns`` only (all by default); the reader checks the schema version."""
-    try:
-        from odvla.platform.data.shards import read_split
-    except ImportError:  # data layer without shards.py: the conversations reader checks the version too
-        from odvla.platform.data.conversations.generate import read_shard_split
-        from odvla.platform.data.shard_schema import SCHEMA
+    from odvla.platform.data.shards import read_split
 
-        return read_shard_split(Path(shards_dir), split, columns=list(columns or SCHEMA.names))
-    table = read_split(shards_dir, split)
-    return table.select(list(columns)) if columns else table
+    return read_split(shards_dir, split, columns=list(columns) if columns else None)
 
 
 def _arr(table: pa.Table, name: str, shape: tuple) -> np.ndarray:
@@ -231,12 +225,17 @@ def _plots(cfg, val: pa.Table, pred: np.ndarray, folder: Path, count: int) -> li
     """BEV and front-camera PNGs for the first ``count`` samples (evenly spread over the split)."""
     if count <= 0:
         return []
+    from odvla.platform.data.pipeline import resolve_dataroot
     from odvla.platform.eval.plots import bev_plot, camera_plot
 
     full = read_split_table(cfg.data.shards, cfg.eval.split)
     idx = np.unique(np.linspace(0, val.num_rows - 1, min(count, val.num_rows)).round().astype(int))
     pos = {t: i for i, t in enumerate(full.column("sample_token").to_pylist())}
-    dataroot = cfg.data.dataroot or _manifest_dataroot(cfg.data.shards)
+    try:
+        dataroot = resolve_dataroot(cfg)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        log.warning("eval: no dataroot for camera pictures (%s); BEV plots only", e)
+        dataroot = None
     paths = []
     for i in idx:
         tok = val.column("sample_token")[int(i)].as_py()
@@ -245,17 +244,6 @@ def _plots(cfg, val: pa.Table, pred: np.ndarray, folder: Path, count: int) -> li
         if dataroot:
             paths.append(camera_plot(row, pred[i], dataroot, folder / f"cam_{i:04d}_{tok[:12]}.png"))
     return paths
-
-
-def _manifest_dataroot(shards: str | Path) -> Optional[str]:
-    """The dataroot ``prepare`` recorded in ``manifest.json`` (the images live there)."""
-    f = Path(shards) / "manifest.json"
-    if not f.is_file():
-        return None
-    try:
-        return json.loads(f.read_text()).get("dataroot")
-    except ValueError:
-        return None
 
 
 def _log_mlflow(cfg, run_id: Optional[str], metrics: dict, out: Path) -> None:

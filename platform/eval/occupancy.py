@@ -122,23 +122,30 @@ def cells_in_boxes(r: np.ndarray, c: np.ndarray, pix: np.ndarray, valid: np.ndar
 
     r, c int [B, T, K]; pix float [B, T, M, 4, 2] rounded pixel corners; valid bool [B, T, M] -> bool [B, T, K].
     """
+    out = np.zeros(r.shape, dtype=bool)
     if pix.shape[2] == 0:
-        return np.zeros(r.shape, dtype=bool)
-    rr = r[..., :, None].astype(np.float64)  # [B,T,K,1]
-    cc = c[..., :, None].astype(np.float64)
-    p = pix[:, :, None]  # [B,T,1,M,4,2]
-    lo, hi = p.min(-2), p.max(-2)  # [B,T,1,M,2]
-    inside = valid[:, :, None, :] & (rr >= lo[..., 0]) & (rr <= hi[..., 0]) & (cc >= lo[..., 1]) & (cc <= hi[..., 1])
+        return out
+    # cheap pre-filter: only boxes whose pixel bounding box meets the cells' bounding box are tested in detail
+    lo, hi = pix.min(-2), pix.max(-2)  # [B,T,M,2]
+    near = valid & (lo[..., 0] <= r.max(-1)[..., None]) & (hi[..., 0] >= r.min(-1)[..., None]) \
+        & (lo[..., 1] <= c.max(-1)[..., None]) & (hi[..., 1] >= c.min(-1)[..., None])
+    b, t, m = np.nonzero(near)
+    if len(b) == 0:
+        return out
+    rr, cc = r[b, t].astype(np.float64), c[b, t].astype(np.float64)  # [P,K]
+    p = pix[b, t, m]  # [P,4,2]
+    plo, phi = lo[b, t, m][:, None], hi[b, t, m][:, None]  # [P,1,2]
+    inside = (rr >= plo[..., 0]) & (rr <= phi[..., 0]) & (cc >= plo[..., 1]) & (cc <= phi[..., 1])
     pos = np.ones(inside.shape, bool)
     neg = np.ones(inside.shape, bool)
-    for k in range(4):
-        p0, p1 = p[..., k, :], p[..., (k + 1) % 4, :]
+    for k in range(4):  # inside or on the (convex, possibly degenerate) quadrilateral: one sign for all edges
+        p0, p1 = p[:, None, k], p[:, None, (k + 1) % 4]
         cross = (p1[..., 0] - p0[..., 0]) * (cc - p0[..., 1]) - (p1[..., 1] - p0[..., 1]) * (rr - p0[..., 0])
         pos &= cross >= -1e-9
         neg &= cross <= 1e-9
     inside &= pos | neg
-    inside &= (r[..., None] >= 0) & (r[..., None] < GRID_SIZE) & (c[..., None] >= 0) & (c[..., None] < GRID_SIZE)
-    return inside.any(-1)
+    np.logical_or.at(out, (b, t), inside)
+    return out
 
 
 def ego_box_collisions(traj: np.ndarray, pix: np.ndarray, valid: np.ndarray, yaw_aligned: bool = False) -> np.ndarray:

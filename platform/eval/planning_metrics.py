@@ -118,6 +118,41 @@ def build_occupancy(future_boxes: Sequence[Mapping], classes: Sequence[str], dro
     return grid
 
 
+def pack_boxes(future_boxes: Sequence[Mapping], classes: Sequence[str], drop_low_visibility: bool,
+               steps: int = FUTURE_STEPS) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample-step's boxes of ``classes`` as rounded pixel corners, padded.
+
+    Returns pix float [N, steps, M, 4, 2] (``occupancy.box_pixel_corners``) and valid bool [N, steps, M], M the
+    most boxes any sample-step has. The collision test evaluates the raster predicate at the ego's cells only,
+    which is the same as rasterising the occupancy (``build_occupancy``) and reading it there, without the
+    200 x 200 grids.
+    """
+    n = len(future_boxes)
+    ids = _class_ids(classes)
+    sel = []
+    for i, fb in enumerate(future_boxes):
+        keep = np.isin(fb["cls"], ids)
+        if drop_low_visibility:
+            keep &= fb["vis"] >= MIN_VISIBILITY
+        sel.append((np.full(int(keep.sum()), i), fb["step"][keep], fb["boxes"].reshape(-1, 5)[keep]))
+    sidx = np.concatenate([x[0] for x in sel]).astype(np.int64) if sel else np.zeros(0, np.int64)
+    step = np.concatenate([x[1] for x in sel]).astype(np.int64) if sel else np.zeros(0, np.int64)
+    boxes = np.concatenate([x[2] for x in sel]) if sel else np.zeros((0, 5))
+    group = sidx * steps + step
+    counts = np.bincount(group, minlength=n * steps) if len(group) else np.zeros(n * steps, np.int64)
+    m = int(counts.max()) if len(counts) else 0
+    pix = np.zeros((n * steps, m, 4, 2))
+    valid = np.zeros((n * steps, m), dtype=bool)
+    if len(group):
+        order = np.argsort(group, kind="stable")
+        g = group[order]
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        slot = np.arange(len(g)) - first[g]
+        pix[g, slot] = occ.box_pixel_corners(boxes[order])
+        valid[g, slot] = True
+    return pix.reshape(n, steps, m, 4, 2), valid.reshape(n, steps, m)
+
+
 class PlanningMetricAccumulator:
     """Accumulates per-step sums over batches so the whole val set never holds its occupancy at once.
 
@@ -145,7 +180,7 @@ class PlanningMetricAccumulator:
         fb = [b if "boxes" in b else future_boxes_from_row(b) for b in future_boxes]
         scored = np.isfinite(pred).all(axis=(1, 2))
         gt = np.where(np.isfinite(gt), gt, 0.0)
-        grids: dict = {}
+        packed: dict = {}
         for p in self.protocols:
             sel = scored.copy()
             if p.samples == "full_future":
@@ -156,14 +191,14 @@ class PlanningMetricAccumulator:
                 continue
             idx = np.nonzero(sel)[0]
             key = (tuple(p.classes), p.drop_low_visibility)
-            if key not in grids:
-                grids[key] = build_occupancy(fb, p.classes, p.drop_low_visibility)
-            grid = grids[key][idx]
+            if key not in packed:
+                packed[key] = pack_boxes(fb, p.classes, p.drop_low_visibility)
+            pix, valid = packed[key][0][idx], packed[key][1][idx]
             d = (pred[idx] - gt[idx]) ** 2 * gt_mask[idx, :, None]  # UniAD compute_L2: mask inside the sqrt
             self.l2[p.name] += np.sqrt(d.sum(-1)).sum(0)
             self.l2_count[p.name] += len(idx)
-            gt_hit = occ.ego_collisions(gt[idx], grid, p.yaw_aligned)
-            hit = occ.ego_collisions(pred[idx], grid, p.yaw_aligned) & ~gt_hit
+            gt_hit = occ.ego_box_collisions(gt[idx], pix, valid, p.yaw_aligned)
+            hit = occ.ego_box_collisions(pred[idx], pix, valid, p.yaw_aligned) & ~gt_hit
             if p.collision == "any":
                 hit = np.maximum.accumulate(hit, axis=1)
             elif p.collision != "step":

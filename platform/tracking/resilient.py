@@ -53,8 +53,13 @@ class ResilientTracker:
         self.messages.append(msg)
         log.warning(msg)
 
-    def _call(self, what: str, fn: Callable, *args, **kwargs) -> Any:
-        if not self.enabled:
+    def call(self, what: str, fn: Callable, *args, **kwargs) -> Any:
+        """``fn(*args, **kwargs)`` under the same rules as the logging calls (for calls that need no run yet,
+        e.g. opening it): None when the server cannot be reached."""
+        return self._call(what, fn, *args, _need_run=False, **kwargs)
+
+    def _call(self, what: str, fn: Callable, *args, _need_run: bool = True, **kwargs) -> Any:
+        if _need_run and not self.enabled:
             return None
         now = time.monotonic()
         if self._down_since is not None and now - self._down_since < self.retry_after_s:

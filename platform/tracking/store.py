@@ -25,10 +25,9 @@ def resolve_tracking_uri(configured: Optional[str] = None) -> str:
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         return local_store_uri()
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+    if uri.startswith("sqlite:///"):
         # sqlite:///relative.db -> absolute, so that workers with another cwd hit the same file.
-        rel = uri[len("sqlite:///"):]
-        path = Path(rel).resolve()
+        path = Path(uri[len("sqlite:///"):]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
     if "://" not in uri:  # a plain folder: MLflow's file store

@@ -32,13 +32,16 @@ class PipelineResult:
 
 def run_pipeline(cfg: Config, stages: Optional[Iterable[str]] = None, parent_run_id: Optional[str] = None,
                  files: Iterable[str] = (), overrides: Iterable[str] = (),
+                 stage_overrides: Optional[dict] = None, tags: Optional[dict] = None,
                  on_stage: Optional[Callable[[StageResult], None]] = None) -> PipelineResult:
     """Run ``stages`` (default all four) in pipeline order. ``parent_run_id``: nest the pipeline run under it
-    (a sweep trial). ``on_stage``: called after each stage (progress display, Tune reporting)."""
+    (a sweep trial). ``stage_overrides``: {stage: [overrides]} applied before ``overrides`` (per-stage step
+    counts). ``on_stage``: called after each stage (progress display, Tune reporting)."""
     from odvla.platform.tracking import TAG_PIPELINE, ResilientTracker, ensure_experiment, get_or_create_run
     from odvla.platform.tracking.store import resolve_tracking_uri
 
     stages = list(stages or STAGES)
+    overrides, files, stage_overrides = list(overrides), list(files), dict(stage_overrides or {})
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
         raise ValueError(f"pipeline stages: unknown {bad or stages} (known: {', '.join(STAGES)})")
@@ -47,13 +50,12 @@ def run_pipeline(cfg: Config, stages: Optional[Iterable[str]] = None, parent_run
     name = cfg.train.run_name or f"odvla-pipeline-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     tracker = ResilientTracker(uri, None)
-    opened = tracker._call("open pipeline run", lambda: get_or_create_run(
+    opened = tracker.call("open pipeline run", lambda: get_or_create_run(
         tracker.client, ensure_experiment(tracker.client, cfg.tracking.experiment, uri),
-        f"{_storage_path(cfg)}/{name}", name, {TAG_PIPELINE: "true", "odvla.stages": "+".join(stages)},
+        f"{_storage_path(cfg)}/{name}", name, {TAG_PIPELINE: "true", "odvla.stages": "+".join(stages), **(tags or {})},
         parent_run_id))
     if opened is not None:
         tracker.run_id = opened[0]
-        tracker._down_since = None
     tracker.log_params({"pipeline.stages": "+".join(stages), "model.preset": cfg.model.preset,
                         "pipeline.overrides": " ".join(overrides)})
 
@@ -61,7 +63,7 @@ def run_pipeline(cfg: Config, stages: Optional[Iterable[str]] = None, parent_run
     previous: Optional[InitSource] = None
     try:
         for i, stage in enumerate(stages):
-            scfg = stage_config(cfg, stage, files, overrides)
+            scfg = stage_config(cfg, stage, files, [*stage_overrides.get(stage, []), *overrides])
             scfg.train.run_name = f"{name}-{stage}"
             res = run_stage(scfg, parent_run_id=tracker.run_id, previous=previous,
                             register=(stage == "stage3" and stage == stages[-1]))

@@ -53,13 +53,12 @@ def _open_run(cfg: Config, uri: str, run_key: str, run_name: str, init: InitSour
     tracker = ResilientTracker(uri, None)
     tags = {TAG_STAGE: cfg.stage.name, TAG_INIT_FROM: init.ref or "", TAG_INIT_FROM_RUN: init.run_id,
             "odvla.model_preset": cfg.model.preset}
-    opened = tracker._call("open run", lambda: get_or_create_run(
+    opened = tracker.call("open run", lambda: get_or_create_run(
         tracker.client, ensure_experiment(tracker.client, cfg.tracking.experiment, uri), run_key, run_name, tags,
         parent_run_id))
     if opened is None:
         return tracker, False
     tracker.run_id, resumed = opened
-    tracker._down_since = None
     return tracker, resumed
 
 
@@ -143,7 +142,7 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
         tracker.log_artifact(Path(ckpt_path) / "train_state.json", "checkpoint")
     version = None
     if (register if register is not None else cfg.stage.name == "stage3") and tracker.run_id:
-        version = tracker._call("register model", register_export, tracker.client, tracker.run_id,
+        version = tracker.call("register model", register_export, tracker.client, tracker.run_id,
                                 cfg.tracking.registered_model,
                                 tags={"stage": cfg.stage.name, "run_name": run_name})
         if version:

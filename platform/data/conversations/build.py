@@ -161,7 +161,8 @@ def _write_manifest(out: Path, seed: int | None, imported: dict) -> dict:
     present = {f.stem for f in out.glob("*/*.parquet")}
     sources = {k: v for k, v in old.get("sources", {}).items() if k in present or k in imported}
     sources.update(imported)
-    report = {"schema_version": CONVERSATIONS_VERSION, "seed": old.get("seed") if seed is None else seed, "counts": counts, "sources": sources}
+    report = {"schema_version": CONVERSATIONS_VERSION, "seed": old.get("seed") if seed is None else seed,
+              "counts": counts, "sources": sources}
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, sort_keys=True))
     report["path"] = str(path)

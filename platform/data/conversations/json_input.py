@@ -43,8 +43,8 @@ def require(rec, fields: dict, path, where) -> None:
     for name, typ in fields.items():
         if name not in rec:
             raise ConversationFormatError(path, where, f"missing field {name!r}")
-        if not isinstance(rec[name], typ) or isinstance(rec[name], bool) and bool not in (
-                typ if isinstance(typ, tuple) else (typ,)):
-            want = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-            raise ConversationFormatError(path, where, f"field {name!r} is {type(rec[name]).__name__}, "
-                                                       f"expected {want}")
+        types = typ if isinstance(typ, tuple) else (typ,)
+        value = rec[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):  # bool is an int
+            want = "/".join(t.__name__ for t in types)
+            raise ConversationFormatError(path, where, f"field {name!r} is {type(value).__name__}, expected {want}")

@@ -100,6 +100,10 @@ def views_from_table(table: pa.Table) -> list[SceneView]:
             future_traj = _arr(row["future_traj"], (FUTURE_STEPS, 2))
             future_mask = _arr(row["future_mask"], (FUTURE_STEPS,))
             ego_state = _arr(row["ego_state"], (7,))
+            for name, values in (("agent_boxes", boxes), ("ego_state", ego_state), ("map_points", pts),
+                                 ("future_traj", future_traj[future_mask > 0]), ("agent_future", fut[fut_mask > 0])):
+                if not np.all(np.isfinite(values)):
+                    raise ValueError(f"non-finite values in {name} (valid entries)")
         except ValueError as e:
             raise ValueError(f"shard row of sample {token}: {e}") from e
         keep = cls_idx >= 0

@@ -1,0 +1,71 @@
+"""Collate training-ready rows into the model's batch (``model/batch.py``): torch tensors + lists of text.
+
+``collate`` accepts what each consumer has at hand: a numpy batch (``dict`` column -> array, as Ray Data's
+``iter_batches(batch_format='numpy')`` and ``iter_torch_batches(collate_fn=collate)`` give), a pandas DataFrame,
+or a list of per-sample dicts (``rows_from_table``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from odvla.model.batch import TENSOR_KEYS, TEXT_KEYS
+from odvla.platform.data.rows import RowSpec, build_rows
+
+INT_KEYS = {"command", "gt_labels", "gt_map_labels", "frame_index"}
+
+
+def _columns(rows) -> dict:
+    if isinstance(rows, dict):
+        return rows
+    if isinstance(rows, list):
+        if not rows:
+            raise ValueError("collate: empty list of rows")
+        return {k: [r[k] for r in rows] for k in rows[0]}
+    if hasattr(rows, "columns") and hasattr(rows, "to_numpy"):  # pandas.DataFrame
+        return {c: rows[c].to_numpy() for c in rows.columns}
+    raise TypeError(f"collate: unsupported batch type {type(rows).__name__}")
+
+
+class Collate(NumpyBatchCollateFn):
+    """Callable collate (a ``NumpyBatchCollateFn`` so Ray Data hands it numpy batches)."""
+
+    def __call__(self, rows) -> dict:
+        cols = _columns(rows)
+        missing = [k for k in TENSOR_KEYS + TEXT_KEYS if k not in cols]
+        if missing:
+            raise KeyError(f"collate: batch lacks field(s) {', '.join(missing)}")
+        out = {}
+        for k in TENSOR_KEYS:
+            v = cols[k]
+            if isinstance(v, np.ndarray) and v.dtype != object:
+                arr = v
+            else:
+                arr = np.stack([np.asarray(x) for x in v])
+            if not arr.flags.writeable:
+                arr = arr.copy()
+            out[k] = torch.as_tensor(arr, dtype=torch.int64 if k in INT_KEYS else torch.float32)
+        for k in TEXT_KEYS:
+            out[k] = [str(x) for x in cols[k]]
+        return out
+
+
+collate = Collate()
+"""``collate(rows) -> dict``: the model batch (see ``Collate``)."""
+
+
+def rows_from_table(table, dataroot, cfg) -> list[dict]:
+    """Single-process path (eval, serve, bench): shard rows -> training-ready per-sample dicts.
+
+    ``table`` needs the shard columns used by the pipeline; rows without ``task``/``question``/``answer`` become
+    'planning' rows. Images are decoded and resized exactly as in ``pipeline.build_dataset``.
+    """
+    import pyarrow as pa
+
+    n = table.num_rows
+    for k, default in (("task", "planning"), ("question", ""), ("answer", "")):
+        if k not in table.column_names:
+            table = table.append_column(k, pa.array([default] * n, pa.string()))
+    cols = build_rows(table, str(dataroot), RowSpec.from_config(cfg))
+    return [{k: v[i] for k, v in cols.items()} for i in range(n)]

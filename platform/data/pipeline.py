@@ -1,0 +1,105 @@
+"""The Ray Data pipeline: Parquet shards -> a stream of training-ready rows for Ray Train.
+
+``read_parquet`` streams the shard files; one ``map_batches`` stage on CPU workers decodes + resizes +
+normalises the six JPEGs of each sample, scales the intrinsics and pads agents/map elements (``rows.build_rows``),
+and expands each sample into its examples when an example table is given (images decoded once per sample).
+Train workers take their part with ``ray.train.get_dataset_shard(name).iter_torch_batches(collate_fn=collate)``.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+
+from odvla.platform.data.errors import UnknownSampleError
+from odvla.platform.data.rows import SHARD_COLUMNS, TEXT_FIELDS, RowSpec, build_rows
+from odvla.platform.data.shards import check_version, read_manifest, shard_files
+
+EXAMPLE_COLUMNS = ("sample_token", "task", "question", "answer")
+
+
+def resolve_dataroot(cfg) -> str:
+    """The dataroot the shards' image paths are relative to: ``cfg.data.dataroot`` or the manifest's."""
+    if cfg.data.dataroot:
+        return str(cfg.data.dataroot)
+    return str(read_manifest(cfg.data.shards)["dataroot"])
+
+
+def _examples_by_sample(cfg, split: str, examples: pa.Table) -> dict[str, list[tuple[str, str, str]]]:
+    missing = [c for c in EXAMPLE_COLUMNS if c not in examples.column_names]
+    if missing:
+        raise ValueError(f"examples table lacks column(s) {', '.join(missing)}")
+    cols = {c: examples.column(c).to_pylist() for c in EXAMPLE_COLUMNS}
+    known: set[str] = set()
+    import pyarrow.parquet as pq
+    from pathlib import Path
+
+    for d in sorted(p for p in Path(cfg.data.shards).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(d.glob("*.parquet")):
+            known.update(pq.read_table(f, columns=["sample_token"]).column(0).to_pylist())
+    by: dict[str, list] = defaultdict(list)
+    for tok, task, q, a in zip(*(cols[c] for c in EXAMPLE_COLUMNS)):
+        if tok not in known:
+            raise UnknownSampleError("an example refers to a sample that no shard holds", sample_token=tok,
+                                     path=str(cfg.data.shards))
+        by[tok].append((task, q or "", a or ""))
+    return dict(by)
+
+
+def _prepare_batch(batch: pa.Table, dataroot: str, spec: RowSpec, examples) -> pa.Table:
+    """map_batches UDF: shard rows -> training rows (expanded into examples when given), as an Arrow block with
+    tensor columns (also when no row of the batch has an example: an empty block of the same schema)."""
+    from ray.data.block import BlockAccessor
+
+    n = batch.num_rows
+    if examples is None:
+        reps = [[("planning", "", "")] for _ in range(n)]
+    else:
+        reps = [examples.get(t, []) for t in batch.column("sample_token").to_pylist()]
+    take = [i for i, r in enumerate(reps) if r]
+    if len(take) < n:
+        batch = batch.take(pa.array(take, pa.int64()))
+        reps = [reps[i] for i in take]
+    batch = batch.append_column("task", pa.array([""] * batch.num_rows, pa.string()))
+    batch = batch.append_column("question", pa.array([""] * batch.num_rows, pa.string()))
+    batch = batch.append_column("answer", pa.array([""] * batch.num_rows, pa.string()))
+    out = build_rows(batch, dataroot, spec)
+    idx = np.array([i for i, r in enumerate(reps) for _ in r], dtype=np.int64)
+    res = {k: v[idx] for k, v in out.items()}
+    flat = [e for r in reps for e in r]
+    for j, k in enumerate(("task", "question", "answer")):
+        res[k] = np.array([e[j] for e in flat], dtype=object)
+    if len(idx) == 0:  # Arrow cannot type an empty tensor column: build one row's schema, keep zero rows
+        one = {k: (np.zeros((1,) + v.shape[1:], v.dtype) if v.dtype != object else np.array([""], object))
+               for k, v in res.items()}
+        return BlockAccessor.batch_to_block(one).slice(0, 0)
+    return BlockAccessor.batch_to_block(res)
+
+
+def build_dataset(cfg, split: str, examples: pa.Table | None = None):
+    """A ``ray.data.Dataset`` of training-ready rows of ``split`` (see ``model/batch.py`` for the fields).
+
+    ``examples`` (columns sample_token, task, question, answer) expands each sample into its examples (samples
+    without examples are not part of this dataset); ``None`` gives one 'planning' row per sample with empty
+    question and answer. Shards of another schema version or example tokens that no shard holds raise errors
+    naming the file / token.
+    """
+    import ray
+
+    if not cfg.data.shards:
+        raise ValueError("data.shards is not set (run `odvla prepare` and pass --set data.shards=DIR)")
+    files = shard_files(cfg.data.shards, split)
+    for f in files:
+        check_version(f)
+    dataroot = resolve_dataroot(cfg)
+    by_sample = _examples_by_sample(cfg, split, examples) if examples is not None else None
+    ds = ray.data.read_parquet([str(f) for f in files], columns=SHARD_COLUMNS)
+    return ds.map_batches(
+        _prepare_batch, batch_format="pyarrow", batch_size=int(cfg.data.decode_batch_size),
+        compute=ray.data.TaskPoolStrategy(size=int(cfg.data.decode_concurrency))
+        if int(cfg.data.decode_concurrency) > 0 else None, num_cpus=1,
+        fn_kwargs={"dataroot": dataroot, "spec": RowSpec.from_config(cfg), "examples": by_sample})
+
+
+__all__ = ["build_dataset", "resolve_dataroot", "TEXT_FIELDS"]
