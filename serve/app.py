@@ -142,12 +142,21 @@ class PlannerAPI:
         except Exception as e:
             raise ApiError(503, f"no model replica ready yet ({type(e).__name__}); retry later",
                            {"Retry-After": "5"}) from None
-        try:
-            item = await asyncio.to_thread(scene_item, req, command, task, question, tuple(info["image_hw"]))
-        except RequestError as e:
-            raise ApiError(422, str(e)) from None
-        t1 = time.perf_counter()
-        out = await self.call_planner(item, req.session_id)
+        for _ in range(2):
+            try:
+                item = await asyncio.to_thread(scene_item, req, command, task, question, tuple(info["image_hw"]))
+            except RequestError as e:
+                raise ApiError(422, str(e)) from None
+            t1 = time.perf_counter()
+            out = await self.call_planner(item, req.session_id)
+            if "stale_image_hw" not in out:
+                break
+            self._info = None  # the model deployment changed under this ingress: refresh what it needs
+            info = await self.model_info()
+        else:
+            raise ApiError(503, "the model deployment is being updated; retry", {"Retry-After": "2"})
+        if self._info is not None:
+            self._info.update(out.get("batch_settings", {}))
         warnings = list(out.get("warnings", []))
         session = out.get("session")
         if session:

@@ -142,6 +142,9 @@ class Planner:
         ``session_id`` is a keyword argument on purpose: ``SessionAffinityRouter`` reads it to pick this replica.
         """
         t0 = time.perf_counter()
+        if tuple(item["images"].shape[1:3]) != tuple(self.info["image_hw"]):
+            # the ingress resized for another model (this deployment was updated): it refreshes and retries
+            return {"stale_image_hw": self.info["image_hw"]}
         if not session_id:
             out = await self._run_batch((item, None, t0))
             out.pop("state", None)
@@ -149,12 +152,17 @@ class Planner:
             return out
         async with self.sessions.lock(session_id):
             frame = item.get("frame_index_given")
-            co = self.sessions.checkout(session_id, item["scene_token"], frame)
+            read_only = item["task"] != "planning"  # a question about the current frame does not advance it
+            co = self.sessions.checkout(session_id, item["scene_token"], frame, read_only=read_only)
             if frame is None:  # frames counted by the session: the model continues its state on frame > 0
-                item = {**item, "frame_index": co.frames_before if co.status == "continued" else 0}
+                n = co.frames_before - (1 if read_only and co.frames_before else 0)
+                item = {**item, "frame_index": n if co.status == "continued" else 0}
             out = await self._run_batch((item, co.state, t0))
-            frames = self.sessions.commit(session_id, out.pop("state"), item["scene_token"], frame,
-                                          co.frames_before)
+            state = out.pop("state")
+            if read_only and co.status == "continued":
+                frames = co.frames_before
+            else:
+                frames = self.sessions.commit(session_id, state, item["scene_token"], frame, co.frames_before)
         out["session"] = {"session_id": session_id, "state": co.status, "frames": frames, "replica": self.replica}
         if co.warning:
             out["warnings"].append(co.warning)
@@ -186,6 +194,8 @@ class Planner:
                 "batch_size": len(requests),
                 "generated_tokens": int(gen.num_generated_tokens[i]),
                 "replica": self.replica,
+                "batch_settings": {"max_batch_size": self.max_batch_size,
+                                   "batch_wait_timeout_s": self.batch_wait_timeout_s},
             })
         return outs
 

@@ -72,7 +72,10 @@ class SessionStore:
             self._evicted.popitem(last=False)
         return gone
 
-    def checkout(self, session_id: str, scene_token: str, frame_index: Optional[int]) -> Checkout:
+    def checkout(self, session_id: str, scene_token: str, frame_index: Optional[int],
+                 read_only: bool = False) -> Checkout:
+        """State for the next frame of a session. ``read_only``: a question about the session's current frame
+        (``/v1/chat``), which may repeat the last frame index and does not advance the state."""
         self.evict_idle()
         e = self._entries.get(session_id)
         if e is None:
@@ -87,6 +90,9 @@ class SessionStore:
             return Checkout(None, "new", 0)
         if scene_token and e.scene_token and scene_token != e.scene_token:
             return Checkout(None, "reset", 0)
+        if read_only:
+            e.last_seen = self.clock()
+            return Checkout(e.state, "continued", e.frames)
         if frame_index is not None and frame_index == 0 and e.frames > 0:
             return Checkout(None, "reset", 0)
         if frame_index is not None and frame_index <= e.last_frame:

@@ -36,10 +36,19 @@ def synth_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def shards_dir(synth_root, tmp_path_factory, ray_session):
-    """Parquet shards of ``synth_root`` (``odvla prepare`` on the session's Ray): train 60 rows in 2 files, val 20."""
+def shards_dir(synth_root, tmp_path_factory):
+    """Parquet shards of ``synth_root``: train 60 rows in 2 files, val 20. Built in-process (no Ray start for
+    tests that only read shards); tests/test_data_prepare.py checks the Ray-parallel path writes the same rows."""
     from odvla.platform.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("shards")
-    prepare(synth_root, "v1.0-mini", out, rows_per_shard=32, num_workers=2, progress=False)
+    prepare(synth_root, "v1.0-mini", out, rows_per_shard=32, num_workers=0, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def mlflow_sqlite(tmp_path_factory):
+    """A real local MLflow store (SQLite + artifact folder) shared by the session; returns its tracking URI."""
+    from odvla.platform.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")

@@ -202,6 +202,12 @@ def test_sessions_stick_to_their_replica(served, body):
         assert len({f["replica"] for f in frames}) == 1, f"session {sid} moved between replicas"
         assert [f["state"] for f in frames] == ["new", "continued", "continued"]
         assert [f["frames"] for f in frames] == [1, 2, 3]
+    # a question about the session's current frame uses its state without advancing it
+    chat = {k: v for k, v in body.items() if k != "command"}
+    r = served.post("/v1/chat", json=dict(chat, question="what is ahead?", session_id="s0", scene_token="scene-s0",
+                                          frame_index=2), headers=AUTH)
+    assert r.status_code == 200 and r.json()["session"]["state"] == "continued" and r.json()["warnings"] == []
+    assert r.json()["session"]["frames"] == 3 and r.json()["session"]["replica"] == seen["s0"][0]["replica"]
     # a new scene on the same session resets the state
     r = _plan(served, dict(body, session_id="s0", scene_token="another-scene", frame_index=0))
     assert r.json()["session"]["state"] == "reset"
@@ -225,7 +231,7 @@ def test_schemathesis_fuzz_no_5xx(served):
     from schemathesis import GenerationMode
 
     schema = schemathesis.openapi.from_dict(served.get("/openapi.json").json())
-    failures = []
+    failures, statuses = [], {}
     for result in schema.get_all_operations():
         op = result.ok()
         # GET operations take no input: nothing to negate
@@ -237,11 +243,13 @@ def test_schemathesis_fuzz_no_5xx(served):
             @given(case=op.as_strategy(generation_mode=mode))
             def fuzz(case):
                 r = case.call(base_url=URL, headers=AUTH, timeout=120)
+                statuses.setdefault(op.label, set()).add(r.status_code)
                 if r.status_code >= 500:
                     failures.append((op.label, mode.value, r.status_code, r.text[:200]))
 
             fuzz()
     assert failures == []
+    assert 422 in statuses["POST /v1/plan"] and 422 in statuses["POST /v1/chat"]  # the fuzz reached validation
 
 
 def test_killed_replica_is_replaced_and_service_keeps_answering(served, body):

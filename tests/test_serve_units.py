@@ -205,3 +205,12 @@ def test_body_limit_counts_streamed_bodies():
     r = client.post("/echo", content=(b"x" * 50 for _ in range(10)), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "serve.max_body_bytes" in r.json()["message"]
     assert client.post("/echo", json={"status": "ok"}).status_code == 200
+
+
+def test_session_question_does_not_advance_state():
+    store = SessionStore(idle_s=10.0, clock=Clock())
+    co = store.checkout("s", "scene", 0)
+    store.commit("s", "S0", "scene", 0, co.frames_before)
+    co = store.checkout("s", "scene", 0, read_only=True)  # /v1/chat about frame 0: no warning, same state
+    assert co.status == "continued" and co.state == "S0" and co.warning is None
+    assert store.checkout("s", "scene", 0).status == "reset"  # planning frame 0 again restarts the scene

@@ -133,3 +133,32 @@ def test_results_table_shows_both_conventions_failures_and_notes(tmp_path):
 def test_train_loss_is_read_from_the_stage_report():
     assert train_loss_of({"loss": 2.0, "global_step": 3}) == 2.0
     assert math.isnan(train_loss_of({"global_step": 3}))
+
+
+def test_sweep_errors_name_the_setting_before_any_trial_runs(tmp_path, capsys):
+    from odvla.platform.cli.main import main
+    from odvla.tune.sweep import run_sweep
+
+    with pytest.raises(ConfigError, match="sweep.mode"):
+        run_sweep(load_config(overrides=["sweep.mode=grid"]), SweepRecipe())
+    with pytest.raises(ConfigError, match="sweep.lrs"):
+        run_sweep(load_config(overrides=["sweep.lrs=[1e-3,-1.0]"]), SweepRecipe())
+    with pytest.raises(ConfigError, match="s3://"):
+        run_sweep(load_config(overrides=["sweep.storage_path=s3://bucket/sweeps"]), SweepRecipe())
+    # `odvla sweep` (an entry-point command): a resume without a name, or of a sweep that is not there.
+    assert main(["sweep", "--restore", "--set", f"sweep.storage_path={tmp_path}"]) == 2
+    assert "sweep.name" in capsys.readouterr().err
+    assert main(["sweep", "--restore", "--set", f"sweep.storage_path={tmp_path}", "--set", "sweep.name=nope"]) == 2
+    assert f"no sweep to resume at {tmp_path / 'nope'}" in capsys.readouterr().err
+
+
+def test_root_cause_picks_the_users_error_out_of_rays_wrappers():
+    from odvla.tune.sweep import root_cause
+
+    err = RuntimeError("ray.exceptions.RayTaskError(UserCodeException): ray::MapWorker.submit()\n"
+                       "  File \"x.py\", line 3, in f\n"
+                       "ValueError: max_new_tokens=64 cannot hold a trajectory\n"
+                       "The above exception was the direct cause of the following exception:\n"
+                       "ray.exceptions.UserCodeException: UDF failed to process a data block.\n")
+    assert root_cause(err) == "ValueError: max_new_tokens=64 cannot hold a trajectory"
+    assert root_cause(RuntimeError("plain message")) == "plain message"

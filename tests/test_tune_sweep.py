@@ -1,9 +1,10 @@
 """Sweeps on a real local Ray with real training, evaluation and an MLflow store (tiny model, 2 steps a stage).
 
 - An ablation sweep (stage3 vs stage1+stage3) runs as a Ray job page (``jobs/sweep.py``) in its own process and
-  is interrupted with SIGINT while its second trial trains; ``run_sweep(..., restore=True)`` resumes it: the
-  finished trial is kept (not rerun), the interrupted one finishes, and the results table, plot and nested MLflow
-  runs come out.
+  is interrupted with SIGINT while its second trial trains stage3; ``run_sweep(..., restore=True)`` resumes it:
+  the finished trial is kept (not rerun), the interrupted one continues after its finished stage1, and the
+  results table, plot and nested MLflow runs come out.
+- An HPO sweep: Optuna TPE proposes learning rates, ASHA judges the training loss after the stage.
 - A sweep whose trials cannot read their data retries each trial, then reports it as failed.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ PAGE = (
 def _common(tmp: Path, shards, uri: str) -> list[str]:
     return [f"data.shards={shards}", f"tracking.tracking_uri={uri}", f"train.storage_path={tmp / 'train'}",
             f"sweep.storage_path={tmp / 'sweeps'}", "train.max_steps=2", "train.warmup_steps=1",
-            "eval.plots=0", "eval.baseline_mlp_epochs=5", "eval.max_new_tokens=64",
+            "eval.plots=0", "eval.baseline_mlp_epochs=5",
             "tracking.log_system_metrics=false", "tracking.log_checkpoint=false"]
 
 
@@ -63,13 +64,16 @@ def test_ablation_sweep_interrupted_then_restored(shards_dir, ray_session, tmp_p
     proc = subprocess.Popen([sys.executable, "-c", PAGE, *args], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        # Interrupt once the second trial has started training (the first one is then finished).
+        # Interrupt while the second trial trains its stage3: its stage1 is then finished and checkpointed in
+        # Tune, the first trial is done.
         second = None
         while second is None and proc.poll() is None:
             time.sleep(0.5)
             trials = sorted(_runs(client, "trial"), key=lambda r: r.info.start_time)
-            if len(trials) == 2 and _children(client, trials[1].info.run_id):
-                second = trials[1]
+            if len(trials) == 2:
+                s3 = [r for r in _children(client, trials[1].info.run_id) if r.data.tags["odvla.stage"] == "stage3"]
+                if s3 and s3[0].data.metrics:  # stage3 has logged a training step
+                    second = trials[1]
         assert second is not None, (tmp_path / "sweep.log").read_text()[-3000:]
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=120)
@@ -111,7 +115,9 @@ def test_ablation_sweep_interrupted_then_restored(shards_dir, ray_session, tmp_p
         assert t.data.tags["mlflow.parentRunId"] == parent.info.run_id and t.info.status == "FINISHED"
         assert "eval/uniad/L2_avg" in t.data.metrics
     assert _attempts(client, by_stages["stage3"].info.run_id) == 1  # not rerun by the resume
-    assert _attempts(client, by_stages["stage1+stage3"].info.run_id) >= 2
+    resumed = by_stages["stage1+stage3"].info.run_id
+    assert _attempts(client, resumed) == 2
+    assert len(client.get_metric_history(resumed, "loss/stage1")) == 1  # resumed after stage1, not retrained
     stage_runs = _children(client, by_stages["stage1+stage3"].info.run_id)
     assert sorted(s.data.tags["odvla.stage"] for s in stage_runs) == ["stage1", "stage3"]  # one run per stage
     tid = by_stages["stage1+stage3"].data.tags["odvla.trial_id"]
@@ -141,3 +147,19 @@ def test_failed_trial_is_retried_then_reported(shards_dir, ray_session, tmp_path
     (trial,) = _runs(client, "trial")
     assert trial.info.status == "FAILED" and _attempts(client, trial.info.run_id) == 2  # retried once
     assert client.get_run(out["parent_run_id"]).data.metrics["trials_failed"] == 1
+
+
+@pytest.mark.integration
+def test_hpo_sweep_optuna_with_asha(shards_dir, ray_session, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [*_common(tmp_path, shards_dir, uri), "train.max_steps=1", "sweep.mode=hpo", "sweep.name=lr",
+                 "sweep.stage_sets=[[stage3]]", "sweep.num_samples=2", "sweep.lr_min=1e-4", "sweep.lr_max=1e-2"]
+    out = run_sweep(load_config(model="tiny", overrides=overrides), SweepRecipe(overrides=overrides))
+
+    rows = out["rows"]
+    assert len(rows) == 2 and not out["interrupted"] and out["failed"] == []
+    assert len({r["lr"] for r in rows}) == 2 and all(1e-4 <= r["lr"] <= 1e-2 for r in rows)
+    assert {r["status"] for r in rows} <= {"done", "stopped (ASHA)"} and rows[0]["status"] == "done"
+    assert all(isinstance(r["train_loss"], float) for r in rows)  # every trial reported its stage to ASHA
+    assert out["best"]["status"] == "done" and isinstance(out["best"]["uniad/L2_avg"], float)
+    assert Path(out["plot_path"]).exists() and "| stage3 | tiny |" in out["table_md"]

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ __all__ = ["SweepRecipe", "run_sweep", "sweep_rows"]
 
 log = logging.getLogger(__name__)
 META_FILE = "odvla_sweep.json"
+STRICT_ENV = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
 TRIAL_CPUS = 1
 """CPUs held by a trial driver; its TorchTrainer workers and Ray Data tasks request their own resources."""
 
@@ -128,8 +130,6 @@ def run_sweep(cfg: Config, recipe: SweepRecipe, restore: bool = False) -> dict:
     cfg, sw = plan.cfg, plan.cfg.sweep
     stage_count = max(len(s) for s in sw.stage_sets) if sw.mode == "ablation" else len(sw.stage_sets[0])
     search, scheduler, relaxed = build_search(cfg, stage_count)
-    if relaxed:
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
 
     ctx = TrialContext(recipe=plan.recipe, sweep_name=plan.name, sweep_dir=str(plan.exp_dir),
                        tracking_uri=plan.tracking_uri, experiment=cfg.tracking.experiment,
@@ -160,16 +160,26 @@ def run_sweep(cfg: Config, recipe: SweepRecipe, restore: bool = False) -> dict:
                 failure_config=tune.FailureConfig(max_failures=sw.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1),
         )
-    grid = tuner.fit()
+    strict = os.environ.get(STRICT_ENV)
+    if relaxed:  # stage reports carry no eval metric yet; the searcher waits for the final one (tune/hpo.py)
+        os.environ[STRICT_ENV] = "1"
+    try:
+        grid = tuner.fit()
+    finally:
+        if relaxed and strict is None:
+            os.environ.pop(STRICT_ENV, None)
+        elif relaxed:
+            os.environ[STRICT_ENV] = strict
     return _finish(plan, grid)
 
 
 def sweep_rows(grid, mode: str) -> tuple[list[dict], bool]:
     """One row per trial from a ``ResultGrid``: parameters, last metrics, ``status`` and ``error``.
 
-    Returns (rows, interrupted): interrupted when some trial neither finished nor failed (the sweep was stopped).
+    Status: 'done' (the final report came), 'failed' (retries exhausted), 'stopped (ASHA)' (the scheduler ended
+    it: Tune marks that last result ``done``), 'unfinished' (never started, or cut short by an interruption: Tune
+    reports such trials as terminated in memory but keeps them resumable on disk). Returns (rows, interrupted).
     """
-    interrupted = grid.num_terminated + grid.num_errors < len(grid)
     rows = []
     for res in grid:
         m = dict(res.metrics or {})
@@ -177,17 +187,27 @@ def sweep_rows(grid, mode: str) -> tuple[list[dict], bool]:
         row = {"stages": c.get("stages"), "model_size": c.get("model_size"), "lr": c.get("lr"), **m}
         row["trial_id"] = m.get("trial_id") or Path(res.path).name.split("-")[0]
         if res.error is not None:
-            lines = [ln.strip() for ln in str(res.error).strip().splitlines() if ln.strip()]
             row["status"] = "failed"
-            row["error"] = (lines[-1] if lines else type(res.error).__name__)[:400]
+            row["error"] = root_cause(res.error)
         elif m.get("phase") == "done":
             row["status"] = "done"
-        elif interrupted:
-            row["status"] = "unfinished"
-        else:
+        elif m.get("done"):
             row["status"] = "stopped (ASHA)" if mode == "hpo" else "stopped"
+        else:
+            row["status"] = "unfinished"
         rows.append(row)
-    return rows, interrupted
+    return rows, any(r["status"] == "unfinished" for r in rows)
+
+
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b(\(.*\))?: \S")
+
+
+def root_cause(error: BaseException) -> str:
+    """The first ``SomeError: message`` line of a (chained, remote) traceback, not Ray's own wrappers: the
+    cause a user can act on (a missing file, a bad value), not 'UDF failed to process a data block'."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    hits = [ln for ln in lines if _EXC_LINE.match(ln) and not ln.startswith("ray.")]
+    return (hits[0] if hits else lines[-1] if lines else type(error).__name__)[:400]
 
 
 def _finish(plan: _Plan, grid) -> dict:

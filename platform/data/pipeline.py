@@ -94,7 +94,7 @@ def build_dataset(cfg, split: str, examples: pa.Table | None = None):
         check_version(f)
     dataroot = resolve_dataroot(cfg)
     by_sample = _examples_by_sample(cfg, split, examples) if examples is not None else None
-    ds = ray.data.read_parquet([str(f) for f in files], columns=SHARD_COLUMNS)
+    ds = ray.data.read_parquet([str(f) for f in files]).select_columns(SHARD_COLUMNS)
     return ds.map_batches(
         _prepare_batch, batch_format="pyarrow", batch_size=int(cfg.data.decode_batch_size),
         compute=ray.data.TaskPoolStrategy(size=int(cfg.data.decode_concurrency))

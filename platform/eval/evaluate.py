@@ -159,17 +159,29 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     if val.num_rows == 0:
         raise ValueError(f"eval: split {split!r} of {cfg.data.shards} has no samples")
 
-    # 1) planning predictions for every sample of the split
-    t0 = time.perf_counter()
-    cols = predict_dataset(build_dataset(cfg, split), export_dir, cfg.eval.batch_size, cfg.eval.concurrency,
-                           cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens)
-    seconds = time.perf_counter() - t0
+    # one pass of the replicas: a planning row for every sample, then the QA examples (when the store has any)
     tokens = val.column("sample_token").to_pylist()
+    qa = _qa_examples(cfg, split)
+    examples = pa.table({"sample_token": tokens, "task": ["planning"] * len(tokens), "question": [""] * len(tokens),
+                         "answer": [""] * len(tokens)})
+    if qa is not None:  # references stay here; the model sees '' as the answer
+        examples = pa.concat_tables([examples, pa.table({
+            "sample_token": qa.column("sample_token").combine_chunks(), "task": qa.column("task").combine_chunks(),
+            "question": qa.column("question").combine_chunks(), "answer": pa.array([""] * qa.num_rows)})])
+    t0 = time.perf_counter()
+    allcols = predict_dataset(build_dataset(cfg, split, examples=examples), export_dir, cfg.eval.batch_size,
+                              cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens)
+    seconds = time.perf_counter() - t0
+    is_plan = allcols["task"] == "planning"
+    cols = {k: v[is_plan] for k, v in allcols.items()}
+    qcols = {k: v[~is_plan] for k, v in allcols.items()}
+
+    # 1) planning: exactly one prediction per sample, in the split's order
     pos = {t: i for i, t in enumerate(cols["sample_token"].tolist())}
     missing = [t for t in tokens if t not in pos]
-    if missing or len(pos) != len(tokens):
-        raise RuntimeError(f"eval: {len(missing)} of {len(tokens)} {split} samples got no prediction "
-                           f"(first: {missing[:3]}); {len(cols['sample_token'])} rows came back")
+    if missing or len(cols["sample_token"]) != len(tokens):
+        raise RuntimeError(f"eval: {len(missing)} of {len(tokens)} {split} samples got no planning prediction "
+                           f"(first: {missing[:3]}); {len(cols['sample_token'])} planning rows came back")
     order = np.array([pos[t] for t in tokens])
     cols = {k: v[order] for k, v in cols.items()}
     cols["reference"] = np.full(len(order), "", dtype=object)
@@ -177,34 +189,29 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     parsed = cols["parsed"].astype(bool)
     metrics = {"predict/samples": float(n), "predict/malformed": float((~parsed).sum()),
                "predict/malformed_rate": float((~parsed).mean()), "predict/seconds": seconds,
-               "predict/samples_per_s": n / max(seconds, 1e-9),
+               "predict/rows_per_s": len(allcols["task"]) / max(seconds, 1e-9),
                "predict/mean_generated_tokens": float(cols["num_generated_tokens"].mean())}
     if (~parsed).any():
         bad = [f"{t}: {e}" for t, e in zip(cols["sample_token"][~parsed], cols["error"][~parsed])]
-        log.warning("eval: %d of %d answers did not parse into a trajectory (scored as missing): %s",
-                    len(bad), n, "; ".join(bad[:5]))
+        log.warning("eval: %d of %d answers did not parse into a trajectory (not scored, counted in "
+                    "predict/malformed): %s", len(bad), n, "; ".join(bad[:5]))
         (out / "malformed.txt").write_text("\n".join(bad) + "\n")
     pred = np.asarray(cols["pred_traj"], np.float64).reshape(n, FUTURE_STEPS, 2)
     pred[~parsed] = np.nan
     metrics.update(score_trajectories(pred, val))
     metrics.update(baseline_metrics(cfg, val))
 
-    # 2) QA on the split's instruction examples, when there are any
-    qa = _qa_examples(cfg, split)
+    # 2) QA metrics against the references of each (sample, task, question)
     if qa is not None:
-        refs = qa.column("answer").to_pylist()
-        blank = qa.set_column(qa.schema.get_field_index("answer"), "answer", pa.array([""] * qa.num_rows))
-        qcols = predict_dataset(build_dataset(cfg, split, examples=blank), export_dir, cfg.eval.batch_size,
-                                cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens)
         by_key: dict = {}
         for tok, task, q, a in zip(qa.column("sample_token").to_pylist(), qa.column("task").to_pylist(),
-                                   qa.column("question").to_pylist(), refs):
+                                   qa.column("question").to_pylist(), qa.column("answer").to_pylist()):
             by_key.setdefault((tok, task, q), []).append(a)
         keys = list(zip(qcols["sample_token"].tolist(), qcols["task"].tolist(), qcols["question"].tolist()))
-        missing_qa = [k for k in keys if k not in by_key]
-        if missing_qa or len(keys) != qa.num_rows:
+        unknown = [k for k in keys if k not in by_key]
+        if unknown or len(keys) != qa.num_rows:
             raise RuntimeError(f"eval: QA predictions do not match the {qa.num_rows} examples "
-                               f"({len(keys)} came back; unknown: {missing_qa[:3]})")
+                               f"({len(keys)} came back; unknown: {unknown[:3]})")
         from odvla.platform.eval.qa_metrics import compute_qa_metrics
 
         metrics.update(compute_qa_metrics([by_key[k] for k in keys], qcols["answer"].tolist(),

@@ -172,7 +172,9 @@ def train_func(config: dict) -> None:
     while not done and state.epoch < epochs:
         skip = state.batches_in_epoch
         it = shard.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate)
+        seen = 0
         for i, batch in enumerate(it):
+            seen += 1
             if i < skip:  # consumed before the restart: never trained on twice
                 continue
             batch = _to_device(batch, device)
@@ -208,6 +210,9 @@ def train_func(config: dict) -> None:
                 break
             if checkpoint_every > 0 and state.global_step % checkpoint_every == 0:
                 report()
+        if seen == 0:
+            raise RuntimeError(f"rank {rank}: the training data shard yielded no batch in epoch {state.epoch} "
+                               f"({cfg.data.shards}, mixture {cfg.stage.mixture})")
         if not done:
             state.epoch += 1
             state.batches_in_epoch = 0

@@ -1,0 +1,133 @@
+"""Unit tests of the training infrastructure that need no cluster: DeepSpeed config, stage resolution, step
+planning, the consolidated export (real tiny OpenDriveVLA), and export references through a real MLflow store."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from odvla.platform.config import ConfigError, load_config
+from odvla.platform.train.deepspeed_config import build_ds_config
+from odvla.platform.train.loop import _total_loss, planned_steps
+from odvla.platform.train.stages import InitSource, check_stage, previous_stage, resolve_init, stage_config
+
+
+def test_ds_config_batch_arithmetic_and_schedule():
+    cfg = load_config(model="tiny", stage="stage3",
+                      overrides=["data.batch_size=3", "train.grad_accum=2", "train.zero_stage=2", "train.bf16=true",
+                                 "train.warmup_steps=0", "train.lr=5e-4", "train.grad_clip=0.5"])
+    ds = build_ds_config(cfg, world_size=4, total_steps=10)
+    assert ds["train_batch_size"] == 3 * 2 * 4
+    assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 2
+    assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True
+    assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["lr"] == 5e-4
+    assert ds["gradient_clipping"] == 0.5
+    sched = ds["scheduler"]["params"]
+    assert ds["scheduler"]["type"] == "WarmupCosineLR" and sched["total_num_steps"] == 10
+    assert sched["warmup_num_steps"] == 1  # DeepSpeed needs >= 1
+    cfg.train.zero_stage = 5
+    with pytest.raises(ValueError, match="zero_stage"):
+        build_ds_config(cfg, 1, 10)
+
+
+def test_stage_presets_and_overrides_win():
+    base = load_config(model="tiny", overrides=["train.max_steps=7"])
+    s1 = stage_config(base, "stage1", overrides=["train.max_steps=7"])
+    assert s1.stage.name == "stage1" and s1.stage.trainable == "stage1" and s1.stage.init_from is None
+    assert "caption_scene" in s1.stage.mixture and s1.train.max_steps == 7
+    s3 = stage_config(base, "stage3", overrides=["train.lr=1e-2"])
+    assert s3.stage.init_from == "auto" and s3.stage.loss_weights["det"] > 0 and s3.train.lr == 1e-2
+    with pytest.raises(ConfigError, match="unknown stage"):
+        stage_config(base, "stage9")
+    bad = load_config(model="tiny", stage="stage3", overrides=["stage.loss_weights.depth=1.0"])
+    with pytest.raises(ConfigError, match="loss_weights"):
+        check_stage(bad)
+    assert previous_stage("stage3", ["stage1", "stage3"]) == "stage1"
+    assert previous_stage("stage1", ["stage1", "stage3"]) is None
+
+
+def test_init_from_resolution():
+    cfg = load_config(model="tiny", stage="stage3")
+    assert resolve_init(cfg, None).ref is None  # auto, first stage of its pipeline: random init
+    prev = InitSource("/x/export", "abc")
+    assert resolve_init(cfg, prev) == prev
+    cfg.stage.init_from = "runs:/0123/export"
+    got = resolve_init(cfg, prev)
+    assert got.ref == "runs:/0123/export" and got.run_id == "0123"
+    cfg.stage.init_from = None
+    assert resolve_init(cfg, prev).ref is None
+
+
+def test_planned_steps_and_loss_weights():
+    cfg = load_config(model="tiny", stage="stage3", overrides=["data.batch_size=2", "train.epochs=2"])
+    assert planned_steps(cfg, num_rows=60, world_size=2) == 2 * 15
+    cfg.train.grad_accum = 4
+    assert planned_steps(cfg, num_rows=60, world_size=2) == 2 * 3
+    cfg.train.max_steps = 5
+    assert planned_steps(cfg, 60, 2) == 5
+    cfg.train.max_steps, cfg.data.batch_size, cfg.train.grad_accum = 0, 8, 8
+    with pytest.raises(ValueError, match="no optimiser step"):
+        planned_steps(cfg, num_rows=10, world_size=2)
+    losses = {"lm": torch.tensor(2.0), "det": torch.tensor(4.0), "map": torch.tensor(1.0)}
+    assert float(_total_loss(losses, {"lm": 1.0, "det": 0.5, "map": 0.0})) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="no positive weight"):
+        _total_loss(losses, {"motion": 1.0})
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    from odvla.model.vla import OpenDriveVLA
+    from odvla.platform.train.export import save_export
+
+    cfg = load_config(model="tiny", stage="stage3")
+    torch.manual_seed(1)
+    model = OpenDriveVLA(cfg.model)
+    out = save_export(model, cfg, tmp_path_factory.mktemp("export") / "export")
+    return model, cfg, out
+
+
+def test_export_roundtrip_real_model(tiny_export):
+    from odvla.platform.train.export import load_export, load_weights
+
+    model, cfg, out = tiny_export
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.yaml", "tokenizer", "export.json"}
+    loaded, lcfg = load_export(out)
+    assert lcfg.model == cfg.model and not loaded.training
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    # a fresh model differs until the export's weights are loaded into it
+    from odvla.model.vla import OpenDriveVLA
+
+    torch.manual_seed(2)
+    other = OpenDriveVLA(cfg.model)
+    name = next(k for k in a if a[k].is_floating_point() and a[k].numel() > 10)
+    assert not torch.equal(other.state_dict()[name], a[name])
+    load_weights(other, out)
+    assert torch.equal(other.state_dict()[name], a[name])
+
+
+def test_bad_export_reference_names_the_path(tmp_path):
+    from odvla.platform.train.export import resolve_export
+
+    with pytest.raises(FileNotFoundError, match="not an export folder"):
+        resolve_export(tmp_path)
+
+
+def test_export_references_through_mlflow_registry(tiny_export, mlflow_sqlite):
+    """runs:/ and models:/ (version and alias) resolve to the same export through a real MLflow store."""
+    from mlflow.tracking import MlflowClient
+
+    from odvla.platform.tracking import ensure_experiment, get_or_create_run, register_export
+    from odvla.platform.train.export import resolve_export
+
+    _, _, out = tiny_export
+    client = MlflowClient(mlflow_sqlite)
+    exp = ensure_experiment(client, "unit-registry", mlflow_sqlite)
+    run_id, resumed = get_or_create_run(client, exp, "/k/unit", "unit", {"odvla.stage": "stage3"})
+    assert not resumed and get_or_create_run(client, exp, "/k/unit", "unit", {}) == (run_id, True)
+    client.log_artifacts(run_id, str(out), "export")
+    version = register_export(client, run_id, "odvla-planner-unit")
+    for ref in (f"runs:/{run_id}/export", f"runs:/{run_id}", f"models:/odvla-planner-unit/{version}",
+                "models:/odvla-planner-unit@latest-trained"):
+        got = resolve_export(ref, mlflow_sqlite)
+        assert (got / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes(), ref
