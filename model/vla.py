@@ -60,8 +60,8 @@ class OpenDriveVLA(nn.Module):
         """Freeze everything but ``stage``'s set and return the trainable parameter names.
 
         stage1: projectors. stage2: projectors + LLM. stage2_5: projectors + LLM (+ the vision encoder's agent /
-        motion heads when ``train_agent_heads``). stage3: everything. A vision encoder with no trainable parameter
-        stays in eval mode (frozen BatchNorm statistics) even when the model is put in train mode.
+        motion heads when ``train_agent_heads``). stage3: everything. Outside stage3 the vision encoder stays in eval
+        mode (frozen BatchNorm statistics of the backbone) even when the model is put in train mode.
         """
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
@@ -73,7 +73,7 @@ class OpenDriveVLA(nn.Module):
             if stage == "stage2_5" and train_agent_heads:
                 for p in self.vision.agent_motion_parameters():
                     p.requires_grad_(True)
-        self._vision_frozen = not any(p.requires_grad for p in self.vision.parameters())
+        self._vision_frozen = stage != "stage3"
         self.train(self.training)
         return [n for n, p in self.named_parameters() if p.requires_grad]
 

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Optional
 
 from fastapi import Depends, FastAPI, Request
@@ -295,20 +296,34 @@ def planner_options(s) -> dict:
     return opts
 
 
-def build_app(args: dict | AppArgs | None = None, cfg=None):
-    """Application builder (``import_path: odvla.serve.app:build_app``): config -> bound ingress + planner."""
+def build_app(args: dict | AppArgs | None = None):
+    """Application builder (``import_path: odvla.serve.app:build_app``, ``args:`` of the Serve config, or
+    ``serve run odvla.serve.app:build_app model=REF``): config files + overrides -> bound ingress + planner."""
     from odvla.platform.config import load_config
 
     args = args if isinstance(args, AppArgs) else AppArgs(**(args or {}))
-    if cfg is None:
-        cfg = load_config(model=None, files=args.config, overrides=args.set)
+    if isinstance(args.set, str):
+        args.set = [args.set]
+    return build_app_from_config(args, load_config(model=None, files=args.config, overrides=args.set))
+
+
+def build_app_from_config(args: AppArgs, cfg):
+    """The application for a resolved ``Config`` (``cfg.serve``); ``args.model`` wins over ``serve.model``."""
     s = cfg.serve
     ref = args.model or s.model
     if not ref:
         raise ValueError("no model to serve: pass --model REF (export folder or models:/odvla-planner/<version>) "
                          "or set serve.model")
+    tracking_uri = None
+    if ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        from odvla.platform.tracking.store import resolve_tracking_uri
+
+        tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri)  # absolute: replicas run elsewhere
+    elif Path(ref).exists():
+        ref = str(Path(ref).resolve())
     planner = Planner.options(**planner_options(s)).bind(
-        ref, session_idle_s=float(s.session_idle_s), torch_threads=int(s.torch_threads), device=s.device)
+        ref, session_idle_s=float(s.session_idle_s), torch_threads=int(s.torch_threads), device=s.device,
+        tracking_uri=tracking_uri)
     token = token_from_env()
     ingress_actor = {"num_cpus": 0.25}
     if token:  # hand the token to the ingress replicas only (never into the config or the logs)

@@ -138,7 +138,7 @@ def run(args) -> int:
     from ray import serve
 
     from odvla.platform.config import load_config
-    from odvla.serve.app import AppArgs, build_app
+    from odvla.serve.app import AppArgs, build_app_from_config
 
     with tempfile.TemporaryDirectory(prefix="odvla-bench-serve-") as tmp:
         model = args.model or _tiny_export(args.preset, Path(tmp))
@@ -155,7 +155,7 @@ def run(args) -> int:
                     f"serve.batch_wait_timeout_s={args.batch_wait_ms / 1e3}", f"serve.num_replicas={args.replicas}",
                     f"serve.num_cpus={args.num_cpus}", f"serve.num_gpus={args.num_gpus}",
                     f"serve.torch_threads={args.torch_threads}", "serve.max_queued_requests=1000"])
-                serve.run(build_app(AppArgs(model=model), cfg=cfg), name="odvla-bench", route_prefix="/")
+                serve.run(build_app_from_config(AppArgs(model=model), cfg), name="odvla-bench", route_prefix="/")
                 from odvla.serve.client import PlannerClient
 
                 PlannerClient(url).wait_ready(300)

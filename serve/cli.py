@@ -51,7 +51,7 @@ def run_serve(args) -> int:
     from ray import serve
 
     from odvla.platform.config import load_config
-    from odvla.serve.app import AppArgs, build_app
+    from odvla.serve.app import AppArgs, build_app_from_config
 
     cfg = load_config(model=None, files=args.config, overrides=args.overrides)
     s = cfg.serve
@@ -63,7 +63,7 @@ def run_serve(args) -> int:
     if not ray.is_initialized():
         ray.init(address=args.address, include_dashboard=False, configure_logging=False)
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": s.request_timeout_s + 5})
-    app = build_app(AppArgs(model=ref), cfg=cfg)
+    app = build_app_from_config(AppArgs(model=ref), cfg)
     serve.run(app, name=args.name, route_prefix="/", blocking=False)
     print(f"OpenDriveVLA planner serving {ref} at http://{host}:{port}  (docs: http://{host}:{port}/docs)",
           flush=True)

@@ -105,7 +105,7 @@ class PlannerClient:
 def _scene_body(cameras, ego_state, history, session_id, scene_token, frame_index, extra) -> dict:
     body: dict[str, Any] = {"cameras": cameras, "ego_state": ego_state}
     if history is not None:
-        body["history"] = np.asarray(history, dtype=float).tolist()
+        body["history"] = [None if p is None else [float(p[0]), float(p[1])] for p in history]
     for k, v in (("session_id", session_id), ("scene_token", scene_token), ("frame_index", frame_index)):
         if v is not None:
             body[k] = v
@@ -191,8 +191,8 @@ def request_from_shards(shards: str | os.PathLike, sample_token: str, dataroot: 
     out = {"cameras": cameras_payload(jpegs, row["cam_intrinsics"], row["cam_sensor2ego"]), "ego_state": ego,
            "command": COMMANDS[int(row["command"])], "scene_token": row["scene_token"],
            "frame_index": int(row["frame_index"])}
-    if mask.all():
-        out["history"] = past.tolist()
+    if mask.any():
+        out["history"] = [p.tolist() if m > 0 else None for p, m in zip(past, mask)]
     return out
 
 

@@ -27,7 +27,7 @@ from odvla.serve.sessions import SessionStore
 log = logging.getLogger("ray.serve")
 
 
-def resolve_version(ref: str) -> Optional[str]:
+def resolve_version(ref: str, tracking_uri: Optional[str] = None) -> Optional[str]:
     """``models:/name/3`` -> '3'; ``models:/name/alias`` -> the version the alias points at (None if unknown)."""
     if not ref.startswith("models:/"):
         return None
@@ -40,7 +40,7 @@ def resolve_version(ref: str) -> Optional[str]:
     try:
         from mlflow import MlflowClient
 
-        return str(MlflowClient().get_model_version_by_alias(name, ver).version)
+        return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, ver).version)
     except Exception:  # registry unreachable or alias unknown: the ref itself still identifies the model
         return None
 
@@ -85,7 +85,7 @@ def collate_items(items: list[dict], normalize) -> dict:
 @serve.deployment(name="Planner", max_ongoing_requests=8, health_check_period_s=10, health_check_timeout_s=30)
 class Planner:
     def __init__(self, model_ref: str, session_idle_s: float = 300.0, torch_threads: int = 1,
-                 device: str = "auto"):
+                 device: str = "auto", tracking_uri: Optional[str] = None):
         import torch
 
         from odvla.platform.data.image_ops import normalize
@@ -97,7 +97,7 @@ class Planner:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self._normalize = normalize
-        self.model, self.cfg = load_export(model_ref, device=device)
+        self.model, self.cfg = load_export(model_ref, device=device, tracking_uri=tracking_uri)
         self.model.eval()
         self.sessions = SessionStore(session_idle_s)
         ctx = serve.get_replica_context()
@@ -107,7 +107,7 @@ class Planner:
         self._fatal: Optional[str] = None
         self.info = {
             "ref": str(model_ref),
-            "version": resolve_version(str(model_ref)),
+            "version": resolve_version(str(model_ref), tracking_uri),
             "preset": self.cfg.model.preset,
             "checksum": weights_fingerprint(self.model),
             "image_hw": [int(self.cfg.model.vision.image_height), int(self.cfg.model.vision.image_width)],

@@ -64,9 +64,10 @@ def scene_item(req: SceneInput, command: str, task: str, question: str, out_hw: 
     item = decode_cameras(req, out_hw)
     past = np.zeros((PAST_STEPS, 2), np.float32)
     mask = np.zeros((PAST_STEPS,), np.float32)
-    if req.history is not None:
-        past[:] = np.asarray(req.history, np.float32)
-        mask[:] = 1.0
+    for i, point in enumerate(req.history or ()):
+        if point is not None:
+            past[i] = point
+            mask[i] = 1.0
     item.update(
         ego_state=np.asarray(req.ego_state.as_list(), np.float32),
         command=int(COMMANDS.index(command)),

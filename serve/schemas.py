@@ -132,8 +132,9 @@ class SceneInput(BaseModel):
 
     cameras: Annotated[list[Camera], Field(description=f"exactly {len(CAMERAS)} cameras in order {list(CAMERAS)}")]
     ego_state: EgoState
-    history: Optional[Annotated[list[Point], Field(min_length=PAST_STEPS, max_length=PAST_STEPS)]] = Field(
-        None, description=f"{PAST_STEPS} past ego positions at 0.5 s steps, oldest first, current ego frame")
+    history: Optional[Annotated[list[Optional[Point]], Field(min_length=PAST_STEPS, max_length=PAST_STEPS)]] = Field(
+        None, description=f"{PAST_STEPS} past ego positions at 0.5 s steps (t-2.0 .. t-0.5 s), oldest first, in the "
+                          f"current ego frame; null for a step without data (start of a scene)")
     session_id: Optional[SessionId] = Field(
         None, description="scene session: requests with the same id go to the replica holding its tracking state")
     scene_token: Optional[str] = Field(None, max_length=128,

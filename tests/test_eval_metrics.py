@@ -47,7 +47,8 @@ def test_grid_constants_match_uniad():
 
 
 def test_rasterized_box_cells():
-    fb = [future_boxes_from_row(boxes((10.0, 0.0, 1.9, 4.5, 0.0, 0, CAR, 4), (10.0, 0.0, 1.9, 4.5, np.pi / 2, 1, CAR, 4)))]
+    fb = [future_boxes_from_row(boxes((10.0, 0.0, 1.9, 4.5, 0.0, 0, CAR, 4),
+                                      (10.0, 0.0, 1.9, 4.5, np.pi / 2, 1, CAR, 4)))]
     grid = build_occupancy(fb, ("car",), True)
     cells = np.argwhere(grid[0, 0])
     # x 7.75..12.25 m -> rows round(115.5)=116 .. round(124.5)=124; y -0.95..0.95 -> cols 98..102
@@ -194,3 +195,19 @@ def test_cell_test_matches_the_raster_on_random_scenes():
         raster = occ.ego_collisions(pred, grid, yaw)
         direct = occ.ego_box_collisions(pred, pix, valid, yaw)
         assert raster.any() and (raster == direct).all()
+
+
+def test_ground_point_projects_below_the_principal_point(tmp_path):
+    from odvla.platform.eval.plots import bev_plot, project_to_image
+
+    s2e = np.eye(4)
+    s2e[:3, :3] = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]])  # camera x right, y down, z forward
+    s2e[:3, 3] = [1.5, 0.0, 1.5]
+    K = np.array([[100.0, 0, 160], [0, 100.0, 90], [0, 0, 1]])
+    uv, front = project_to_image(np.array([[11.5, 0.0], [1.5, 5.0], [-5.0, 0.0]]), s2e, K)
+    assert np.allclose(uv[0], [160, 90 + 100 * 1.5 / 10]) and front.tolist() == [True, False, False]
+    row = {"sample_token": "t", "future_traj": straight(1.0).ravel().tolist(), "future_mask": [1.0] * 6,
+           "agent_boxes": [5, 1, 0, 1.9, 4.5, 1.6, 0.3, 0, 0], "map_points": [0, 2, 20, 2, 0, -2, 20, -2],
+           "map_lengths": [2, 2], "map_class": [0, 1]}
+    png = bev_plot(row, straight(1.1), tmp_path / "bev.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -65,6 +65,16 @@ def random_batch(cfg, B: int = 2, seed: int = 0, na: int = 6, nm: int = 5) -> di
     }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """One intra-op thread: these small tensors gain little from two, and a busy 2-core machine makes spinning
+    OpenMP threads an order of magnitude slower. Restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def cfg():
     from odvla.platform.config import load_config
@@ -116,6 +126,20 @@ def test_losses_zero_without_targets_but_graph_attached(cfg, encoder):
     encoder.zero_grad(set_to_none=True)
     out = encoder(random_batch(cfg), compute_losses=False)
     assert all(float(x.detach()) == 0.0 for x in out.losses.values())
+
+
+def test_empty_and_all_padding_targets(cfg, encoder):
+    batch = random_batch(cfg)
+    batch["gt_labels"][:] = -1  # every agent is padding: the classifier still learns "no object"
+    batch["gt_map_labels"][0] = -1
+    out = encoder(batch)
+    assert float(out.losses["det"]) > 0 and float(out.losses["motion"]) == 0.0 and float(out.losses["map"]) > 0
+    batch["gt_boxes"], batch["gt_labels"] = torch.zeros(2, 0, 9), torch.zeros(2, 0, dtype=torch.long)
+    batch["gt_agent_future"], batch["gt_agent_future_mask"] = torch.zeros(2, 0, 6, 2), torch.zeros(2, 0, 6)
+    batch["gt_map_pts"], batch["gt_map_labels"] = torch.zeros(2, 0, cfg.vision.map_points, 2), torch.zeros(
+        2, 0, dtype=torch.long)
+    out = encoder(batch)
+    assert all(torch.isfinite(x) for x in out.losses.values()) and float(out.losses["motion"]) == 0.0
 
 
 def test_bad_input_is_named(cfg, encoder):

@@ -142,7 +142,7 @@ def test_overfit_one_batch():
     m.train()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
     first = None
-    for _ in range(200):
+    for _ in range(150):
         loss = m(batch)["lm"]
         opt.zero_grad()
         loss.backward()

@@ -25,6 +25,7 @@ TOKEN = "serve-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 APP = "odvla-test"
 MAX_BODY = 2 * 1024 * 1024
+MODEL_REF = "models:/odvla-planner/champion"
 
 
 @pytest.fixture(scope="module")
@@ -38,21 +39,39 @@ def export_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, export_dir):
-    """The app on 127.0.0.1:8123 with auth on, 2 Planner replicas, a small queue and a 2 MB body limit."""
+def registry(export_dir, tmp_path_factory):
+    """A real MLflow store (SQLite) where the export is version 1 of odvla-planner, alias 'champion'."""
+    from mlflow import MlflowClient
+
+    from odvla.platform.tracking.registry import register_export
+    from odvla.platform.tracking.store import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(ensure_experiment(client, "serve-test", uri))
+    client.log_artifacts(run.info.run_id, str(export_dir), "export")
+    client.set_terminated(run.info.run_id)
+    version = register_export(client, run.info.run_id, alias="champion")
+    return uri, version
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, registry):
+    """The registry's 'champion' served on 127.0.0.1:8123 with auth on, 2 Planner replicas, a small queue and a
+    2 MB body limit."""
     from ray import serve
 
     from odvla.platform.config import load_config
-    from odvla.serve.app import AppArgs, build_app
+    from odvla.serve.app import AppArgs, build_app_from_config
 
-    cfg = load_config(overrides=[
+    cfg = load_config(overrides=[f"tracking.tracking_uri={registry[0]}",
         "serve.num_replicas=2", "serve.num_cpus=0.5", "serve.max_batch_size=4", "serve.max_ongoing_requests=4",
         "serve.batch_wait_timeout_s=0.01", "serve.max_queued_requests=4", f"serve.max_body_bytes={MAX_BODY}",
         "serve.request_timeout_s=120", "serve.health_check_period_s=2"])
     old = os.environ.get("ODVLA_SERVE_TOKEN")
     os.environ["ODVLA_SERVE_TOKEN"] = TOKEN
     try:
-        app = build_app(AppArgs(model=str(export_dir)), cfg=cfg)
+        app = build_app_from_config(AppArgs(model=MODEL_REF), cfg)
     finally:
         if old is None:
             os.environ.pop("ODVLA_SERVE_TOKEN", None)
@@ -83,17 +102,17 @@ def _plan(client, body, **kw):
     return client.post("/v1/plan", json=body, headers=AUTH, **kw)
 
 
-def test_health_ready_and_model(served, export_dir):
+def test_health_ready_and_model_from_registry(served, export_dir, registry):
     from odvla.platform.train.export import load_export
     from odvla.serve.deployment import weights_fingerprint
 
     assert served.get("/healthz").json() == {"status": "ok", "detail": None}
     ready = served.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["detail"] == str(export_dir)
+    assert ready.status_code == 200 and ready.json()["detail"] == MODEL_REF
     info = served.get("/v1/model", headers=AUTH).json()
     model, _ = load_export(export_dir)
-    assert info["checksum"] == weights_fingerprint(model)  # the served weights are the export's
-    assert info["preset"] == "tiny" and info["ref"] == str(export_dir) and info["version"] is None
+    assert info["checksum"] == weights_fingerprint(model)  # the registry's champion is the export we wrote
+    assert info["preset"] == "tiny" and info["ref"] == MODEL_REF and info["version"] == registry[1] == "1"
     assert info["max_batch_size"] == 4
     spec = served.get("/openapi.json").json()
     assert {"/v1/plan", "/v1/chat", "/v1/model", "/healthz", "/readyz"} <= set(spec["paths"])

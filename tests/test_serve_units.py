@@ -214,3 +214,33 @@ def test_session_question_does_not_advance_state():
     co = store.checkout("s", "scene", 0, read_only=True)  # /v1/chat about frame 0: no warning, same state
     assert co.status == "continued" and co.state == "S0" and co.warning is None
     assert store.checkout("s", "scene", 0).status == "reset"  # planning frame 0 again restarts the scene
+
+
+def test_request_from_shards_matches_training_inputs(shards_dir, synth_root):
+    """A sample sent through the API is preprocessed exactly like the training pipeline prepares it."""
+    from odvla.platform.config import load_config
+    from odvla.platform.data.collate import rows_from_table
+    from odvla.platform.data.image_ops import normalize
+    from odvla.platform.data.shards import read_split
+    from odvla.serve.client import request_from_shards
+    from odvla.serve.preprocess import scene_item
+
+    cfg = load_config(model="tiny")
+    table = read_split(shards_dir, "val").slice(1, 1)  # frame 1: part of the history is missing
+    token = table.column("sample_token")[0].as_py()
+    train_row = rows_from_table(table, synth_root, cfg)[0]
+
+    req = PlanRequest.model_validate(request_from_shards(shards_dir, token))
+    assert req.frame_index == 1 and req.scene_token == table.column("scene_token")[0].as_py()
+    hw = (cfg.model.vision.image_height, cfg.model.vision.image_width)
+    item = scene_item(req, req.command, "planning", "", hw)
+    import numpy as np
+
+    np.testing.assert_array_equal(normalize(item["images"]), np.asarray(train_row["images"]))
+    for key in ("intrinsics", "sensor2ego", "ego_state", "past_traj", "past_mask"):
+        np.testing.assert_allclose(item[key], np.asarray(train_row[key]), rtol=1e-6, atol=1e-6, err_msg=key)
+    assert item["command"] == int(train_row["command"])
+    assert 0 < item["past_mask"].sum() < 4 and req.history[0] is None
+
+    with pytest.raises(ValueError, match="no-such-token"):
+        request_from_shards(shards_dir, "no-such-token")

@@ -33,6 +33,7 @@ PAGE = (
 def _common(tmp: Path, shards, uri: str) -> list[str]:
     return [f"data.shards={shards}", f"tracking.tracking_uri={uri}", f"train.storage_path={tmp / 'train'}",
             f"sweep.storage_path={tmp / 'sweeps'}", "train.max_steps=2", "train.warmup_steps=1",
+            "train.max_failures=0", "model.text.max_answer_tokens=256",  # stage1 captions run long on tiny
             "eval.plots=0", "eval.baseline_mlp_epochs=5",
             "tracking.log_system_metrics=false", "tracking.log_checkpoint=false"]
 

@@ -30,8 +30,8 @@ from odvla.tune.hpo import build_search, metric_mode
 from odvla.tune.recipe import SweepRecipe
 from odvla.tune.results import results_markdown, results_plot
 from odvla.tune.space import build_hpo_space, build_param_space, max_concurrent_trials, stage_key
-from odvla.tune.tracking import (close_sweep_run, mark_trial, open_sweep_run, reopen_run, resolve_tracking_uri,
-                                 trial_runs)
+from odvla.tune.tracking import (TrackingClient, close_sweep_run, mark_trial, open_sweep_run, reopen_run,
+                                 resolve_tracking_uri, tag_stage_runs, trial_runs)
 from odvla.tune.trial import TrialContext, run_trial
 
 __all__ = ["SweepRecipe", "run_sweep", "sweep_rows"]
@@ -252,9 +252,11 @@ def _close_trial_runs(plan: _Plan, rows: list[dict]) -> None:
     if not plan.parent_run_id:
         return
     by_trial = {r["trial_id"]: r for r in rows}
+    client = TrackingClient(plan.tracking_uri)
     for run in trial_runs(plan.tracking_uri, plan.cfg.tracking.experiment, plan.parent_run_id):
         row = by_trial.get(run.data.tags.get("odvla.trial_id"))
         if row is None or run.info.status != "RUNNING":
             continue
+        tag_stage_runs(client, run.info.run_id, row["trial_id"])
         status = {"done": "FINISHED", "failed": "FAILED"}.get(row["status"], "KILLED")
         mark_trial(plan.tracking_uri, run.info.run_id, status, note=row["status"])

@@ -12,6 +12,7 @@ the sweep goes on (the runs are bookkeeping; the Tune experiment on disk is the 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from odvla.platform.config import Config, dump_yaml
@@ -29,12 +30,15 @@ def resolve_tracking_uri(cfg: Config) -> str:
     return platform_resolve(cfg.tracking.tracking_uri)
 
 
-class _Client:
+class TrackingClient:
     """MlflowClient calls that warn instead of raising (tracking must not kill a sweep)."""
 
     def __init__(self, tracking_uri: str):
         from mlflow import MlflowClient
 
+        if tracking_uri.startswith("http"):  # fail fast instead of MLflow's minutes of retries
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
 
@@ -58,7 +62,7 @@ class _Client:
 
 def open_sweep_run(cfg: Config, name: str, tracking_uri: str, mode: str) -> str | None:
     """Create the sweep's parent run; returns its id (None when the tracking store is unreachable)."""
-    c = _Client(tracking_uri)
+    c = TrackingClient(tracking_uri)
     exp = c.experiment_id(cfg.tracking.experiment)
     if exp is None:
         return None
@@ -80,14 +84,14 @@ def open_sweep_run(cfg: Config, name: str, tracking_uri: str, mode: str) -> str 
 
 def reopen_run(tracking_uri: str, run_id: str | None) -> None:
     if run_id:
-        _Client(tracking_uri).call("reopen sweep run", "update_run", run_id, status="RUNNING")
+        TrackingClient(tracking_uri).call("reopen sweep run", "update_run", run_id, status="RUNNING")
 
 
 def close_sweep_run(tracking_uri: str, run_id: str | None, table_path: Path, plot_path: Path | None,
                     summary: dict, status: str = "FINISHED") -> None:
     if not run_id:
         return
-    c = _Client(tracking_uri)
+    c = TrackingClient(tracking_uri)
     c.call("log results table", "log_artifact", run_id, str(table_path))
     if plot_path is not None:
         c.call("log results plot", "log_artifact", run_id, str(plot_path))
@@ -98,7 +102,7 @@ def close_sweep_run(tracking_uri: str, run_id: str | None, table_path: Path, plo
 
 def trial_runs(tracking_uri: str, experiment: str, parent_run_id: str) -> list:
     """The trial runs of a sweep (each with ``data.tags['odvla.trial_id']``)."""
-    c = _Client(tracking_uri)
+    c = TrackingClient(tracking_uri)
     exp = c.experiment_id(experiment)
     if exp is None or not parent_run_id:
         return []
@@ -108,23 +112,35 @@ def trial_runs(tracking_uri: str, experiment: str, parent_run_id: str) -> list:
 
 def mark_trial(tracking_uri: str, run_id: str, status: str, note: str | None = None) -> None:
     """Close a trial run the trial itself could not close (stopped by the scheduler, failed for good)."""
-    c = _Client(tracking_uri)
+    c = TrackingClient(tracking_uri)
     if note:
         c.call("tag trial", "set_tag", run_id, "odvla.trial_status", note)
     c.call("close trial run", "set_terminated", run_id, status)
 
 
+def tag_stage_runs(client: "TrackingClient", trial_run_id: str, trial_id: str) -> None:
+    """Tag every run nested under the trial run (its stage runs, finished or not) with the trial id."""
+    run = client.call("read trial run", "get_run", trial_run_id)
+    if run is None:
+        return
+    children = client.call("search stage runs", "search_runs", [run.info.experiment_id],
+                           filter_string=f"tags.`{PARENT_TAG}` = '{trial_run_id}'") or []
+    for child in children:
+        if child.data.tags.get("odvla.trial_id") != trial_id:
+            client.call("tag stage run", "set_tag", child.info.run_id, "odvla.trial_id", trial_id)
+
+
 class TrialRun:
     """The nested MLflow run of one trial; reused when the trial is retried or the sweep resumed."""
 
-    def __init__(self, client: _Client | None, run_id: str | None, trial_id: str):
+    def __init__(self, client: TrackingClient | None, run_id: str | None, trial_id: str):
         self.c = client
         self.run_id = run_id
         self.trial_id = trial_id
 
     @classmethod
     def open(cls, ctx, trial_id: str, params: dict, cfg: Config) -> "TrialRun":
-        c = _Client(ctx.tracking_uri)
+        c = TrackingClient(ctx.tracking_uri)
         exp = c.experiment_id(ctx.experiment)
         if exp is None:
             return cls(None, None, trial_id)
@@ -164,4 +180,5 @@ class TrialRun:
 
     def finish(self, status: str) -> None:
         if self.c:
+            tag_stage_runs(self.c, self.run_id, self.trial_id)
             self.c.call("close trial run", "set_terminated", self.run_id, status)

@@ -43,6 +43,8 @@ class Collate(NumpyBatchCollateFn):
                 arr = v
             else:
                 arr = np.stack([np.asarray(x) for x in v])
+            if arr.dtype == object:  # e.g. an object array of equal-shape per-row arrays
+                arr = arr.astype(np.int64 if k in INT_KEYS else np.float32)
             if not arr.flags.writeable:
                 arr = arr.copy()
             out[k] = torch.as_tensor(arr, dtype=torch.int64 if k in INT_KEYS else torch.float32)

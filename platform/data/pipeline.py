@@ -94,7 +94,11 @@ def build_dataset(cfg, split: str, examples: pa.Table | None = None):
         check_version(f)
     dataroot = resolve_dataroot(cfg)
     by_sample = _examples_by_sample(cfg, split, examples) if examples is not None else None
+    # streaming repartition into blocks of one decode batch, so the decode stage runs as many small tasks in
+    # parallel (a shard file is read as one block, which one task would otherwise decode before any batch leaves)
+    bs = max(int(cfg.data.decode_batch_size), 1)
     ds = ray.data.read_parquet([str(f) for f in files]).select_columns(SHARD_COLUMNS)
+    ds = ds.repartition(target_num_rows_per_block=bs)
     return ds.map_batches(
         _prepare_batch, batch_format="pyarrow", batch_size=int(cfg.data.decode_batch_size),
         compute=ray.data.TaskPoolStrategy(size=int(cfg.data.decode_concurrency))

@@ -144,6 +144,7 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     """Evaluate the export ``model_ref`` on ``cfg.eval.split`` of ``cfg.data.shards``; see the module docstring."""
     from odvla.platform.data.pipeline import build_dataset
     from odvla.platform.eval.predict import predict_dataset
+    from odvla.platform.tracking.store import resolve_tracking_uri
     from odvla.platform.train.export import load_export_config
 
     if not cfg.data.shards:
@@ -169,8 +170,12 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
             "sample_token": qa.column("sample_token").combine_chunks(), "task": qa.column("task").combine_chunks(),
             "question": qa.column("question").combine_chunks(), "answer": pa.array([""] * qa.num_rows)})])
     t0 = time.perf_counter()
-    allcols = predict_dataset(build_dataset(cfg, split, examples=examples), export_dir, cfg.eval.batch_size,
-                              cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens)
+    # replicas read a local export folder directly; an MLflow URI is downloaded by each replica (multi-node)
+    remote = str(model_ref).startswith(("runs:/", "models:/"))
+    actor_ref = str(model_ref) if remote else str(export_dir)
+    allcols = predict_dataset(build_dataset(cfg, split, examples=examples), actor_ref, cfg.eval.batch_size,
+                              cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens,
+                              tracking_uri=resolve_tracking_uri(cfg.tracking.tracking_uri) if remote else None)
     seconds = time.perf_counter() - t0
     is_plan = allcols["task"] == "planning"
     cols = {k: v[is_plan] for k, v in allcols.items()}

@@ -91,7 +91,8 @@ def future_boxes_from_row(row: Mapping) -> dict:
     m = len(boxes)
     if not (len(out["step"]) == len(out["cls"]) == len(out["vis"]) == m):
         raise ValueError(f"sample {row.get('sample_token', '?')}: future_boxes has {m} boxes but "
-                         f"future_box_step/class/visibility have {len(out['step'])}/{len(out['cls'])}/{len(out['vis'])}")
+                         "future_box_step/class/visibility have "
+                         f"{len(out['step'])}/{len(out['cls'])}/{len(out['vis'])}")
     if m and (out["step"].min() < 0 or out["step"].max() >= FUTURE_STEPS):
         raise ValueError(f"sample {row.get('sample_token', '?')}: future_box_step outside 0..{FUTURE_STEPS - 1}")
     return out

@@ -99,7 +99,8 @@ def camera_plot(row: Mapping, pred: np.ndarray | None, dataroot: str | Path, out
         raise FileNotFoundError(f"sample {row.get('sample_token')}: cannot read {camera} image {path}: {e}") from e
     s2e = np.asarray(row["cam_sensor2ego"], float).reshape(-1, 4, 4)[k]
     K = np.asarray(row["cam_intrinsics"], float).reshape(-1, 3, 3)[k]
-    fig, ax = plt.subplots(figsize=(img.shape[1] / 100, img.shape[0] / 100), dpi=100)
+    scale = max(1.0, 800 / img.shape[1])  # small (synthetic / resized) images are drawn at >= 800 px wide
+    fig, ax = plt.subplots(figsize=(img.shape[1] * scale / 100, img.shape[0] * scale / 100), dpi=100)
     ax.imshow(img)
     gt = np.asarray(row["future_traj"], float).reshape(-1, 2)
     for traj, colour, label in ((gt, "#2a7f2a", "ground truth"), (pred, "#d62828", "prediction")):

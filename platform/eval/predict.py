@@ -31,13 +31,13 @@ class PlannerPredictor:
     """Ray Data UDF: ``ds.map_batches(PlannerPredictor, fn_constructor_kwargs={...}, concurrency=n, num_gpus=g)``."""
 
     def __init__(self, export_dir: str, max_new_tokens: Optional[int] = None, constrained: bool = True,
-                 use_gpu: bool = False):
+                 use_gpu: bool = False, tracking_uri: Optional[str] = None):
         import torch
 
         from odvla.platform.train.export import load_export
 
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.model, self.cfg = load_export(export_dir, device=self.device)
+        self.model, self.cfg = load_export(export_dir, device=self.device, tracking_uri=tracking_uri)
         self.model.eval()
         self.max_new_tokens = max_new_tokens
         self.constrained = constrained
@@ -69,12 +69,15 @@ class PlannerPredictor:
 
 
 def predict_dataset(ds, export_dir: str, batch_size: int, concurrency: int, num_gpus: float,
-                    max_new_tokens: Optional[int] = None) -> dict:
-    """Run the replicas over ``ds`` and gather the outputs into column arrays (one entry per input row)."""
+                    max_new_tokens: Optional[int] = None, tracking_uri: Optional[str] = None) -> dict:
+    """Run the replicas over ``ds`` and gather the outputs into column arrays (one entry per input row).
+
+    ``export_dir``: a folder every replica can read, or a ``runs:/`` / ``models:/`` URI each replica downloads
+    (multi-node clusters without a shared filesystem)."""
     out = ds.map_batches(
         PlannerPredictor,
         fn_constructor_kwargs={"export_dir": str(export_dir), "max_new_tokens": max_new_tokens,
-                               "use_gpu": num_gpus > 0},
+                               "use_gpu": num_gpus > 0, "tracking_uri": tracking_uri},
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=concurrency,

@@ -16,6 +16,9 @@ from typing import Any, Callable, Optional
 log = logging.getLogger("odvla.tracking")
 
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
+REJECTED_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+                  "INVALID_STATE"}
+"""Error codes of a store that is up but refuses one record (e.g. a param logged again with another value)."""
 
 
 class ResilientTracker:
@@ -68,6 +71,11 @@ class ResilientTracker:
         try:
             out = fn(*args, **kwargs)
         except Exception as e:  # any failure of the store: network, server 5xx, DB locked
+            code = getattr(e, "error_code", "")
+            if code in REJECTED_CODES:  # the server answered and refused this record: not an outage
+                self.dropped += 1
+                self._say(f"MLflow rejected {what} ({code}: {str(e).splitlines()[0][:200]}); training continues")
+                return None
             self.failures += 1
             self.dropped += 1
             if self._down_since is None:

@@ -1,0 +1,135 @@
+"""Data: samples/s of the Ray Data pipeline vs a plain single-process nuScenes-devkit loop on the same samples.
+
+Both sides build the same per-sample content: six JPEGs decoded, resized to the model input and ImageNet-normalised
+(the same ``image_ops``), scaled intrinsics, camera extrinsics, agent boxes in the ego frame and the future ego
+waypoints. The Ray side reads the prepared shards (geometry precomputed by ``odvla prepare``) and decodes in
+``map_batches`` on ``--workers`` CPU tasks, collating model batches; the devkit side walks the tables with
+``NuScenes.get_sample_data`` / ``get_boxes`` in one process. Without ``--shards`` a synthetic dataroot is written
+and prepared first (not timed).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from odvla.platform.cli.config_args import add_config_args, config_from_args
+
+
+def add_args(p) -> None:
+    add_config_args(p)
+    p.add_argument("--shards", help="prepared shards (default: synthesise + prepare into a temp folder)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--scenes", type=int, default=4, help="synthetic scenes when no --shards (default: 4)")
+    p.add_argument("--keyframes", type=int, default=20)
+    p.add_argument("--image-size", default="400x225", metavar="WxH", help="synthetic JPEG size")
+    p.add_argument("--samples", type=int, default=0, help="limit to the first N samples (0 = all)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="Ray CPUs / concurrent decode tasks")
+
+
+def _devkit_loop(dataroot: str, version: str, tokens: list[str], hw: tuple[int, int]) -> tuple[float, float]:
+    """Seconds to load the devkit, seconds to build every sample with it."""
+    from nuscenes.nuscenes import NuScenes
+    from pyquaternion import Quaternion
+
+    from odvla.model.constants import CAMERAS
+    from odvla.platform.data.image_ops import decode_resize, normalize, scale_intrinsics
+
+    t0 = time.perf_counter()
+    nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
+    t1 = time.perf_counter()
+    for tok in tokens:
+        s = nusc.get("sample", tok)
+        imgs, Ks = [], []
+        for cam in CAMERAS:
+            path, _, K = nusc.get_sample_data(s["data"][cam])
+            sd = nusc.get("sample_data", s["data"][cam])
+            imgs.append(decode_resize(path, hw, sample_token=tok))
+            Ks.append(scale_intrinsics(K, (sd["height"], sd["width"]), hw))
+            nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        normalize(np.stack(imgs))
+        pose = nusc.get("ego_pose", nusc.get("sample_data", s["data"]["LIDAR_TOP"])["ego_pose_token"])
+        q = Quaternion(pose["rotation"]).inverse
+        for box in nusc.get_boxes(s["data"]["LIDAR_TOP"]):
+            box.translate(-np.array(pose["translation"]))
+            box.rotate(q)
+            nusc.box_velocity(box.token)
+        nxt, fut = s["next"], []
+        while nxt and len(fut) < 6:
+            ns = nusc.get("sample", nxt)
+            p = nusc.get("ego_pose", nusc.get("sample_data", ns["data"]["LIDAR_TOP"])["ego_pose_token"])
+            fut.append(q.rotate(np.array(p["translation"]) - pose["translation"])[:2])
+            nxt = ns["next"]
+    return t1 - t0, time.perf_counter() - t1
+
+
+def run(args) -> int:
+    import ray
+
+    from odvla.platform.data.collate import collate
+    from odvla.platform.data.pipeline import build_dataset
+    from odvla.platform.data.shards import read_manifest, read_split
+
+    cfg = config_from_args(args)
+    tmp = None
+    shards = args.shards
+    if not shards:
+        from odvla.platform.data.prepare import prepare
+        from odvla.platform.data.synth import write_synthetic
+
+        tmp = tempfile.TemporaryDirectory(prefix="odvla-bench-data-")
+        w, h = (int(x) for x in args.image_size.lower().split("x"))
+        root = write_synthetic(Path(tmp.name) / "nuscenes", scenes=args.scenes, keyframes=args.keyframes,
+                               image_wh=(w, h))
+        shards = str(Path(tmp.name) / "shards")
+        prepare(root, "v1.0-mini", shards, num_workers=0, progress=False)
+    man = read_manifest(shards)
+    cfg.data.shards = shards
+    cfg.data.decode_concurrency = args.workers
+    cfg.data.decode_batch_size = args.batch_size
+    table = read_split(shards, args.split)
+    if args.samples:
+        table = table.slice(0, args.samples)
+        # the pipeline reads whole shards: restrict it to the same rows through a one-example-per-sample table
+    tokens = table["sample_token"].to_pylist()
+    hw = (cfg.model.vision.image_height, cfg.model.vision.image_width)
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        import pyarrow as pa
+
+        examples = None
+        if args.samples:
+            n = len(tokens)
+            examples = pa.table({"sample_token": tokens, "task": ["planning"] * n, "question": [""] * n,
+                                 "answer": [""] * n})
+        t0 = time.perf_counter()
+        ds = build_dataset(cfg, args.split, examples=examples)
+        n_ray, t_first = 0, None
+        for b in ds.iter_torch_batches(batch_size=args.batch_size, collate_fn=collate):
+            n_ray += len(b["sample_token"])
+            if t_first is None:
+                t_first = time.perf_counter()
+        t_ray = time.perf_counter() - t0
+        steady = (n_ray - args.batch_size) / max(time.perf_counter() - t_first, 1e-9) if t_first else float("nan")
+    finally:
+        if started:
+            ray.shutdown()
+    t_load, t_dev = _devkit_loop(man["dataroot"], man["version"], tokens, hw)
+    ray_sps, dev_sps = n_ray / t_ray, len(tokens) / t_dev
+    print(f"data bench: {len(tokens)} samples of '{args.split}', images -> {hw[0]}x{hw[1]}, "
+          f"batch {args.batch_size}, {args.workers} Ray CPU(s)")
+    print(f"{'path':<44}{'samples':>8}{'seconds':>10}{'samples/s':>11}")
+    print(f"{'ray data pipeline (end to end, incl. start)':<44}{n_ray:>8}{t_ray:>10.2f}{ray_sps:>11.1f}")
+    print(f"{'ray data pipeline (after first batch)':<44}{'':>8}{'':>10}{steady:>11.1f}")
+    print(f"{'devkit single-process loop':<44}{len(tokens):>8}{t_dev:>10.2f}{dev_sps:>11.1f}")
+    print(f"{'  (+ NuScenes table load, not counted)':<44}{'':>8}{t_load:>10.2f}")
+    print(f"ratio ray/devkit: {ray_sps / dev_sps:.2f}x end to end, {steady / dev_sps:.2f}x after the first batch")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
