@@ -204,7 +204,10 @@ class BEVEncoder(nn.Module):
         Features of all FPN levels are averaged at each point.
         """
         B, V = intrinsics.shape[:2]
-        uv, _, valid = project_points(self.points, intrinsics, sensor2ego, self.image_hw)  # [B,V,N,2], [B,V,N]
+        points = self.points
+        if points.dtype != torch.float32:  # weights cast to bf16 took the buffer along: rebuild it exactly
+            points = self.grid.points().reshape(-1, 3).to(points.device)
+        uv, _, valid = project_points(points, intrinsics, sensor2ego, self.image_hw)  # [B,V,N,2], [B,V,N]
         grid = pixels_to_grid(uv, self.image_hw)  # [B, V, N, 2] float32
         N = grid.shape[2]
         acc = None

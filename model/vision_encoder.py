@@ -153,23 +153,24 @@ class VisionEncoder(nn.Module):
             mask[b] = s.track_mask.to(device=device, dtype=torch.bool)
         return embed, mask
 
-    def _new_states(self, active, scenes, frames, samples, agent, token_idx, bev, ego2global
+    def _new_states(self, active, scenes, frames, samples, agent, token_idx, matched, bev, ego2global
                     ) -> tuple[list, torch.Tensor]:
+        """One new SceneState per sample. Carried slots: the agent-token slots (top-k confident), plus in training
+        the slots matched to a target (``matched[b]``: slot indices or None), as in MOTR-style track training."""
         B, Q = agent["scores"].shape
         states, all_ids = [], []
         for b in range(B):
             prev = active[b]
             carry = torch.zeros(Q, dtype=torch.bool, device=bev.device)
-            carry[token_idx[b]] = True
+            carry[token_idx[b]] = True  # the agent-token slots carry over as track queries
+            if matched[b] is not None:
+                carry[matched[b]] = True
             ids = torch.full((Q,), -1, dtype=torch.long, device=bev.device)
-            next_id = 0
-            if prev is not None and prev.track_ids is not None:
-                next_id = prev.next_track_id
+            next_id = 0 if prev is None else prev.next_track_id
+            if prev is not None and prev.track_ids is not None:  # a slot tracked before keeps its id
                 prev_ids = prev.track_ids.to(bev.device)
                 keep = carry & (prev_ids >= 0)
                 ids[keep] = prev_ids[keep]
-            else:
-                next_id = 0 if prev is None else prev.next_track_id
             fresh = carry & (ids < 0)
             n = int(fresh.sum())
             ids[fresh] = torch.arange(next_id, next_id + n, device=bev.device)
@@ -209,9 +210,12 @@ class VisionEncoder(nn.Module):
         if not torch.is_autocast_enabled(images.device.type):
             images = images.to(param_dtype)
         feats = self.backbone(images.flatten(0, 1))  # levels [B*6, Cf, h, w]
-        prev_bev = self._prev_bev(active, batch.get("ego2global"))
-        bev = self.bev_encoder(feats, batch["intrinsics"], batch["sensor2ego"], prev_bev)  # [B, C, nx, ny]
-        memory = bev.flatten(2).transpose(1, 2) + self.bev_pos.to(bev.dtype)  # [B, nx*ny, C]
+        ego2global = _opt(batch, "ego2global", images.device)
+        prev_bev = self._prev_bev(active, ego2global)
+        dev = feats[0].device
+        bev = self.bev_encoder(feats, batch["intrinsics"].to(dev), batch["sensor2ego"].to(dev), prev_bev)
+        # bev [B, C, nx, ny] -> BEV tokens with positions, memory [B, nx*ny, C]
+        memory = bev.flatten(2).transpose(1, 2) + self.bev_pos.to(bev.dtype)
 
         scene_tokens = self.scene_sampler(memory)
         track_embed, track_mask = self._track_inputs(active, memory.device, memory.dtype)
@@ -225,8 +229,9 @@ class VisionEncoder(nn.Module):
         zero = (agent["box_code"].sum() + agent["motion_offsets"].sum() + mp["pts01"].sum()
                 + agent["cls_logits"].sum() + mp["cls_logits"].sum()) * 0.0
         losses = {k: zero for k in LOSS_KEYS}
+        matches = None
         if compute_losses and all(k in batch for k in _AGENT_GT):
-            agent_losses, _ = self.agent_criterion(
+            agent_losses, matches = self.agent_criterion(
                 agent, batch["gt_boxes"].to(memory.device), batch["gt_labels"].to(memory.device),
                 _opt(batch, "gt_agent_future", memory.device), _opt(batch, "gt_agent_future_mask", memory.device),
                 samples)
@@ -236,8 +241,9 @@ class VisionEncoder(nn.Module):
                                                batch["gt_map_labels"].to(memory.device), samples)
             losses.update({k: l + zero for k, l in map_losses.items()})
 
-        new_states, track_ids = self._new_states(active, scenes, frames, samples, agent, token_idx, bev,
-                                                 batch.get("ego2global"))
+        carried = [None] * B if not (self.training and matches) else [rows for rows, _ in matches]
+        new_states, track_ids = self._new_states(active, scenes, frames, samples, agent, token_idx, carried, bev,
+                                                 ego2global)
         predictions = {
             "boxes": agent["boxes"], "scores": agent["scores"], "labels": agent["labels"],
             "agent_future": agent["agent_future"], "track_ids": track_ids, "agent_token_index": token_idx,

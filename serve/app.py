@@ -156,8 +156,8 @@ class PlannerAPI:
             info = await self.model_info()
         else:
             raise ApiError(503, "the model deployment is being updated; retry", {"Retry-After": "2"})
-        if self._info is not None:
-            self._info.update(out.get("batch_settings", {}))
+        if self._info is not None:  # batch settings may have changed (user_config) since the ingress asked
+            self._info.update({k: out["model"][k] for k in ("max_batch_size", "batch_wait_timeout_s")})
         warnings = list(out.get("warnings", []))
         session = out.get("session")
         if session:
@@ -179,8 +179,9 @@ class PlannerAPI:
         }
         return out, timings, warnings
 
-    def model_block(self) -> ModelInfo:
-        i = self._info or {}
+    def model_block(self, served: Optional[dict] = None) -> ModelInfo:
+        """What served a request (``served``: the replica's own record) or, without one, what a replica said."""
+        i = served or self._info or {}
         return ModelInfo(ref=i.get("ref", ""), version=i.get("version"), preset=i.get("preset", ""),
                          checksum=i.get("checksum", ""), max_batch_size=int(i.get("max_batch_size", 0)),
                          batch_wait_timeout_s=float(i.get("batch_wait_timeout_s", 0.0)))
@@ -215,21 +216,21 @@ def create_api(owner: PlannerAPI) -> FastAPI:
 
     @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["ops"])
     async def readyz():
-        try:
-            owner._info = None  # re-ask a replica: readiness means one answers now
-            await owner.model_info(timeout_s=5.0)
+        try:  # readiness means a model replica answers now (not a cached answer)
+            info = await asyncio.wait_for(_await(owner.planner.model_info.remote()), 5.0)
         except Exception as e:
             return JSONResponse({"status": "not ready", "detail": f"no model replica answered: {type(e).__name__}"},
                                 status_code=503)
-        return Health(status="ready", detail=owner._info["ref"])
+        owner._info = info
+        return Health(status="ready", detail=info["ref"])
 
     @app.get("/v1/model", response_model=ModelInfo, responses=ERRORS, dependencies=[Depends(auth)], tags=["v1"])
     async def model():
         try:
-            await owner.model_info()
+            info = await owner.model_info()
         except Exception as e:
             raise ApiError(503, f"no model replica ready yet ({type(e).__name__})", {"Retry-After": "5"}) from None
-        return owner.model_block()
+        return owner.model_block(info)
 
     @app.post("/v1/plan", response_model=PlanResponse, responses=ERRORS, dependencies=[Depends(auth)],
               tags=["v1"])
@@ -240,7 +241,8 @@ def create_api(owner: PlannerAPI) -> FastAPI:
         return PlanResponse(
             waypoints=wp,
             waypoints_text_frame=[[-y, x] for x, y in wp] if wp is not None else None,
-            answer=out["answer"], parsed=out["parsed"], model=owner.model_block(), timings=Timings(**timings),
+            answer=out["answer"], parsed=out["parsed"], model=owner.model_block(out["model"]),
+            timings=Timings(**timings),
             session=SessionInfo(**out["session"]) if out.get("session") else None,
             warnings=warnings, request_id=rid)
 
@@ -250,7 +252,7 @@ def create_api(owner: PlannerAPI) -> FastAPI:
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
         out, timings, warnings = await owner.run(req, "qa", req.question, req.command, request)
         return ChatResponse(
-            answer=out["answer"], model=owner.model_block(), timings=Timings(**timings),
+            answer=out["answer"], model=owner.model_block(out["model"]), timings=Timings(**timings),
             session=SessionInfo(**out["session"]) if out.get("session") else None,
             warnings=[w for w in warnings if "did not parse" not in w], request_id=rid)
 

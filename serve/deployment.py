@@ -194,8 +194,8 @@ class Planner:
                 "batch_size": len(requests),
                 "generated_tokens": int(gen.num_generated_tokens[i]),
                 "replica": self.replica,
-                "batch_settings": {"max_batch_size": self.max_batch_size,
-                                   "batch_wait_timeout_s": self.batch_wait_timeout_s},
+                "model": {k: self.info[k] for k in ("ref", "version", "preset", "checksum")}
+                | {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s},
             })
         return outs
 

@@ -85,8 +85,8 @@ class SessionStore:
                     f"(serve.session_idle_s); rebuilt from this frame"))
             if frame_index:
                 return Checkout(None, "rebuilt", 0, (
-                    f"session {session_id!r}: no tracking state on this replica for frame {frame_index} (the replica "
-                    f"that held it is gone); rebuilt from this frame"))
+                    f"session {session_id!r}: no tracking state on this replica for frame {frame_index} (the session "
+                    f"starts mid-scene, or the replica that held its state is gone); rebuilt from this frame"))
             return Checkout(None, "new", 0)
         if scene_token and e.scene_token and scene_token != e.scene_token:
             return Checkout(None, "reset", 0)

@@ -28,14 +28,33 @@ def val_rows(cfg, ray_session):
     return build_dataset(cfg, "val").take_all()
 
 
-def test_batches_follow_the_contract(cfg, ray_session):
+def test_worker_shards_follow_the_contract(cfg, ray_session):
+    """As Ray Train's get_dataset_shard: each of 2 workers takes a streaming_split part with
+    iter_torch_batches(collate_fn=collate); batches follow model/batch.py and the parts cover every row once."""
+    import threading
+
     from odvla.platform.data.pipeline import build_dataset
 
-    ds = build_dataset(cfg, "train")
     H, W = cfg.model.vision.image_height, cfg.model.vision.image_width
     Na, Nm, P = cfg.data.max_agents, cfg.data.max_map_elements, cfg.model.vision.map_points
-    seen = []
-    for b in ds.iter_torch_batches(batch_size=16, collate_fn=collate):
+    parts = build_dataset(cfg, "train").streaming_split(2, equal=False)
+    got, batches, errors = [[], []], [], []
+
+    def consume(i):
+        try:
+            for b in parts[i].iter_torch_batches(batch_size=16, collate_fn=collate):
+                got[i] += b["sample_token"]
+                batches.append(b)
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    th = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
+    [t.start() for t in th]
+    [t.join() for t in th]
+    assert not errors, errors
+    assert not set(got[0]) & set(got[1])
+    assert sorted(got[0] + got[1]) == sorted(read_split(cfg.data.shards, "train")["sample_token"].to_pylist())
+    for b in batches:
         B = len(b["sample_token"])
         assert set(b) == set(TENSOR_KEYS) | set(TEXT_KEYS)
         shapes = {"images": (B, 6, 3, H, W), "intrinsics": (B, 6, 3, 3), "sensor2ego": (B, 6, 4, 4),
@@ -50,8 +69,6 @@ def test_batches_follow_the_contract(cfg, ray_session):
         assert b["task"] == ["planning"] * B and b["question"] == [""] * B and b["answer"] == [""] * B
         assert abs(float(b["images"].mean())) < 2.5 and float(b["images"].std()) > 0.1  # normalised, not blank
         assert ((b["gt_labels"] >= 0).sum(1) > 0).all() and ((b["gt_map_labels"] >= 0).sum(1) > 0).all()
-        seen += b["sample_token"]
-    assert sorted(seen) == sorted(read_split(cfg.data.shards, "train")["sample_token"].to_pylist())
 
 
 def test_pipeline_equals_single_process_path(cfg, shards_dir, val_rows):
@@ -84,25 +101,6 @@ def test_padding_and_content(cfg, shards_dir, val_rows):
         assert (r["gt_map_labels"] >= 0).sum() == m
         np.testing.assert_allclose(r["future_traj"].ravel(), s["future_traj"], atol=1e-6)
         assert r["command"] == s["command"] and r["frame_index"] == s["frame_index"]
-
-
-def test_worker_shards_split_the_stream(cfg, ray_session):
-    """Ray Train's get_dataset_shard hands each worker a streaming_split part: together they cover every row."""
-    from odvla.platform.data.pipeline import build_dataset
-
-    parts = build_dataset(cfg, "val").streaming_split(2, equal=False)
-    import threading
-
-    got = [[], []]
-
-    def consume(i):
-        for b in parts[i].iter_torch_batches(batch_size=4, collate_fn=collate):
-            got[i] += b["sample_token"]
-
-    th = [threading.Thread(target=consume, args=(i,)) for i in range(2)]
-    [t.start() for t in th]
-    [t.join() for t in th]
-    assert not set(got[0]) & set(got[1]) and len(got[0]) + len(got[1]) == 20
 
 
 def test_examples_expand_samples(cfg, shards_dir, ray_session):

@@ -91,14 +91,24 @@ def test_run_eval_end_to_end(ray_session, shards_dir, export_dir, instructions, 
     assert mlflow.active_run() is None
 
 
-def test_odvla_eval_command(ray_session, shards_dir, export_dir, tmp_path, capsys):
+def test_odvla_eval_command_on_a_runs_uri(ray_session, shards_dir, export_dir, tmp_path, capsys):
+    """``odvla eval --model runs:/<id>/export``: the export comes from an MLflow run's artifacts."""
+    from mlflow.tracking import MlflowClient
+
     from odvla.platform.cli.main import main
 
-    rc = main(["eval", "--model", str(export_dir), "--shards", str(shards_dir), "--out", str(tmp_path / "cli"),
-               "--set", "eval.plots=0", "--set", "eval.max_new_tokens=120", "--set", "eval.baseline_mlp_epochs=5",
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("eval-cli", artifact_location=(tmp_path / "artifacts").as_uri())
+    run_id = client.create_run(exp).info.run_id
+    client.log_artifacts(run_id, str(export_dir), artifact_path="export")
+    rc = main(["eval", "--model", f"runs:/{run_id}/export", "--shards", str(shards_dir), "--out",
+               str(tmp_path / "cli"), "--set", f"tracking.tracking_uri={uri}", "--set", "eval.plots=0",
+               "--set", "eval.max_new_tokens=120", "--set", "eval.baseline_mlp_epochs=5",
                "--set", f"data.instructions={tmp_path / 'none'}"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "| constant velocity | measured" in out and "malformed answers" in out
     assert (tmp_path / "cli" / "predictions.parquet").is_file()
     assert main(["eval", "--model", str(tmp_path / "missing"), "--shards", str(shards_dir)]) == 2
+    assert "not an export folder" in capsys.readouterr().err

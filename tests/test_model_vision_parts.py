@@ -87,6 +87,9 @@ def test_lift_averages_over_the_cameras_that_see_a_point(vcfg):
     assert float(volume[0, 0, both[0], both[1], k]) == pytest.approx((3.0 + 5.0) / 2)
     # points high above the cameras' view (top slab at 2.25 m, close range) are seen by nobody and stay zero
     assert ((count == 0) == (volume[:, 0] == 0)).all()
+    # bf16 weights: the sample points and the projection stay float32-exact
+    vol16, count16 = BEVEncoder(vcfg, in_channels=1).to(torch.bfloat16).lift([feats.bfloat16()], intr, s2e)
+    assert torch.equal(count16, count) and torch.allclose(vol16, volume)
 
 
 def test_points_behind_a_camera_are_not_seen():

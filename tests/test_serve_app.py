@@ -314,4 +314,22 @@ def test_plan_cli_with_image_dir(served, body, tmp_path, capsys, monkeypatch):
     assert main(["plan", "--image-dir", str(tmp_path / "sample"), "--url", URL, "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["waypoints"]) == 6
     monkeypatch.delenv("ODVLA_SERVE_TOKEN")
+    assert main(["plan", "--image-dir", str(tmp_path / "sample"), "--url", URL]) == 1  # no token: refused
+    assert "401" in capsys.readouterr().err
     assert main(["plan", "--image-dir", str(tmp_path / "missing"), "--url", URL]) == 2
+
+
+def test_plan_cli_with_shards(served, shards_dir, tmp_path, capsys, monkeypatch):
+    from odvla.platform.cli.main import main
+    from odvla.platform.data.shards import read_split
+
+    token = read_split(shards_dir, "val", columns=["sample_token"]).column("sample_token")[3].as_py()
+    monkeypatch.setenv("ODVLA_SERVE_TOKEN", TOKEN)
+    args = ["plan", "--shards", str(shards_dir), "--sample", token, "--url", URL, "--session", "cli-scene",
+            "--save-dir", str(tmp_path / "saved"), "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["waypoints"]) == 6 and out["session"]["session_id"] == "cli-scene"
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir())[-1] == "sample.json"
+    assert main(["plan", "--image-dir", str(tmp_path / "saved"), "--url", URL, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["waypoints"] == out["waypoints"]

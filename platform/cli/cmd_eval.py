@@ -26,11 +26,13 @@ def register(sub) -> None:
 def eval_config(args):
     from odvla.platform.train.export import load_export_config
 
-    _, export_cfg = load_export_config(args.model)
     overrides = list(args.overrides)
     for flag, key in ((args.shards, "data.shards"), (args.split, "eval.split"), (args.out, "eval.out")):
         if flag:
             overrides.append(f"{key}={flag}")
+    # the user's tracking settings decide where a runs:/ or models:/ export is downloaded from
+    user = load_config(files=args.config, overrides=overrides)
+    _, export_cfg = load_export_config(args.model, user.tracking.tracking_uri)
     return load_config(base=to_dict(export_cfg), files=args.config, overrides=overrides)
 
 
