@@ -108,7 +108,9 @@ class AgentQueryTransformer(nn.Module):
         self.coder = BoxCoder(grid)
         C = channels
         self.query_embed = nn.Embedding(self.num_queries, C)
-        self.track_proj = nn.Sequential(MLP(C, C, C, 2), nn.LayerNorm(C))
+        # previous output embedding -> query update; the last layer starts at zero so an untrained projection
+        # leaves a carried slot as it would be without state (training without states never updates it)
+        self.track_proj = nn.Sequential(nn.LayerNorm(C), MLP(C, C, C, 2))
         self.decoder = make_decoder(C, int(vcfg.decoder_heads), int(vcfg.decoder_layers))
         self.cls_head = nn.Linear(C, self.num_classes + 1)
         self.box_head = MLP(C, C, BoxCoder.CODE_SIZE, 3)
@@ -120,6 +122,8 @@ class AgentQueryTransformer(nn.Module):
             bias[7] = 1.0
             self.motion_head.last.weight.mul_(0.1)
             self.motion_head.last.bias.zero_()
+            self.track_proj[1].last.weight.zero_()
+            self.track_proj[1].last.bias.zero_()
 
     def head_modules(self) -> list[nn.Module]:
         return [self.cls_head, self.box_head, self.motion_head]

@@ -176,10 +176,13 @@ def _norm(c: int) -> nn.GroupNorm:
 class BEVEncoder(nn.Module):
     """Camera features -> BEV features.
 
-    forward(feats, intrinsics [B, 6, 3, 3], sensor2ego [B, 6, 4, 4], prev_bev) -> bev [B, C_out, nx, ny]
+    forward(feats, intrinsics [B, 6, 3, 3], sensor2ego [B, 6, 4, 4], prev_bev)
+        -> (bev [B, C_out, nx, ny], lifted [B, C_out, nx, ny])
       feats: list of FPN levels [B*6, C_in, h_l, w_l] (cameras folded, ``CAMERAS`` order)
-      prev_bev: None or list (length B) of [C_out, nx, ny] | None — the previous keyframe's BEV of each sample's
-        scene, already in the current ego frame (``align_prev_bev``). Samples without one fuse with themselves.
+      prev_bev: None or list (length B) of [C_out, nx, ny] | None — the previous keyframe's ``lifted`` map of each
+        sample's scene, already in the current ego frame (``align_prev_bev``). Samples without one fuse with their
+        own ``lifted`` map, which is what training without states sees; keeping the pre-fusion map in the state
+        (not the final ``bev``) gives the fusion layer the same kind of input at inference.
     """
 
     def __init__(self, vcfg, in_channels: int):
@@ -209,7 +212,6 @@ class BEVEncoder(nn.Module):
             points = self.grid.points().reshape(-1, 3).to(points.device)
         uv, _, valid = project_points(points, intrinsics, sensor2ego, self.image_hw)  # [B,V,N,2], [B,V,N]
         grid = pixels_to_grid(uv, self.image_hw)  # [B, V, N, 2] float32
-        N = grid.shape[2]
         acc = None
         for v in range(V):  # one camera at a time keeps the peak at ~2x the output size
             g = grid[:, v, :, None, :]  # [B, N, 1, 2]
@@ -227,12 +229,12 @@ class BEVEncoder(nn.Module):
         return volume.reshape(B, -1, nx, ny, nz), count.reshape(B, nx, ny, nz)
 
     def forward(self, feats: list[torch.Tensor], intrinsics: torch.Tensor, sensor2ego: torch.Tensor,
-                prev_bev: Optional[list[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+                prev_bev: Optional[list[Optional[torch.Tensor]]] = None) -> tuple[torch.Tensor, torch.Tensor]:
         volume, _ = self.lift(feats, intrinsics, sensor2ego)
         B, C, nx, ny, nz = volume.shape
         dtype = feats[0].dtype
         x = volume.permute(0, 1, 4, 2, 3).reshape(B, C * nz, nx, ny).to(dtype)  # heights stacked into channels
-        bev = self.collapse(x)
+        lifted = bev = self.collapse(x)
         if self.fuse is not None:
             prev = []
             for b in range(B):
@@ -240,6 +242,6 @@ class BEVEncoder(nn.Module):
                 if p is not None and tuple(p.shape) != tuple(bev.shape[1:]):
                     raise ValueError(f"scene state prev_bev has shape {tuple(p.shape)}, this model makes BEV "
                                      f"{tuple(bev.shape[1:])} (state from another config?)")
-                prev.append(bev[b] if p is None else p.to(device=bev.device, dtype=bev.dtype))
-            bev = self.fuse(torch.cat([bev, torch.stack(prev)], dim=1))
-        return self.refine(bev) + bev
+                prev.append(lifted[b] if p is None else p.to(device=bev.device, dtype=bev.dtype))
+            bev = self.fuse(torch.cat([lifted, torch.stack(prev)], dim=1))
+        return self.refine(bev) + bev, lifted

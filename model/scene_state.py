@@ -12,7 +12,7 @@ Shapes (``Q`` agent queries, ``C`` the encoder width ``out_channels``, ``nx, ny`
     track_ids    [Q] int64   persistent track id per slot (-1: no track)
     track_boxes  [Q, 9]      last box of each slot (x, y, z, w, l, h, yaw, vx, vy; ego frame of ``sample_token``)
     track_scores [Q]         last confidence of each slot
-    prev_bev     [C, nx, ny] BEV features of the frame this state was made from (detached), or None
+    prev_bev     [C, nx, ny] lifted (pre-fusion) BEV of the frame this state was made from (detached), or None
     ego2global   [4, 4]      ego pose of that frame (when the batch carried ``ego2global``): the next frame warps
                              ``prev_bev`` by the ego motion; None = fused unaligned
 """

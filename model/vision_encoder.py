@@ -153,7 +153,7 @@ class VisionEncoder(nn.Module):
             mask[b] = s.track_mask.to(device=device, dtype=torch.bool)
         return embed, mask
 
-    def _new_states(self, active, scenes, frames, samples, agent, token_idx, matched, bev, ego2global
+    def _new_states(self, active, scenes, frames, samples, agent, token_idx, matched, lifted, ego2global
                     ) -> tuple[list, torch.Tensor]:
         """One new SceneState per sample. Carried slots: the agent-token slots (top-k confident), plus in training
         the slots matched to a target (``matched[b]``: slot indices or None), as in MOTR-style track training."""
@@ -161,25 +161,25 @@ class VisionEncoder(nn.Module):
         states, all_ids = [], []
         for b in range(B):
             prev = active[b]
-            carry = torch.zeros(Q, dtype=torch.bool, device=bev.device)
+            carry = torch.zeros(Q, dtype=torch.bool, device=lifted.device)
             carry[token_idx[b]] = True  # the agent-token slots carry over as track queries
             if matched[b] is not None:
                 carry[matched[b]] = True
-            ids = torch.full((Q,), -1, dtype=torch.long, device=bev.device)
+            ids = torch.full((Q,), -1, dtype=torch.long, device=lifted.device)
             next_id = 0 if prev is None else prev.next_track_id
             if prev is not None and prev.track_ids is not None:  # a slot tracked before keeps its id
-                prev_ids = prev.track_ids.to(bev.device)
+                prev_ids = prev.track_ids.to(lifted.device)
                 keep = carry & (prev_ids >= 0)
                 ids[keep] = prev_ids[keep]
             fresh = carry & (ids < 0)
             n = int(fresh.sum())
-            ids[fresh] = torch.arange(next_id, next_id + n, device=bev.device)
+            ids[fresh] = torch.arange(next_id, next_id + n, device=lifted.device)
             all_ids.append(ids)
             embed = agent["embed"][b].detach() * carry[:, None].to(agent["embed"].dtype)
             states.append(SceneState(
                 scene_token=scenes[b], frame_index=frames[b], sample_token=samples[b], track_embed=embed,
                 track_mask=carry, track_ids=ids, track_boxes=agent["boxes"][b].detach(),
-                track_scores=agent["scores"][b].detach(), prev_bev=bev[b].detach(), next_track_id=next_id + n,
+                track_scores=agent["scores"][b].detach(), prev_bev=lifted[b].detach(), next_track_id=next_id + n,
                 ego2global=None if ego2global is None else ego2global[b].detach().float()))
         return states, torch.stack(all_ids)
 
@@ -213,7 +213,7 @@ class VisionEncoder(nn.Module):
         ego2global = _opt(batch, "ego2global", images.device)
         prev_bev = self._prev_bev(active, ego2global)
         dev = feats[0].device
-        bev = self.bev_encoder(feats, batch["intrinsics"].to(dev), batch["sensor2ego"].to(dev), prev_bev)
+        bev, lifted = self.bev_encoder(feats, batch["intrinsics"].to(dev), batch["sensor2ego"].to(dev), prev_bev)
         # bev [B, C, nx, ny] -> BEV tokens with positions, memory [B, nx*ny, C]
         memory = bev.flatten(2).transpose(1, 2) + self.bev_pos.to(bev.dtype)
 
@@ -242,8 +242,8 @@ class VisionEncoder(nn.Module):
             losses.update({k: l + zero for k, l in map_losses.items()})
 
         carried = [None] * B if not (self.training and matches) else [rows for rows, _ in matches]
-        new_states, track_ids = self._new_states(active, scenes, frames, samples, agent, token_idx, carried, bev,
-                                                 ego2global)
+        new_states, track_ids = self._new_states(active, scenes, frames, samples, agent, token_idx, carried,
+                                                 lifted, ego2global)
         predictions = {
             "boxes": agent["boxes"], "scores": agent["scores"], "labels": agent["labels"],
             "agent_future": agent["agent_future"], "track_ids": track_ids, "agent_token_index": token_idx,

@@ -28,7 +28,7 @@ from odvla.model.llm import build_llm
 from odvla.model.projectors import VisualProjectors
 from odvla.model.prompt import MAP_TOKEN, SCENE_TOKEN, TRACK_TOKEN
 from odvla.model.text_inputs import ChatEncoder
-from odvla.model.tokenizer import build_tokenizer
+from odvla.model.tokenizer import add_model_tokens, build_tokenizer
 from odvla.model.traj_codec import TrajectoryCodec, TrajectoryParseError
 from odvla.model.vision_encoder import VisionEncoder
 
@@ -42,6 +42,8 @@ class OpenDriveVLA(nn.Module):
     def __init__(self, cfg, tokenizer=None):
         super().__init__()
         self.config = cfg
+        if tokenizer is not None:
+            add_model_tokens(tokenizer, cfg.text)  # no-op for a tokenizer saved from this model
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
         self.codec = TrajectoryCodec(cfg.text)
         self.chat = ChatEncoder(self.tokenizer, cfg)
@@ -53,7 +55,10 @@ class OpenDriveVLA(nn.Module):
         self._grammar: Optional[TrajectoryGrammar] = None
         self._vision_frozen = False
         if cfg.gradient_checkpointing:
-            self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.llm, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+                self.llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # ------------------------------------------------------------------------------------------ trainable sets
     def set_trainable(self, stage: str, train_agent_heads: bool = False) -> list[str]:

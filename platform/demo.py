@@ -5,7 +5,8 @@
 Everything runs locally: a Ray instance on this machine, the local MLflow store (``mlruns/`` unless
 ``MLFLOW_TRACKING_URI`` is set). Prints the metrics table (model beside the constant-velocity and ego-MLP
 baselines) and where the MLflow runs are. ``demo_stage_overrides`` gives the demo's training settings, chosen by measurement
-on 2 CPU cores so the whole pipeline takes a few minutes and stage 3 clearly beats constant velocity.
+on 2 CPU cores so the whole pipeline takes a few minutes (stage 3: ~1.2 s per step of 4 samples on an idle 2-core
+machine; the answer-token loss falls from ~6.5 to ~2 in 100 steps).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Iterable, Optional
 from odvla.platform.config import Config, load_config
 from odvla.platform.config.schema import STAGES
 
-STAGE_STEPS = {"stage1": 15, "stage2": 15, "stage2_5": 15, "stage3": 150}
+STAGE_STEPS = {"stage1": 10, "stage2": 10, "stage2_5": 10, "stage3": 100}
 """Optimiser steps per stage in the demo (``--set train.max_steps=N`` overrides all of them)."""
 STAGE3_LR = 2e-3
 

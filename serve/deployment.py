@@ -123,8 +123,12 @@ class Planner:
         self._run_batch.set_max_batch_size(self.max_batch_size)
         self._run_batch.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
 
-    def check_health(self) -> None:
-        """Serve restarts the replica when this raises: a model that hit a device error stays broken."""
+    async def check_health(self) -> None:
+        """Serve restarts the replica when this raises: a model that hit a device error stays broken. Also the
+        periodic sweep of idle sessions (every ``health_check_period_s``), so an idle replica frees their state."""
+        evicted = self.sessions.evict_idle()
+        if evicted:
+            log.info("evicted %d idle session(s) after %.0f s: %s", len(evicted), self.sessions.idle_s, evicted[:5])
         if self._fatal:
             raise RuntimeError(f"planner replica unhealthy: {self._fatal}")
         if self.model is None:

@@ -70,6 +70,11 @@ def test_deterministic_and_save_roundtrip(tok, tmp_path):
     text = "<traj_start>[(0.12,-3.40)]<traj_end> <SCENE><SCENE> How many cars?"
     assert loaded(text)["input_ids"] == tok(text)["input_ids"]
     assert loaded.chat_template == tok.chat_template
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast.from_pretrained(tmp_path / "tok")  # how an export is loaded back
+    assert (fast.padding_side, fast.eos_token, fast.pad_token) == ("left", "<|im_end|>", "<|endoftext|>")
+    assert fast.get_added_vocab() == tok.get_added_vocab()
 
 
 def test_compact_tokens_cut_decode_steps_by_half():

@@ -216,6 +216,10 @@ def test_training_also_carries_the_matched_slots(cfg):
         assert s.track_mask[out.predictions["agent_token_index"][b]].all()
         assert max(K, 4) <= s.num_tracks <= K + 4
         assert int((s.track_ids >= 0).sum()) == s.num_tracks
+    # trained with states, the track-query projection (zero at init) receives gradients
+    nxt = dict(random_batch(cfg, seed=5), frame_index=torch.tensor([1, 1]))
+    sum(enc(nxt, states=out.states).losses.values()).backward()
+    assert enc.agent_queries.track_proj[1].last.weight.grad.abs().sum() > 0
     with torch.no_grad():
         assert all(s.num_tracks == K for s in enc.eval()(batch).states)  # inference: confident slots only
 

@@ -23,8 +23,17 @@ def tiny_cfg(**text) -> ModelConfig:
     return cfg
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: one intra-op thread is many times faster than two on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
-def model():
+def model(one_thread):
     torch.manual_seed(0)
     return OpenDriveVLA(tiny_cfg())
 
@@ -168,7 +177,7 @@ def test_gradient_checkpointing_same_loss_and_grads():
         loss = m(batch)["lm"]
         loss.backward()
         grads.append((loss.item(), m.llm.model.layers[0].mlp.up_proj.weight.grad.clone()))
-    assert cfgs[1].gradient_checkpointing and m.llm.is_gradient_checkpointing
+    assert cfgs[1].gradient_checkpointing and m.llm.model.gradient_checkpointing
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-6)
 
@@ -184,6 +193,33 @@ def test_bf16_forward_and_generate():
     assert m.llm.model.layers[0].mlp.up_proj.weight.grad.dtype == torch.bfloat16
     gen = m.generate(batch, max_new_tokens=100)
     assert all(gen.parsed)
+
+
+def test_llm_and_tokenizer_from_local_hf_folder(tmp_path):
+    """``llm.path``: weights and tokenizer come from a local HF folder (as Qwen2.5-Instruct would); the model's tokens
+    are added and the embedding matrix grows to hold them."""
+    from transformers import Qwen2ForCausalLM
+
+    from odvla.model.llm import qwen2_config
+    from odvla.model.tokenizer import train_offline_bpe
+
+    cfg = tiny_cfg()
+    base = train_offline_bpe(cfg.llm.tokenizer_vocab_size)
+    hf_cfg = qwen2_config(cfg, base)
+    hf_cfg.vocab_size = len(base)  # no spare rows, as a released checkpoint whose vocab is full
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(hf_cfg).save_pretrained(tmp_path / "qwen")
+    base.save_pretrained(tmp_path / "qwen")
+    cfg.llm.path = str(tmp_path / "qwen")
+    m = OpenDriveVLA(cfg)
+    assert len(m.tokenizer) > len(base)
+    assert m.llm.get_input_embeddings().num_embeddings >= len(m.tokenizer)
+    ref = Qwen2ForCausalLM.from_pretrained(tmp_path / "qwen")
+    torch.testing.assert_close(m.llm.model.layers[0].mlp.up_proj.weight, ref.model.layers[0].mlp.up_proj.weight)
+    m.set_trainable("stage2")
+    batch = make_batch(cfg, 2, seed=9)
+    assert torch.isfinite(m(batch)["lm"])
+    assert all(m.generate(batch, max_new_tokens=100).parsed)
 
 
 def test_stage_name_errors(model):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from odvla.platform.config import load_config
 from odvla.tune.sweep import SweepRecipe, run_sweep
@@ -34,7 +35,7 @@ def _common(tmp: Path, shards, uri: str) -> list[str]:
     return [f"data.shards={shards}", f"tracking.tracking_uri={uri}", f"train.storage_path={tmp / 'train'}",
             f"sweep.storage_path={tmp / 'sweeps'}", "train.max_steps=2", "train.warmup_steps=1",
             "train.max_failures=0", "model.text.max_answer_tokens=256",  # stage1 captions run long on tiny
-            "eval.plots=0", "eval.baseline_mlp_epochs=5",
+            "eval.plots=0", "eval.baseline_mlp_epochs=5", "eval.batch_size=10", "eval.max_new_tokens=96",
             "tracking.log_system_metrics=false", "tracking.log_checkpoint=false"]
 
 
@@ -67,14 +68,17 @@ def test_ablation_sweep_interrupted_then_restored(shards_dir, ray_session, tmp_p
     try:
         # Interrupt while the second trial trains its stage3: its stage1 is then finished and checkpointed in
         # Tune, the first trial is done.
-        second = None
-        while second is None and proc.poll() is None:
+        second, deadline = None, time.monotonic() + 1200
+        while second is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
-            trials = sorted(_runs(client, "trial"), key=lambda r: r.info.start_time)
-            if len(trials) == 2:
-                s3 = [r for r in _children(client, trials[1].info.run_id) if r.data.tags["odvla.stage"] == "stage3"]
-                if s3 and s3[0].data.metrics:  # stage3 has logged a training step
-                    second = trials[1]
+            try:
+                trials = sorted(_runs(client, "trial"), key=lambda r: r.info.start_time)
+                s3 = [r for r in _children(client, trials[1].info.run_id)
+                      if r.data.tags.get("odvla.stage") == "stage3"] if len(trials) == 2 else []
+            except MlflowException:  # the store is busy with the sweep's writes: look again
+                continue
+            if s3 and s3[0].data.metrics:  # stage3 has logged a training step
+                second = trials[1]
         assert second is not None, (tmp_path / "sweep.log").read_text()[-3000:]
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=120)
@@ -97,9 +101,9 @@ def test_ablation_sweep_interrupted_then_restored(shards_dir, ray_session, tmp_p
     assert set(rows) == {"stage3", "stage1+stage3"} and all(r["status"] == "done" for r in rows.values())
     for r in rows.values():
         for key in ("uniad/L2_avg", "stp3/L2_avg", "uniad/col_avg", "stp3/col_avg", "train_loss"):
-            assert isinstance(r[key], float), (key, r)
+            assert isinstance(r[key], float) and r[key] == r[key], (key, r)  # a number, not NaN
         assert r["uniad/L2_3s"] >= 0 and r["model_size"] == "tiny"
-    assert rows["stage1+stage3"]["loss/stage1"] == rows["stage1+stage3"]["loss/stage1"]  # reported, not NaN
+    assert rows["stage1+stage3"]["loss/stage1"] > 0
     table = Path(out["table_path"]).read_text()
     assert table == out["table_md"] and "| stage1+stage3 | tiny |" in table and "| stage3 | tiny |" in table
     assert Path(out["plot_path"]).read_bytes()[:4] == b"\x89PNG"

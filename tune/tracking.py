@@ -169,6 +169,13 @@ class TrialRun:
         c.call("log attempt", "log_metric", rid, "trial_attempt", attempts + 1, step=attempts)
         return self
 
+    def logged_loss(self, stage_run_id: str | None) -> float:
+        """The last training loss the stage run logged (a resumed stage's replayed report may not carry it)."""
+        if not self.c or not stage_run_id:
+            return float("nan")
+        hist = self.c.call("read stage loss", "get_metric_history", stage_run_id, "loss") or []
+        return float(max(hist, key=lambda m: (m.step, m.timestamp)).value) if hist else float("nan")
+
     def stage_finished(self, index: int, stage: str, stage_run_id: str | None, loss: float) -> None:
         if not self.c:
             return

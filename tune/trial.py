@@ -1,10 +1,9 @@
 """One sweep trial: train a stage subset on one model size, then evaluate, reporting to Tune after each step.
 
 The trial function is a Ray Tune *driver* (Train V2 style): it holds 1 CPU and launches one ``TorchTrainer`` per
-stage through ``odvla.platform.train.run_stage``; the trainer's workers request their own GPUs. Reports:
-
-Each stage runs under a fixed Ray Train run name (``<sweep>-<trial id>-<stage>``), so a retried trial's
-interrupted stage continues from its Ray Train checkpoint and its MLflow run.
+stage through ``odvla.platform.train.run_stage``; the trainer's workers request their own GPUs. Each stage runs
+under a fixed Ray Train run name (``<sweep>-<trial id>-<stage>``), so a retried trial's interrupted stage continues
+from its Ray Train checkpoint and its MLflow run. Reports to Tune:
 
 - after each stage: ``train_loss`` (that stage's final training loss), ``stage``, ``stages_done`` and a small
   Tune checkpoint listing the finished stages (their exports and MLflow runs). A retried or resumed trial starts
@@ -31,7 +30,8 @@ from odvla.tune.space import trial_resources
 from odvla.tune.tracking import TrialRun
 
 PROGRESS_FILE = "progress.json"
-TRAIN_LOSS_KEYS = ("train_loss", "loss", "train/loss", "lm_loss", "train/lm")
+TRAIN_LOSS_KEYS = ("loss", "train_loss")
+"""Where a stage's final report (``StageResult.metrics``) keeps the training loss."""
 
 
 @dataclass
@@ -108,6 +108,8 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
             # register=False: a sweep explores; the user registers the trial they pick.
             result = run_stage(cfg, parent_run_id=run.run_id, previous=previous, register=False)
             loss = train_loss_of(result.metrics)
+            if math.isnan(loss):
+                loss = run.logged_loss(result.run_id)
             done.append({"stage": result.stage, "run_id": result.run_id, "export_dir": str(result.export_dir),
                          "train_loss": loss})
             run.stage_finished(i, result.stage, result.run_id, loss)

@@ -24,6 +24,7 @@ def add_args(p) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: model.text.max_answer_tokens")
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bfloat16 weights (GPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on CPU (0: torch's default)")
     p.add_argument("--trajectories", type=int, default=200, help="random trajectories for the token counts")
 
 
@@ -96,6 +97,8 @@ def run(args) -> int:
     from odvla.platform.cli.config_args import config_from_args
 
     cfg = config_from_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     mcfg = cfg.model
     dev = torch.device(args.device)
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)

@@ -32,18 +32,23 @@ def _examples_by_sample(cfg, split: str, examples: pa.Table) -> dict[str, list[t
         raise ValueError(f"examples table lacks column(s) {', '.join(missing)}")
     cols = {c: examples.column(c).to_pylist() for c in EXAMPLE_COLUMNS}
     known: set[str] = set()
+    here: set[str] = set()
     import pyarrow.parquet as pq
     from pathlib import Path
 
-    for d in sorted(p for p in Path(cfg.data.shards).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(d.glob("*.parquet")):
-            known.update(pq.read_table(f, columns=["sample_token"]).column(0).to_pylist())
+    for d in (Path(cfg.data.shards) / s for s in ("train", "val", "test")):
+        for f in sorted(d.glob("*.parquet")) if d.is_dir() else []:
+            toks = pq.read_table(f, columns=["sample_token"]).column(0).to_pylist()
+            known.update(toks)
+            if d.name == split:
+                here.update(toks)
     by: dict[str, list] = defaultdict(list)
     for tok, task, q, a in zip(*(cols[c] for c in EXAMPLE_COLUMNS)):
         if tok not in known:
             raise UnknownSampleError("an example refers to a sample that no shard holds", sample_token=tok,
                                      path=str(cfg.data.shards))
-        by[tok].append((task, q or "", a or ""))
+        if tok in here:  # examples of the other splits belong to their own datasets
+            by[tok].append((task, q or "", a or ""))
     return dict(by)
 
 
