@@ -28,20 +28,24 @@ log = logging.getLogger("ray.serve")
 
 
 def resolve_version(ref: str, tracking_uri: Optional[str] = None) -> Optional[str]:
-    """``models:/name/3`` -> '3'; ``models:/name/alias`` -> the version the alias points at (None if unknown)."""
+    """``models:/name/3`` -> '3'; ``models:/name/<alias>`` or ``models:/name@<alias>`` -> the version the alias
+    points at (None when the registry cannot say: the ref itself still identifies the model)."""
     if not ref.startswith("models:/"):
         return None
-    parts = ref[len("models:/"):].strip("/").split("/")
-    if len(parts) != 2:
+    body = ref[len("models:/"):].strip("/")
+    if "@" in body:
+        name, ver = body.split("@", 1)
+    elif body.count("/") == 1:
+        name, ver = body.split("/")
+    else:
         return None
-    name, ver = parts
     if ver.isdigit():
         return ver
     try:
         from mlflow import MlflowClient
 
         return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, ver).version)
-    except Exception:  # registry unreachable or alias unknown: the ref itself still identifies the model
+    except Exception:
         return None
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -74,13 +75,19 @@ def test_ray_job_submit_stage3(local_cluster, shards_dir, tmp_path):
     runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": uri, "RAY_USAGE_STATS_ENABLED": "0",
                                 "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING": "false", "TOKENIZERS_PARALLELISM": "false"}}
     storage = tmp_path / "runs"
-    out = _ray("job", "submit", "--address", address, "--working-dir", ".",
-               "--runtime-env-json", json.dumps(runtime_env), "--",
-               "python", "jobs/stage3.py", "--model", "tiny", "--set", f"data.shards={shards_dir}",
-               "--set", "train.max_steps=2", "--set", "train.num_workers=1", "--set", "data.batch_size=2",
-               "--set", f"train.storage_path={storage}", "--set", "train.run_name=job-stage3",
-               "--set", "tracking.experiment=test-job", env=env, timeout=900, check=False)
-    text = out.stdout + out.stderr
+    deadline = time.monotonic() + 180
+    while True:
+        out = _ray("job", "submit", "--address", address, "--working-dir", ".",
+                   "--runtime-env-json", json.dumps(runtime_env), "--",
+                   "python", "jobs/stage3.py", "--model", "tiny", "--set", f"data.shards={shards_dir}",
+                   "--set", "train.max_steps=2", "--set", "train.num_workers=1", "--set", "data.batch_size=2",
+                   "--set", f"train.storage_path={storage}", "--set", "train.run_name=job-stage3",
+                   "--set", "tracking.experiment=test-job", env=env, timeout=900, check=False)
+        text = out.stdout + out.stderr
+        # a fresh head answers the job API before its job agent is up: submit again until it takes the job
+        if "No available agent" not in text or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     match = re.search(r"(raysubmit_\w+)", text)
     assert match, text[-3000:]
     status = JobSubmissionClient(address).get_job_status(match.group(1))

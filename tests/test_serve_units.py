@@ -244,3 +244,10 @@ def test_request_from_shards_matches_training_inputs(shards_dir, synth_root):
 
     with pytest.raises(ValueError, match="no-such-token"):
         request_from_shards(shards_dir, "no-such-token")
+
+
+def test_resolve_version_of_refs():
+    from odvla.serve.deployment import resolve_version
+
+    assert resolve_version("models:/odvla-planner/7") == "7"
+    assert resolve_version("/exports/stage3") is None and resolve_version("runs:/abc/export") is None
