@@ -156,15 +156,18 @@ def test_failed_trial_is_retried_then_reported(shards_dir, ray_session, tmp_path
 
 @pytest.mark.integration
 def test_hpo_sweep_optuna_with_asha(shards_dir, ray_session, tmp_path):
+    """One trial keeps the budget: what matters here is that Optuna (judging the eval metric) and ASHA (judging
+    the stage's training loss) run together on real reports; their choices are unit-tested."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [*_common(tmp_path, shards_dir, uri), "train.max_steps=1", "sweep.mode=hpo", "sweep.name=lr",
-                 "sweep.stage_sets=[[stage3]]", "sweep.num_samples=2", "sweep.lr_min=1e-4", "sweep.lr_max=1e-2"]
+                 "sweep.stage_sets=[[stage3]]", "sweep.num_samples=1", "sweep.lr_min=1e-4", "sweep.lr_max=1e-2"]
     out = run_sweep(load_config(model="tiny", overrides=overrides), SweepRecipe(overrides=overrides))
 
-    rows = out["rows"]
-    assert len(rows) == 2 and not out["interrupted"] and out["failed"] == []
-    assert len({r["lr"] for r in rows}) == 2 and all(1e-4 <= r["lr"] <= 1e-2 for r in rows)
-    assert {r["status"] for r in rows} <= {"done", "stopped (ASHA)"} and rows[0]["status"] == "done"
-    assert all(isinstance(r["train_loss"], float) for r in rows)  # every trial reported its stage to ASHA
-    assert out["best"]["status"] == "done" and isinstance(out["best"]["uniad/L2_avg"], float)
+    (row,) = out["rows"]
+    assert row["status"] == "done" and not out["interrupted"] and out["failed"] == []
+    assert 1e-4 <= row["lr"] <= 1e-2 and row["lr"] != 1e-3  # proposed by the searcher, not the preset's
+    assert row["training_iteration"] == 2  # the stage report (ASHA's rung) and the eval report
+    assert isinstance(row["train_loss"], float) and isinstance(row["uniad/L2_avg"], float)
+    assert out["best"]["trial_id"] == row["trial_id"]
     assert Path(out["plot_path"]).exists() and "| stage3 | tiny |" in out["table_md"]
+    assert "TUNE_DISABLE_STRICT_METRIC_CHECKING" not in os.environ  # relaxed for the sweep only
