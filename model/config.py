@@ -66,7 +66,8 @@ class TextConfig:
     compact_tokens: bool = False
     """Add dedicated number tokens to the vocabulary (fewer decode steps per trajectory)."""
     max_prompt_tokens: int = 1024
-    max_answer_tokens: int = 160
+    max_answer_tokens: int = 384
+    """Longest target answer (tokens); generated captions run to ~180 tokens with the offline BPE."""
 
 
 @dataclass

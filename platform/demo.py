@@ -70,9 +70,7 @@ def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages
     out = Path(out).resolve()
     overrides = list(overrides)
     stages = list(stages or STAGES)
-    # generated captions / QA answers (stages 1-2.5) run longer than tiny's default 160 answer tokens
-    cfg = base or load_config(model="tiny", overrides=["model.text.max_answer_tokens=320",
-                                                       *[o for o in overrides if not o.startswith("stage.")]])
+    cfg = base or load_config(model="tiny", overrides=[o for o in overrides if not o.startswith("stage.")])
     cfg.train.storage_path = str(out / "runs")
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     cfg.tracking.tracking_uri = uri

@@ -26,8 +26,7 @@ def test_pipeline_lineage_and_learning(ray_session, shards_dir, mlflow_sqlite, t
     base = load_config(model="tiny", overrides=[
         f"data.shards={shards_dir}", f"train.storage_path={tmp_path / 'runs'}", "train.run_name=pipe",
         f"tracking.tracking_uri={mlflow_sqlite}", "tracking.experiment=test-pipeline",
-        "tracking.registered_model=odvla-planner-pipe", "tracking.log_checkpoint=false",
-        "model.text.max_answer_tokens=320"])  # generated captions run longer than tiny's 160-token default
+        "tracking.registered_model=odvla-planner-pipe", "tracking.log_checkpoint=false"])
     common = ["train.num_workers=1", "train.checkpoint_every=0", "data.batch_size=4", "train.warmup_steps=5"]
     out = run_pipeline(base, stages=["stage1", "stage3"], overrides=common,
                        stage_overrides={"stage1": ["train.max_steps=2"],

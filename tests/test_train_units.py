@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from odvla.platform.config import ConfigError, load_config
-from odvla.platform.train.deepspeed_config import build_ds_config
+from odvla.platform.train.deepspeed_config import build_ds_config, lr_factor
 from odvla.platform.train.loop import _total_loss, planned_steps
 from odvla.platform.train.stages import InitSource, check_stage, previous_stage, resolve_init, stage_config
 
@@ -21,12 +21,21 @@ def test_ds_config_batch_arithmetic_and_schedule():
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True
     assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["lr"] == 5e-4
     assert ds["gradient_clipping"] == 0.5
-    sched = ds["scheduler"]["params"]
-    assert ds["scheduler"]["type"] == "WarmupCosineLR" and sched["total_num_steps"] == 10
-    assert sched["warmup_num_steps"] == 1  # DeepSpeed needs >= 1
+    assert "scheduler" not in ds  # the client scheduler (build_scheduler) runs the schedule
     cfg.train.zero_stage = 5
     with pytest.raises(ValueError, match="zero_stage"):
         build_ds_config(cfg, 1, 10)
+
+
+def test_schedule_trains_from_the_first_step():
+    # a 2-step stage must change weights: the first optimiser step already has a non-zero learning rate
+    assert lr_factor(0, total_steps=2, warmup_steps=5) == pytest.approx(0.5)
+    assert lr_factor(1, total_steps=2, warmup_steps=5) == pytest.approx(1.0)
+    factors = [lr_factor(s, total_steps=100, warmup_steps=5) for s in range(100)]
+    assert factors[0] == pytest.approx(0.2) and factors[4] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[4:], factors[5:]))  # cosine decay after warm-up
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3)
+    assert lr_factor(0, total_steps=10, warmup_steps=0) == pytest.approx(1.0)
 
 
 def test_stage_presets_and_overrides_win():

@@ -34,7 +34,7 @@ PAGE = (
 def _common(tmp: Path, shards, uri: str) -> list[str]:
     return [f"data.shards={shards}", f"tracking.tracking_uri={uri}", f"train.storage_path={tmp / 'train'}",
             f"sweep.storage_path={tmp / 'sweeps'}", "train.max_steps=2", "train.warmup_steps=1",
-            "train.max_failures=0", "model.text.max_answer_tokens=256",  # stage1 captions run long on tiny
+            "train.max_failures=0",
             "eval.plots=0", "eval.baseline_mlp_epochs=5", "eval.batch_size=10", "eval.max_new_tokens=96",
             "tracking.log_system_metrics=false", "tracking.log_checkpoint=false"]
 

@@ -6,18 +6,43 @@ micro-batch is ``data.batch_size`` rows per worker per forward.
 """
 from __future__ import annotations
 
+import math
+
 from odvla.platform.config import Config
 
 
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
+    """Learning-rate multiplier of optimiser step ``step`` (0-based): linear warm-up over ``warmup_steps`` that is
+    already non-zero at step 0 (``(step + 1) / warmup``), then cosine decay to ``min_ratio`` at ``total_steps``.
+
+    DeepSpeed's own ``WarmupCosineLR`` gives the first two optimiser steps a learning rate of 0, so a short stage
+    (``train.max_steps=2``) would not change a single weight; this schedule runs as a client scheduler instead.
+    """
+    total = max(int(total_steps), 1)
+    warmup = min(max(int(warmup_steps), 0), total)
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(total - warmup, 1)
+    progress = min(max(step - warmup, 0) / span, 1.0)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, cfg: Config, total_steps: int):
+    """``torch.optim.lr_scheduler.LambdaLR`` with ``lr_factor``; DeepSpeed steps it once per optimiser step and
+    saves its state with every checkpoint."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, cfg.train.warmup_steps))
+
+
 def build_ds_config(cfg: Config, world_size: int, total_steps: int) -> dict:
-    """``total_steps``: optimiser steps of the stage (for the cosine decay); warm-up from ``train.warmup_steps``."""
+    """DeepSpeed config dict; the schedule is ``build_scheduler`` (a client scheduler), not part of the dict."""
     t = cfg.train
     if t.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"train.zero_stage: expected 0, 1, 2 or 3, got {t.zero_stage}")
     if cfg.data.batch_size < 1 or t.grad_accum < 1:
         raise ValueError(f"data.batch_size ({cfg.data.batch_size}) and train.grad_accum ({t.grad_accum}) must be >= 1")
-    total = max(int(total_steps), 1)
-    warmup = min(max(int(t.warmup_steps), 1), total)  # DeepSpeed requires >= 1
     zero: dict = {"stage": t.zero_stage}
     if t.zero_stage >= 2:
         zero.update({"overlap_comm": bool(t.use_gpu), "contiguous_gradients": True,
@@ -36,11 +61,6 @@ def build_ds_config(cfg: Config, world_size: int, total_steps: int) -> dict:
             # torch's AdamW: works on CPU and GPU without compiling DeepSpeed's fused/CPU Adam ops.
             "params": {"lr": t.lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": t.weight_decay,
                        "torch_adam": True},
-        },
-        "scheduler": {
-            "type": "WarmupCosineLR",
-            "params": {"total_num_steps": total, "warmup_num_steps": warmup, "warmup_min_ratio": 0.0,
-                       "cos_min_ratio": 0.1, "warmup_type": "linear"},
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,

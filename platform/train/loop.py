@@ -23,7 +23,7 @@ import torch
 
 from odvla.platform.config import from_dict
 from odvla.platform.train.checkpoint import EXPORT_DIR, TrainState, load_into, new_checkpoint_dir, save_shard
-from odvla.platform.train.deepspeed_config import build_ds_config
+from odvla.platform.train.deepspeed_config import build_ds_config, build_scheduler
 
 HOOK_ENV = "ODVLA_TRAIN_HOOK_DIR"
 """Test hook: a folder where rank 0 writes ``rank0-<attempt>.pid`` after the first checkpoint of an attempt and,
@@ -110,7 +110,9 @@ def train_func(config: dict) -> None:
         raise ValueError(f"stage {cfg.stage.name}: set_trainable({cfg.stage.trainable!r}) left nothing to train")
     total_steps = int(config["total_steps"])
     ds_config = build_ds_config(cfg, world, total_steps)
-    engine, _, _, scheduler = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=params, config=ds_config,
+        lr_scheduler=lambda opt: build_scheduler(opt, cfg, total_steps))
     device = engine.device
 
     state = TrainState(run_id=config.get("run_id"))
