@@ -21,6 +21,7 @@ def run(args) -> int:
     import ray
 
     from odvla.platform.train import run_pipeline, run_stage
+    from odvla.platform.train.job_main import pipeline_summary, stage_summary
 
     if bool(args.stage) == bool(args.stages):
         raise ValueError("give exactly one of --stage S or --stages S1,S2,...")
@@ -29,14 +30,8 @@ def run(args) -> int:
     cfg = config_from_args(args)
     ray.init(address=args.address)
     if args.stage:
-        r = run_stage(cfg)
-        print(f"{r.stage}: run {r.run_name}  MLflow run {r.run_id}  step {r.metrics.get('global_step')}  "
-              f"loss {r.metrics.get('loss', float('nan')):.4f}\nexport: {r.export_dir}")
+        print(stage_summary(run_stage(cfg), cfg.tracking.registered_model))
         return 0
-    out = run_pipeline(cfg, stages=args.stages.split(","), files=args.config, overrides=args.overrides)
-    for r in out.results:
-        print(f"{r.stage}: MLflow run {r.run_id}  step {r.metrics.get('global_step')}  "
-              f"loss {r.metrics.get('loss', float('nan')):.4f}")
-    print(f"pipeline MLflow run {out.parent_run_id}\nexport: {out.export_dir}"
-          + (f"\nregistered version: {out.registered_version}" if out.registered_version else ""))
+    print(pipeline_summary(run_pipeline(cfg, stages=args.stages.split(","), files=args.config,
+                                        overrides=args.overrides)))
     return 0
