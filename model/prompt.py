@@ -88,19 +88,24 @@ def ego_state_lines(ego_state) -> str:
             f"- Steering: ({f(steering)})\n")
 
 
-def history_line(past_traj, past_mask) -> str:
-    """``past_traj`` [4, 2] ego frame oldest first, ``past_mask`` [4] -> the history line (valid points only)."""
+def history_line(past_traj, past_mask, codec=None) -> str:
+    """``past_traj`` [4, 2] ego frame oldest first, ``past_mask`` [4] -> the history line (valid points only).
+
+    ``codec`` (a ``TrajectoryCodec``): write the history in the answer's encoding (delta / compact tokens, see
+    ``TrajectoryCodec.encode_history``); None or the plain absolute codec give the reference form."""
     p = np.asarray(past_traj, dtype=np.float64)
     m = np.asarray(past_mask, dtype=np.float64).reshape(-1)
     if p.shape != (PAST_STEPS, 2) or m.shape != (PAST_STEPS,):
         raise ValueError(f"past_traj must be [{PAST_STEPS}, 2] and past_mask [{PAST_STEPS}], got {p.shape} and "
                          f"{m.shape}")
-    return f"Historical trajectory (last 2 seconds): {format_points(p[m > 0.5])}\n"
+    valid = p[m > 0.5]
+    text = codec.encode_history(valid) if codec is not None else format_points(valid)
+    return f"Historical trajectory (last 2 seconds): {text}\n"
 
 
-def build_user_turn(task: str, question: str, ego_state, command: int, past_traj, past_mask) -> str:
+def build_user_turn(task: str, question: str, ego_state, command: int, past_traj, past_mask, codec=None) -> str:
     """The user message (see module docstring). Planning: ego states, history, mission goal and
-    'Planning trajectory:'; other tasks: the visual header then ``question``."""
+    'Planning trajectory:'; other tasks: the visual header then ``question``. ``codec``: see ``history_line``."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if task != "planning":
@@ -113,5 +118,5 @@ def build_user_turn(task: str, question: str, ego_state, command: int, past_traj
     c = int(command)
     if not 0 <= c < len(COMMANDS):
         raise ValueError(f"command index must be in 0..{len(COMMANDS) - 1} {COMMANDS}, got {command!r}")
-    return (visual_header() + ego_state_lines(ego_state) + history_line(past_traj, past_mask)
+    return (visual_header() + ego_state_lines(ego_state) + history_line(past_traj, past_mask, codec)
             + f"Mission goal: {COMMANDS[c]}\n" + "Planning trajectory:")

@@ -57,7 +57,8 @@ class ChatEncoder:
     def user_turn(self, batch: dict, b: int) -> str:
         try:
             return build_user_turn(batch["task"][b], batch["question"][b], _np(batch["ego_state"][b]),
-                                   int(batch["command"][b]), _np(batch["past_traj"][b]), _np(batch["past_mask"][b]))
+                                   int(batch["command"][b]), _np(batch["past_traj"][b]), _np(batch["past_mask"][b]),
+                                   codec=self.codec)
         except ValueError as e:
             raise ValueError(f"sample {batch['sample_token'][b]!r}: {e}") from e
 

@@ -142,6 +142,28 @@ class TrajectoryCodec:
         return TRAJ_START + "[" + ",".join(
             f"({format_number(x, d)},{format_number(y, d)})" for x, y in w) + "]" + TRAJ_END
 
+    def encode_history(self, past_ego: np.ndarray) -> str:
+        """[k, 2] past ego positions (oldest first, ego frame, k >= 0) -> history text in this codec's encoding.
+
+        The plain absolute codec writes the reference form ``[(x,y),...]`` (as :func:`format_points`). With
+        ``delta`` the history is written as per-step displacements ending at the ego (the last one is the move
+        into the current position, so a constant-velocity plan repeats it); with ``compact_tokens`` the numbers use
+        the same dedicated tokens as the answer. Prompt and answer then speak one number vocabulary.
+        """
+        p = np.asarray(past_ego, dtype=np.float64).reshape(-1, 2)
+        if not np.all(np.isfinite(p)):
+            raise ValueError(f"history has non-finite values: {p.tolist()}")
+        scale = 10 ** self.decimals
+        abs_q = np.round(ego_to_text(p) * scale).astype(np.int64)
+        if self.encoding == "delta":
+            w = np.diff(np.concatenate([abs_q, np.zeros((1, 2), np.int64)], axis=0), axis=0) / scale
+        else:
+            w = abs_q / scale
+        if self.compact:
+            return "".join(self._compact_number(v) for v in w.reshape(-1))
+        d = self.decimals
+        return "[" + ",".join(f"({format_number(x, d)},{format_number(y, d)})" for x, y in w) + "]"
+
     def _compact_number(self, v: float) -> str:
         s = format_number(v, self.decimals)
         sign = "-" if s.startswith("-") else "+"

@@ -147,3 +147,21 @@ def test_prompt_other_tasks_and_errors():
         build_user_turn("qa", "what is <SCENE>?", np.zeros(7), 2, np.zeros((4, 2)), np.ones(4))
     assert "X points to the right, Y points forward" in SYSTEM_PROMPT
     assert "displacement" in system_prompt(TextConfig(traj_encoding="delta"))
+
+
+def test_history_speaks_the_answer_encoding():
+    # the reference form by default; with delta the last displacement is the move into the ego's position, so a
+    # constant-velocity plan repeats it; compact history uses the answer's number tokens
+    past = np.array([[-8.0, 0.1], [-6.0, 0.05], [-4.0, 0.0], [-2.0, 0.0]])
+    plain = build_user_turn("planning", "", np.zeros(7), 2, past, np.ones(4))
+    assert "Historical trajectory (last 2 seconds): [(-0.10,-8.00),(-0.05,-6.00),(0.00,-4.00),(0.00,-2.00)]" in plain
+    delta = TrajectoryCodec(TextConfig(traj_encoding="delta"))
+    s = build_user_turn("planning", "", np.zeros(7), 2, past, np.ones(4), codec=delta)
+    assert "[(0.05,2.00),(0.05,2.00),(0.00,2.00),(0.00,2.00)]" in s
+    cv_plan = delta.encode(np.array([[2.0 * k, 0.0] for k in range(1, 7)]))
+    assert cv_plan == "<traj_start>[" + ",".join(["(0.00,2.00)"] * 6) + "]<traj_end>"
+    compact = TrajectoryCodec(TextConfig(traj_encoding="delta", compact_tokens=True))
+    s = build_user_turn("planning", "", np.zeros(7), 2, past, np.array([0, 0, 1, 1.0]), codec=compact)
+    assert "Historical trajectory (last 2 seconds): <+0><.00><+2><.00><+0><.00><+2><.00>\n" in s
+    with pytest.raises(ValueError, match="non-finite"):
+        compact.encode_history(np.array([[np.nan, 0.0]]))
