@@ -35,6 +35,19 @@ def _check_finite(x: torch.Tensor, field: str, name: str) -> None:
         raise ValueError(f"{field} of sample {name!r} holds NaN/inf for a valid (label >= 0) entry")
 
 
+
+def matched_classification_loss(logits: torch.Tensor, gt_labels: torch.Tensor, matches: list,
+                                eos_coef: float) -> torch.Tensor:
+    """DETR classification loss: ``logits`` [B, Q, K+1] (last = no object), ``gt_labels`` [B, G], ``matches``
+    one ``(query_rows, gt_cols)`` pair per sample; unmatched queries target no-object, weighted ``eos_coef``."""
+    B, Q, K1 = logits.shape
+    target_cls = torch.full((B, Q), K1 - 1, dtype=torch.long, device=logits.device)
+    for b, (rows, cols) in enumerate(matches):
+        target_cls[b, rows] = gt_labels[b, cols]
+    cls_w = torch.ones(K1, device=logits.device)
+    cls_w[-1] = eos_coef
+    return F.cross_entropy(logits.reshape(-1, K1), target_cls.reshape(-1), weight=cls_w)
+
 class AgentCriterion:
     """Matching + det / motion losses of ``AgentQueryTransformer`` outputs."""
 
@@ -67,13 +80,7 @@ class AgentCriterion:
                  ) -> tuple[dict, list]:
         matches = self.match(out, gt_boxes, gt_labels, names)
         logits, code, offsets = out["cls_logits"], out["box_code"], out["motion_offsets"]
-        B, Q, K1 = logits.shape
-        target_cls = torch.full((B, Q), K1 - 1, dtype=torch.long, device=logits.device)
-        for b, (rows, cols) in enumerate(matches):
-            target_cls[b, rows] = gt_labels[b, cols]
-        cls_w = torch.ones(K1, device=logits.device)
-        cls_w[-1] = self.eos_coef
-        loss_cls = F.cross_entropy(logits.reshape(-1, K1), target_cls.reshape(-1), weight=cls_w)
+        loss_cls = matched_classification_loss(logits, gt_labels, matches, self.eos_coef)
 
         weights = torch.tensor(BoxCoder.CODE_WEIGHTS, device=code.device)
         num_gt = sum(len(r) for r, _ in matches)
@@ -131,12 +138,7 @@ class MapCriterion:
                 tgt = gt01[cols]
                 targets.append(torch.where(flip[:, None, None], tgt.flip(1), tgt))
                 matches.append((rows, idx[cols]))
-        target_cls = torch.full((B, Q), K1 - 1, dtype=torch.long, device=logits.device)
-        for b, (rows, cols) in enumerate(matches):
-            target_cls[b, rows] = gt_labels[b, cols]
-        cls_w = torch.ones(K1, device=logits.device)
-        cls_w[-1] = self.eos_coef
-        loss_cls = F.cross_entropy(logits.reshape(-1, K1), target_cls.reshape(-1), weight=cls_w)
+        loss_cls = matched_classification_loss(logits, gt_labels, matches, self.eos_coef)
         num_gt = sum(len(r) for r, _ in matches)
         terms = [(pts01[b, rows] - tgt).abs().mean(dim=(-1, -2)).sum()
                  for b, ((rows, _), tgt) in enumerate(zip(matches, targets)) if len(rows)]
