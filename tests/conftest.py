@@ -52,3 +52,16 @@ def mlflow_sqlite(tmp_path_factory):
     from odvla.platform.tracking import resolve_tracking_uri
 
     return resolve_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of tiny-model tests: small tensors gain little from two, and on a busy
+    2-core machine spinning OpenMP threads are an order of magnitude slower. Restored afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -65,14 +65,7 @@ def random_batch(cfg, B: int = 2, seed: int = 0, na: int = 6, nm: int = 5) -> di
     }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: these small tensors gain little from two, and a busy 2-core machine makes spinning
-    OpenMP threads an order of magnitude slower. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,7 @@ from odvla.model.vision_losses import AgentCriterion, MapCriterion
 from test_model_vision import camera_rig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: these small tensors gain little from two, and a busy 2-core machine makes spinning
-    OpenMP threads an order of magnitude slower. Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

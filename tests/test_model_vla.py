@@ -23,17 +23,11 @@ def tiny_cfg(**text) -> ModelConfig:
     return cfg
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one intra-op thread is many times faster than two on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def model(one_thread):
+def model(one_torch_thread):
     torch.manual_seed(0)
     return OpenDriveVLA(tiny_cfg())
 
