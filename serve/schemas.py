@@ -192,27 +192,23 @@ class SessionInfo(BaseModel):
     replica: str = Field(..., description="replica that holds the session state")
 
 
-class PlanResponse(BaseModel):
+class ChatResponse(BaseModel):
+    """What every answer carries; ``/v1/chat`` returns exactly this, ``/v1/plan`` adds the waypoints."""
+
+    answer: str
+    model: ModelInfo
+    timings: Timings
+    session: Optional[SessionInfo] = None
+    warnings: list[str] = Field(default_factory=list)
+    request_id: str
+
+
+class PlanResponse(ChatResponse):
     waypoints: Optional[list[list[float]]] = Field(
         ..., description=f"{FUTURE_STEPS} ego-frame [x, y] metres at 0.5 s steps; null when the answer did not parse")
     waypoints_text_frame: Optional[list[list[float]]] = Field(
         ..., description="the same points in the answer's text frame [X right, Y forward]")
-    answer: str
     parsed: bool
-    model: ModelInfo
-    timings: Timings
-    session: Optional[SessionInfo] = None
-    warnings: list[str] = Field(default_factory=list)
-    request_id: str
-
-
-class ChatResponse(BaseModel):
-    answer: str
-    model: ModelInfo
-    timings: Timings
-    session: Optional[SessionInfo] = None
-    warnings: list[str] = Field(default_factory=list)
-    request_id: str
 
 
 class ErrorResponse(BaseModel):
