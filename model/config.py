@@ -61,10 +61,16 @@ class VisionConfig:
 @dataclass
 class TextConfig:
     traj_encoding: str = "absolute"
-    """'absolute' (released OpenDriveVLA form) or 'delta' (per-step displacements)."""
+    """'absolute' (released OpenDriveVLA form), 'delta' (per-step displacements) or 'residual' (per-step
+    displacements minus the constant-velocity step; see ``odvla.model.traj_codec``)."""
     traj_decimals: int = 2
     compact_tokens: bool = False
     """Add dedicated number tokens to the vocabulary (fewer decode steps per trajectory)."""
+    number_choice: str = "argmax"
+    """How constrained decoding picks each number token: 'argmax' (greedy) or 'median' of the slot's distribution
+    in value order (compact tokens only; ``odvla.model.constrained_decoding``)."""
+    ego_token: bool = False
+    """Planning prompts carry an ``<EGO>`` embedding of the numeric ego state (``odvla.model.ego_token``)."""
     max_prompt_tokens: int = 1024
     max_answer_tokens: int = 384
     """Longest target answer (tokens); generated captions run to ~180 tokens with the offline BPE."""

@@ -10,6 +10,14 @@ after which the trajectory can still end within ``max_new_tokens``: every genera
 :class:`TrajectoryLogitsProcessor` runs one machine per batch row: 'planning' rows must start with ``<traj_start>``
 and end with ``<|im_end|>`` right after ``<traj_end>``; other rows generate freely until they emit ``<traj_start>``,
 are constrained until ``<traj_end>``, then are free again.
+
+``number_choice='median'`` (compact tokens only): at each number token the processor keeps only the token at the
+*median* of the model's distribution over that slot, the slot's tokens taken in order of value (``<-99>`` ..
+``<-0>``, ``<+0>`` .. ``<+99>`` for the integer part, ``<.00>`` .. ``<.99>`` for the fraction), instead of
+leaving the choice to the arg-max. A number's distribution is often a spike at one value (``<+0><.00>`` when the
+ego keeps its speed) beside mass spread over many neighbouring values; the arg-max picks the spike even when most
+of the mass lies elsewhere, the median picks the value that minimises the expected absolute error of the slot
+(minimum-Bayes-risk decoding for an L1 loss). Generation stays greedy over the processed scores.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ from transformers import LogitsProcessor
 
 from odvla.model.traj_codec import MAX_INT_DIGITS, TRAJ_END, TRAJ_START, TrajectoryCodec, compact_number_tokens
 
+NUMBER_CHOICES = ("argmax", "median")
 PRE = ("pre",)  # before <traj_start>
 DONE = ("done",)  # after <traj_end>
 _DIGITS = "0123456789"
@@ -39,8 +48,12 @@ class TrajectoryGrammar:
         self._min_cache: dict[tuple, int] = {}
         if codec.compact:
             toks = compact_number_tokens(self.d)
-            self.int_ids = [self._tid(tokenizer, t) for t in toks if t[1] in "+-"]
-            self.frac_ids = [self._tid(tokenizer, t) for t in toks if t[1] == "."]
+            ints = [t for t in toks if t[1] in "+-"]
+            self.int_ids = [self._tid(tokenizer, t) for t in ints]
+            self.frac_ids = [self._tid(tokenizer, t) for t in toks if t[1] == "."]  # already in value order
+            # integer tokens in value order: <-99> .. <-1>, <-0>, <+0>, <+1> .. <+99>
+            self.int_ids_by_value = [self._tid(tokenizer, t) for t in sorted(
+                ints, key=lambda t: (t[1] == "+", int(t[2:-1]) if t[1] == "+" else -int(t[2:-1])))]
             self.per_number = 2 if self.d > 0 else 1
             self.length = 2 * self.n * self.per_number
             return
@@ -175,6 +188,12 @@ class TrajectoryGrammar:
         self._cache[state] = t
         return t
 
+    def ids_by_value(self, state) -> Optional[list[int]]:
+        """Compact grammar, inside a number: the slot's token ids in order of value; otherwise None."""
+        if not self.codec.compact or state in (PRE, DONE) or state[1] >= self.length:
+            return None
+        return self.frac_ids if (self.per_number == 2 and state[1] % 2 == 1) else self.int_ids_by_value
+
     def advance(self, state, token_id: int):
         """Next state after ``token_id``, or None when the token breaks the grammar."""
         return self.transitions(state).get(int(token_id))
@@ -185,10 +204,17 @@ class TrajectoryLogitsProcessor(LogitsProcessor):
 
     ``tasks``: the batch's task names (rows with 'planning' must answer with exactly one trajectory).
     ``prompt_len``: number of prompt ids at the front of ``input_ids`` (0 when generating from ``inputs_embeds``).
+    ``number_choice``: 'argmax' (leave it to greedy search) or 'median' (compact tokens; see the module docstring).
     """
 
     def __init__(self, grammar: TrajectoryGrammar, tasks: list[str], eos_token_id: int, max_new_tokens: int,
-                 prompt_len: int = 0):
+                 prompt_len: int = 0, number_choice: str = "argmax"):
+        if number_choice not in NUMBER_CHOICES:
+            raise ValueError(f"number_choice must be one of {NUMBER_CHOICES}, got {number_choice!r}")
+        if number_choice == "median" and not grammar.codec.compact:
+            raise ValueError("number_choice='median' needs text.compact_tokens (one token per integer part and per "
+                             "fraction, so each slot's tokens can be put in order of value)")
+        self.median = number_choice == "median"
         self.g = grammar
         self.eos = int(eos_token_id)
         self.max_new = int(max_new_tokens)
@@ -237,6 +263,11 @@ class TrajectoryLogitsProcessor(LogitsProcessor):
         for b in range(scores.shape[0]):
             mode = self.mode[b]
             if mode == "traj":
+                ordered = self.g.ids_by_value(self.state[b]) if self.median else None
+                if ordered is not None and remaining - 1 >= self.g.min_to_finish(self.g.advance(self.state[b],
+                                                                                             ordered[0])):
+                    mask[b, _median_token(scores[b], ordered)] = True
+                    continue
                 ids = [t for t, nxt in self.g.transitions(self.state[b]).items()
                        if self.g.min_to_finish(nxt) <= remaining - 1]
                 mask[b, ids if ids else [self.eos]] = True
@@ -247,3 +278,12 @@ class TrajectoryLogitsProcessor(LogitsProcessor):
                 if mode == "free" and self.g.min_to_finish(PRE) > remaining:
                     mask[b, self.g.start_id] = False
         return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+
+
+def _median_token(scores: torch.Tensor, ordered_ids: list[int]) -> int:
+    """``scores`` [V] logits; ``ordered_ids`` a slot's token ids in order of value -> the id at the median of the
+    softmax over those ids (the first whose cumulative probability reaches 1/2)."""
+    ids = torch.as_tensor(ordered_ids, device=scores.device)
+    cdf = torch.softmax(scores[ids].float(), dim=0).cumsum(0)
+    k = int(torch.searchsorted(cdf, torch.tensor([0.5], device=cdf.device)).clamp_max(len(ordered_ids) - 1))
+    return int(ordered_ids[k])

@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from odvla.model.constants import COMMANDS, EGO_STATE_FIELDS, PAST_STEPS
+from odvla.model.ego_token import EGO_TOKEN
 from odvla.model.traj_codec import format_number, format_points
 
 SCENE_TOKEN, TRACK_TOKEN, MAP_TOKEN = "<SCENE>", "<TRACK>", "<MAP>"
@@ -49,15 +50,21 @@ SYSTEM_PROMPT = (
 
 _DELTA_NOTE = (" Each written waypoint is the displacement (dx,dy) from the previous waypoint; the first one is the "
                "displacement from the ego vehicle.")
+_RESIDUAL_NOTE = (" Each written waypoint is the displacement (dx,dy) from the previous waypoint minus the displacement "
+                  "of 0.5 seconds at the current velocity, so all zeros keep the current velocity; the first one is "
+                  "measured from the ego vehicle. The historical trajectory is written the same way.")
 _COMPACT_NOTE = (" Numbers in the trajectory are written as an integer-part token and a fraction token, without "
                  "brackets or commas.")
 
 
 def system_prompt(text_cfg=None) -> str:
-    """SYSTEM_PROMPT, with a sentence on the trajectory encoding when ``text_cfg`` selects delta / compact."""
+    """SYSTEM_PROMPT, with a sentence on the trajectory encoding when ``text_cfg`` selects delta / residual /
+    compact."""
     s = SYSTEM_PROMPT
     if text_cfg is not None and text_cfg.traj_encoding == "delta":
         s += _DELTA_NOTE
+    if text_cfg is not None and text_cfg.traj_encoding == "residual":
+        s += _RESIDUAL_NOTE
     if text_cfg is not None and text_cfg.compact_tokens:
         s += _COMPACT_NOTE
     return s
@@ -69,8 +76,9 @@ def visual_header() -> str:
             "Map information: <map_start><MAP><map_end>\n")
 
 
-def ego_state_lines(ego_state) -> str:
-    """``ego_state`` [7] (EGO_STATE_FIELDS: vx, vy, ax, ay, yaw_rate, speed, steering; ego frame) -> text lines."""
+def ego_state_lines(ego_state, ego_token: bool = False) -> str:
+    """``ego_state`` [7] (EGO_STATE_FIELDS: vx, vy, ax, ay, yaw_rate, speed, steering; ego frame) -> text lines.
+    ``ego_token``: the header line carries the ``<EGO>`` placeholder (``odvla.model.ego_token``)."""
     e = np.asarray(ego_state, dtype=np.float64).reshape(-1)
     if e.shape != (len(EGO_STATE_FIELDS),):
         raise ValueError(f"ego_state must have {len(EGO_STATE_FIELDS)} values {EGO_STATE_FIELDS}, got shape "
@@ -79,7 +87,7 @@ def ego_state_lines(ego_state) -> str:
         raise ValueError(f"ego_state has non-finite values: {dict(zip(EGO_STATE_FIELDS, e.tolist()))}")
     vx, vy, ax, ay, yaw_rate, speed, steering = (float(v) for v in e)
     f = format_number
-    return ("Ego states:\n"
+    return (f"Ego states:{' ' + EGO_TOKEN if ego_token else ''}\n"
             f"- Velocity (vx,vy): ({f(-vy)},{f(vx)})\n"
             f"- Heading Angular Velocity (v_yaw): ({f(yaw_rate)})\n"
             f"- Acceleration (ax,ay): ({f(-ay)},{f(ax)})\n"
@@ -88,35 +96,38 @@ def ego_state_lines(ego_state) -> str:
             f"- Steering: ({f(steering)})\n")
 
 
-def history_line(past_traj, past_mask, codec=None) -> str:
+def history_line(past_traj, past_mask, codec=None, ego_state=None) -> str:
     """``past_traj`` [4, 2] ego frame oldest first, ``past_mask`` [4] -> the history line (valid points only).
 
     ``codec`` (a ``TrajectoryCodec``): write the history in the answer's encoding (delta / compact tokens, see
-    ``TrajectoryCodec.encode_history``); None or the plain absolute codec give the reference form."""
+    ``TrajectoryCodec.encode_history``; the residual encoding needs ``ego_state``); None or the plain absolute codec
+    give the reference form."""
     p = np.asarray(past_traj, dtype=np.float64)
     m = np.asarray(past_mask, dtype=np.float64).reshape(-1)
     if p.shape != (PAST_STEPS, 2) or m.shape != (PAST_STEPS,):
         raise ValueError(f"past_traj must be [{PAST_STEPS}, 2] and past_mask [{PAST_STEPS}], got {p.shape} and "
                          f"{m.shape}")
     valid = p[m > 0.5]
-    text = codec.encode_history(valid) if codec is not None else format_points(valid)
+    text = codec.encode_history(valid, ego_state) if codec is not None else format_points(valid)
     return f"Historical trajectory (last 2 seconds): {text}\n"
 
 
-def build_user_turn(task: str, question: str, ego_state, command: int, past_traj, past_mask, codec=None) -> str:
+def build_user_turn(task: str, question: str, ego_state, command: int, past_traj, past_mask, codec=None,
+                    ego_token: bool = False) -> str:
     """The user message (see module docstring). Planning: ego states, history, mission goal and
-    'Planning trajectory:'; other tasks: the visual header then ``question``. ``codec``: see ``history_line``."""
+    'Planning trajectory:'; other tasks: the visual header then ``question``. ``codec``: see ``history_line``;
+    ``ego_token``: planning prompts carry one ``<EGO>`` placeholder (see ``ego_state_lines``)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if task != "planning":
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"task {task!r} needs a non-empty question, got {question!r}")
-        for ph in PLACEHOLDERS:
+        for ph in PLACEHOLDERS + (EGO_TOKEN,):
             if ph in question:
                 raise ValueError(f"question of task {task!r} contains the reserved placeholder {ph}: {question!r}")
         return visual_header() + question.strip()
     c = int(command)
     if not 0 <= c < len(COMMANDS):
         raise ValueError(f"command index must be in 0..{len(COMMANDS) - 1} {COMMANDS}, got {command!r}")
-    return (visual_header() + ego_state_lines(ego_state) + history_line(past_traj, past_mask, codec)
+    return (visual_header() + ego_state_lines(ego_state, ego_token) + history_line(past_traj, past_mask, codec, ego_state)
             + f"Mission goal: {COMMANDS[c]}\n" + "Planning trajectory:")

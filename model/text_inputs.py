@@ -58,7 +58,7 @@ class ChatEncoder:
         try:
             return build_user_turn(batch["task"][b], batch["question"][b], _np(batch["ego_state"][b]),
                                    int(batch["command"][b]), _np(batch["past_traj"][b]), _np(batch["past_mask"][b]),
-                                   codec=self.codec)
+                                   codec=self.codec, ego_token=bool(self.cfg.text.ego_token))
         except ValueError as e:
             raise ValueError(f"sample {batch['sample_token'][b]!r}: {e}") from e
 
@@ -78,7 +78,7 @@ class ChatEncoder:
             return answer
         if task == "planning":
             try:
-                return self.codec.encode(_np(batch["future_traj"][b]))
+                return self.codec.encode(_np(batch["future_traj"][b]), _np(batch["ego_state"][b]))
             except ValueError as e:
                 raise ValueError(f"sample {batch['sample_token'][b]!r}: future_traj: {e}") from e
         raise ValueError(f"sample {batch['sample_token'][b]!r}: task {task!r} has an empty answer; only 'planning' "

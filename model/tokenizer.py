@@ -19,6 +19,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from odvla.model.constants import COMMANDS, DETECTION_CLASSES, MAP_CLASSES
+from odvla.model.ego_token import EGO_TOKEN
 from odvla.model.prompt import MARKERS, PLACEHOLDERS, build_user_turn, system_prompt
 from odvla.model.traj_codec import TrajectoryCodec
 
@@ -39,8 +40,10 @@ CHAT_TEMPLATE = (
 
 
 def model_tokens(text_cfg) -> list[str]:
-    """Tokens the model adds to any base vocabulary: placeholders, markers, trajectory (and compact number) tokens."""
-    return list(PLACEHOLDERS) + list(MARKERS) + TrajectoryCodec(text_cfg).tokens()
+    """Tokens the model adds to any base vocabulary: placeholders, markers, trajectory (and compact number) tokens,
+    and ``<EGO>`` when ``text_cfg.ego_token``."""
+    ego = [EGO_TOKEN] if getattr(text_cfg, "ego_token", False) else []
+    return list(PLACEHOLDERS) + ego + list(MARKERS) + TrajectoryCodec(text_cfg).tokens()
 
 
 def training_corpus(text_cfg, samples: int = 400, seed: int = 0) -> list[str]:
@@ -79,7 +82,7 @@ def training_corpus(text_cfg, samples: int = 400, seed: int = 0) -> list[str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _trained_bpe_json(vocab_size: int, decimals: int) -> str:
+def _trained_bpe_json(vocab_size: int, decimals: int, encoding: str = "absolute", compact: bool = False) -> str:
     from odvla.model.config import TextConfig
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
@@ -92,17 +95,21 @@ def _trained_bpe_json(vocab_size: int, decimals: int) -> str:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(training_corpus(TextConfig(traj_decimals=decimals)), trainer=trainer)
+    # the corpus carries the system prompt of this encoding, so its sentences become whole-word merges
+    corpus = training_corpus(TextConfig(traj_decimals=decimals, traj_encoding=encoding, compact_tokens=compact))
+    tok.train_from_iterator(corpus, trainer=trainer)
     return tok.to_str()
 
 
-def train_offline_bpe(vocab_size: int, decimals: int = 2) -> PreTrainedTokenizerFast:
+def train_offline_bpe(vocab_size: int, decimals: int = 2, encoding: str = "absolute",
+                      compact: bool = False) -> PreTrainedTokenizerFast:
     """Byte-level BPE of ``vocab_size`` entries (256 bytes + 3 special tokens + merges), Qwen2.5 pre-tokenisation,
-    ChatML template. Deterministic; trained once per process and size."""
+    ChatML template, trained on :func:`training_corpus` for this trajectory encoding (its system prompt differs).
+    Deterministic; trained once per process and setting."""
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"llm.tokenizer_vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (bytes + special tokens), "
                          f"got {vocab_size}")
-    backend = Tokenizer.from_str(_trained_bpe_json(int(vocab_size), int(decimals)))
+    backend = Tokenizer.from_str(_trained_bpe_json(int(vocab_size), int(decimals), str(encoding), bool(compact)))
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=None, eos_token=IM_END, pad_token=ENDOFTEXT,
                                    unk_token=None, chat_template=CHAT_TEMPLATE, model_max_length=32768,
                                    padding_side="left", clean_up_tokenization_spaces=False)
@@ -125,7 +132,8 @@ def build_tokenizer(model_cfg) -> PreTrainedTokenizerFast:
             tok.pad_token = ENDOFTEXT
         tok.padding_side = "left"
     else:
-        tok = train_offline_bpe(model_cfg.llm.tokenizer_vocab_size, model_cfg.text.traj_decimals)
+        t = model_cfg.text
+        tok = train_offline_bpe(model_cfg.llm.tokenizer_vocab_size, t.traj_decimals, t.traj_encoding, t.compact_tokens)
     add_model_tokens(tok, model_cfg.text)
     for t in (IM_START, IM_END, ENDOFTEXT):
         if tok.convert_tokens_to_ids(t) is None or tok.convert_tokens_to_ids(t) == tok.unk_token_id:

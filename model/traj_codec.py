@@ -8,6 +8,10 @@ the origin. Tensors stay in the nuScenes ego frame (x forward, y left), so ``X_t
 Options (``TextConfig``):
 - ``traj_encoding='delta'``: each written point is the displacement from the previous waypoint (the first one from
   the ego origin); decoding sums them back to absolute positions.
+- ``traj_encoding='residual'``: each written point is the per-step displacement minus the constant-velocity step
+  ``v * 0.5 s`` (``v`` = the ego velocity of ``ego_state``, rounded to the written decimals), so an all-zero answer
+  is exactly the constant-velocity plan and the model writes only how the ego deviates from it (braking, turning).
+  Encoding and decoding need the row's ``ego_state``; the history is written the same way.
 - ``compact_tokens=True``: every number is written with two dedicated vocabulary tokens, a signed integer part
   ``<+12>`` / ``<-0>`` and a fraction ``<.34>`` (no brackets or commas):
   ``<traj_start><+1><.23><+12><.34>...<traj_end>`` = 2 + 4 * 6 = 26 tokens instead of about 70 when every digit is
@@ -24,14 +28,14 @@ from typing import Optional
 
 import numpy as np
 
-from odvla.model.constants import FUTURE_STEPS
+from odvla.model.constants import EGO_STATE_FIELDS, FUTURE_STEPS, STEP_SECONDS
 
 TRAJ_START = "<traj_start>"
 TRAJ_END = "<traj_end>"
 MAX_INT_DIGITS = 3
 """Integer part of a written number has at most 3 digits (|value| < 1000 m); compact tokens cover |value| < 100."""
 COMPACT_INT_LIMIT = 99
-ENCODINGS = ("absolute", "delta")
+ENCODINGS = ("absolute", "delta", "residual")
 
 
 class TrajectoryParseError(ValueError):
@@ -114,51 +118,71 @@ class TrajectoryCodec:
         self._compact_frac = re.compile(rf"<\.(\d{{{d}}})>") if d > 0 else None
 
     # ------------------------------------------------------------------------------------------------ encode
-    def to_written(self, traj_ego: np.ndarray) -> np.ndarray:
-        """[N, 2] ego frame -> [N, 2] text-frame values as written (absolute or per-step deltas), unrounded."""
-        t = ego_to_text(traj_ego)
-        if self.encoding == "delta":
-            t = np.diff(np.concatenate([np.zeros((1, 2)), t], axis=0), axis=0)
-        return t
+    @property
+    def needs_ego_state(self) -> bool:
+        """True when encoding / decoding need the row's ``ego_state`` (the residual encoding)."""
+        return self.encoding == "residual"
 
-    def encode(self, traj_ego: np.ndarray) -> str:
-        """[6, 2] future ego positions (x forward, y left, metres) -> answer text (see module docstring)."""
+    def _cv_step_q(self, ego_state) -> np.ndarray:
+        """[2] int64: the constant-velocity step ``v * 0.5 s`` in the text frame, in units of 10^-decimals m."""
+        if ego_state is None:
+            raise ValueError("the residual trajectory encoding needs the row's ego_state (its velocity is the "
+                             "constant-velocity anchor)")
+        e = np.asarray(ego_state, dtype=np.float64).reshape(-1)
+        if e.shape != (len(EGO_STATE_FIELDS),) or not np.all(np.isfinite(e[:2])):
+            raise ValueError(f"ego_state must be {len(EGO_STATE_FIELDS)} finite values {EGO_STATE_FIELDS}, "
+                             f"got {e.tolist()}")
+        v_text = ego_to_text(e[[EGO_STATE_FIELDS.index("vx"), EGO_STATE_FIELDS.index("vy")]])
+        return np.round(v_text * STEP_SECONDS * 10 ** self.decimals).astype(np.int64)
+
+    def to_written(self, traj_ego: np.ndarray, ego_state=None) -> np.ndarray:
+        """[N, 2] ego frame -> [N, 2] text-frame values as written (absolute, deltas or residuals), in metres."""
+        if self.encoding == "absolute":
+            return ego_to_text(traj_ego)
+        scale = 10 ** self.decimals
+        abs_q = np.round(ego_to_text(traj_ego) * scale).astype(np.int64)
+        # Rounded absolute positions are differenced: decoding gives them back exactly (no error accumulation).
+        w = np.diff(np.concatenate([np.zeros((1, 2), np.int64), abs_q], axis=0), axis=0)
+        if self.encoding == "residual":
+            w = w - self._cv_step_q(ego_state)
+        return w / scale
+
+    def encode(self, traj_ego: np.ndarray, ego_state=None) -> str:
+        """[6, 2] future ego positions (x forward, y left, metres) -> answer text (see module docstring).
+        ``ego_state`` [7]: needed by the residual encoding only."""
         p = np.asarray(traj_ego, dtype=np.float64)
         if p.shape != (self.num_points, 2):
             raise ValueError(f"trajectory must have shape ({self.num_points}, 2), got {p.shape}")
         if not np.all(np.isfinite(p)):
             raise ValueError(f"trajectory has non-finite values: {p.tolist()}")
-        if self.encoding == "delta":
-            # Round the absolute positions first, then difference them: decoding the rounded deltas gives back the
-            # rounded absolute positions exactly (no error accumulation over the 6 steps).
-            scale = 10 ** self.decimals
-            abs_q = np.round(ego_to_text(p) * scale).astype(np.int64)
-            w = np.diff(np.concatenate([np.zeros((1, 2), np.int64), abs_q], axis=0), axis=0) / scale
-        else:
-            w = ego_to_text(p)
+        w = self.to_written(p, ego_state)
         if self.compact:
             return TRAJ_START + "".join(self._compact_number(v) for v in w.reshape(-1)) + TRAJ_END
         d = self.decimals
         return TRAJ_START + "[" + ",".join(
             f"({format_number(x, d)},{format_number(y, d)})" for x, y in w) + "]" + TRAJ_END
 
-    def encode_history(self, past_ego: np.ndarray) -> str:
+    def encode_history(self, past_ego: np.ndarray, ego_state=None) -> str:
         """[k, 2] past ego positions (oldest first, ego frame, k >= 0) -> history text in this codec's encoding.
 
         The plain absolute codec writes the reference form ``[(x,y),...]`` (as :func:`format_points`). With
         ``delta`` the history is written as per-step displacements ending at the ego (the last one is the move
-        into the current position, so a constant-velocity plan repeats it); with ``compact_tokens`` the numbers use
-        the same dedicated tokens as the answer. Prompt and answer then speak one number vocabulary.
+        into the current position, so a constant-velocity plan repeats it); ``residual`` writes those displacements
+        minus the constant-velocity step of ``ego_state``; with ``compact_tokens`` the numbers use the same
+        dedicated tokens as the answer. Prompt and answer then speak one number vocabulary.
         """
         p = np.asarray(past_ego, dtype=np.float64).reshape(-1, 2)
         if not np.all(np.isfinite(p)):
             raise ValueError(f"history has non-finite values: {p.tolist()}")
         scale = 10 ** self.decimals
         abs_q = np.round(ego_to_text(p) * scale).astype(np.int64)
-        if self.encoding == "delta":
-            w = np.diff(np.concatenate([abs_q, np.zeros((1, 2), np.int64)], axis=0), axis=0) / scale
-        else:
+        if self.encoding == "absolute":
             w = abs_q / scale
+        else:
+            dq = np.diff(np.concatenate([abs_q, np.zeros((1, 2), np.int64)], axis=0), axis=0)
+            if self.encoding == "residual" and len(dq):
+                dq = dq - self._cv_step_q(ego_state)
+            w = dq / scale
         if self.compact:
             return "".join(self._compact_number(v) for v in w.reshape(-1))
         d = self.decimals
@@ -177,15 +201,18 @@ class TrajectoryCodec:
         return [TRAJ_START, TRAJ_END] + (compact_number_tokens(self.decimals) if self.compact else [])
 
     # ------------------------------------------------------------------------------------------------ decode
-    def decode(self, text: str) -> np.ndarray:
-        """Answer text -> [6, 2] ego-frame positions (float64). Raises :class:`TrajectoryParseError`."""
+    def decode(self, text: str, ego_state=None) -> np.ndarray:
+        """Answer text -> [6, 2] ego-frame positions (float64). Raises :class:`TrajectoryParseError`.
+        ``ego_state`` [7]: needed by the residual encoding only (its velocity is the anchor)."""
         written = self.parse_written(text)
-        if self.encoding == "delta":
+        if self.encoding == "residual":
+            written = written + self._cv_step_q(ego_state) / 10 ** self.decimals
+        if self.encoding != "absolute":
             written = np.cumsum(written, axis=0)
         return text_to_ego(written)
 
     def parse_written(self, text: str) -> np.ndarray:
-        """Answer text -> [6, 2] values as written (text frame, absolute or deltas)."""
+        """Answer text -> [6, 2] values as written (text frame: absolute, deltas or residuals)."""
         if not isinstance(text, str):
             raise TrajectoryParseError(f"expected a string, got {type(text).__name__}", str(text))
         s = text.strip()

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import LogitsProcessorList
 
 from odvla.model.constrained_decoding import TrajectoryGrammar, TrajectoryLogitsProcessor
+from odvla.model.ego_token import EGO_TOKEN, EgoProjector
 from odvla.model.generate_output import GenerateOutput
 from odvla.model.llm import build_llm
 from odvla.model.projectors import VisualProjectors
@@ -50,6 +51,8 @@ class OpenDriveVLA(nn.Module):
         self.vision = VisionEncoder(cfg)
         self.llm = build_llm(cfg, self.tokenizer)
         self.projectors = VisualProjectors(self.vision.out_channels, cfg.llm.hidden_size)
+        self.ego_projector = EgoProjector(cfg.llm.hidden_size) if cfg.text.ego_token else None
+        self.ego_token_id = int(self.tokenizer.convert_tokens_to_ids(EGO_TOKEN)) if cfg.text.ego_token else None
         self.placeholder_ids = {ph: int(self.tokenizer.convert_tokens_to_ids(ph))
                                 for ph in (SCENE_TOKEN, TRACK_TOKEN, MAP_TOKEN)}
         self._grammar: Optional[TrajectoryGrammar] = None
@@ -66,13 +69,16 @@ class OpenDriveVLA(nn.Module):
 
         stage1: projectors. stage2: projectors + LLM. stage2_5: projectors + LLM (+ the vision encoder's agent /
         motion heads when ``train_agent_heads``). stage3: everything. Outside stage3 the vision encoder stays in eval
-        mode (frozen BatchNorm statistics of the backbone) even when the model is put in train mode.
+        mode (frozen BatchNorm statistics of the backbone) even when the model is put in train mode. The ego
+        projector (``text.ego_token``) trains with the visual projectors.
         """
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
         self.requires_grad_(stage == "stage3")
         if stage != "stage3":
             self.projectors.requires_grad_(True)
+            if self.ego_projector is not None:
+                self.ego_projector.requires_grad_(True)
             if stage in ("stage2", "stage2_5"):
                 self.llm.requires_grad_(True)
             if stage == "stage2_5" and train_agent_heads:
@@ -106,7 +112,22 @@ class OpenDriveVLA(nn.Module):
                                  f"the vision encoder gave {n} tokens")
             x = proj(tokens.to(pdtype)).to(emb.dtype)  # [B, n, H]
             emb = emb.masked_scatter(mask.unsqueeze(-1), x.reshape(-1, x.shape[-1]))
+        if self.ego_projector is not None:
+            emb = self._embed_ego(batch, input_ids, emb)
         return emb
+
+    def _embed_ego(self, batch: dict, input_ids: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Write the ego embedding at each row's ``<EGO>`` position (planning rows have one, other tasks none)."""
+        mask = input_ids == self.ego_token_id  # [B, L]
+        counts = mask.sum(dim=1)
+        if bool((counts > 1).any()):
+            b = int((counts > 1).nonzero()[0, 0])
+            raise ValueError(f"sample {batch['sample_token'][b]!r}: prompt has {int(counts[b])} {EGO_TOKEN} "
+                             "positions, expected at most 1")
+        if not bool(counts.any()):
+            return emb
+        x = self.ego_projector.from_batch(batch).to(emb.dtype)  # [B, H]
+        return emb.masked_scatter(mask.unsqueeze(-1), x[counts > 0])
 
     def _device(self) -> torch.device:
         return self.llm.get_input_embeddings().weight.device
@@ -150,7 +171,8 @@ class OpenDriveVLA(nn.Module):
             eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
             procs = LogitsProcessorList()
             if constrained:
-                procs.append(TrajectoryLogitsProcessor(self.grammar, tasks, eos, max_new))
+                procs.append(TrajectoryLogitsProcessor(self.grammar, tasks, eos, max_new,
+                                                       number_choice=self.config.text.number_choice))
             seqs = self.llm.generate(inputs_embeds=emb, attention_mask=tb.attention_mask, max_new_tokens=max_new,
                                      do_sample=False, num_beams=1, logits_processor=procs, eos_token_id=eos,
                                      pad_token_id=pad, use_cache=True)
@@ -170,7 +192,8 @@ class OpenDriveVLA(nn.Module):
             ok = False
             if span is not None:
                 try:
-                    trajs[b] = self.codec.decode(text if tasks[b] == "planning" else span)
+                    trajs[b] = self.codec.decode(text if tasks[b] == "planning" else span,
+                                                 _row_ego_state(batch, b))
                     ok = True
                 except TrajectoryParseError as e:
                     err = str(e)
@@ -180,3 +203,12 @@ class OpenDriveVLA(nn.Module):
             errors.append(err)
         return GenerateOutput(answers=answers, trajectories=trajs, parsed=parsed, errors=errors,
                               states=list(vis.states), num_generated_tokens=ntok)
+
+
+def _row_ego_state(batch: dict, b: int):
+    """Row ``b``'s ego_state [7] as numpy (the residual trajectory encoding's anchor), or None when absent."""
+    e = batch.get("ego_state")
+    if e is None:
+        return None
+    e = e[b]
+    return e.detach().cpu().numpy() if isinstance(e, torch.Tensor) else e

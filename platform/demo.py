@@ -101,8 +101,18 @@ def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages
                       f"MLflow run {res.run_id}")
         clock["t"] = time.time()
 
+    shown: dict = {}
+
+    def during(stage: str, step: int, total: int, m: dict) -> None:
+        tenth = step * 10 // max(total, 1)  # one line per tenth of the stage
+        if step < total and tenth > shown.get(stage, 0):
+            shown[stage] = tenth
+            _say(console, f"      {stage}: step {step}/{total}  loss {m.get('loss', float('nan')):.3f}  "
+                          f"{m.get('samples_per_s', 0):.1f} samples/s")
+
     pipe = run_pipeline(cfg, stages=stages, overrides=overrides, tags={"odvla.demo": "true"},
-                        stage_overrides={s: demo_stage_overrides(s) for s in stages}, on_stage=progress)
+                        stage_overrides={s: demo_stage_overrides(s) for s in stages}, on_stage=progress,
+                        on_progress=during)
     evaluation = None
     if evaluate:
         from odvla.platform.eval.evaluate import run_eval

@@ -27,13 +27,14 @@ def test_encode_released_form_and_frame():
 
 def test_roundtrip_random_all_options():
     rng = np.random.default_rng(0)
-    for enc in ("absolute", "delta"):
+    ego = np.array([4.0, -0.3, 0.5, 0.0, 0.01, 4.0, 0.0])
+    for enc in ("absolute", "delta", "residual"):
         for dec in (1, 2, 3):
             for compact in (False, True):
                 codec = TrajectoryCodec(TextConfig(traj_encoding=enc, traj_decimals=dec, compact_tokens=compact))
                 for _ in range(50):
                     t = np.cumsum(rng.normal(0, 3, size=(6, 2)), axis=0)
-                    back = codec.decode(codec.encode(t))
+                    back = codec.decode(codec.encode(t, ego), ego)
                     np.testing.assert_allclose(back, t, atol=0.5 * 10 ** -dec + 1e-9)
 
 
@@ -42,6 +43,29 @@ def test_delta_writes_displacements():
     t = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0], [5.0, 0.0], [6.0, 0.0]])
     assert codec.encode(t) == "<traj_start>[" + ",".join(["(0.00,1.00)"] * 6) + "]<traj_end>"
     np.testing.assert_allclose(codec.decode(codec.encode(t)), t)
+
+
+def test_residual_is_zero_at_constant_velocity():
+    # ego at vx=4, vy=-1 m/s (ego frame): text-frame step of 0.5 s = (0.50, 2.00); constant velocity writes zeros
+    from odvla.platform.eval.baselines import constant_velocity
+
+    ego = np.array([4.0, -1.0, 0.0, 0.0, 0.0, 4.1, 0.0])
+    codec = TrajectoryCodec(TextConfig(traj_encoding="residual"))
+    cv = constant_velocity(ego[None])[0]
+    assert codec.encode(cv, ego) == "<traj_start>[" + ",".join(["(0.00,0.00)"] * 6) + "]<traj_end>"
+    braking = cv - np.array([[0.1 * k * k, 0.0] for k in range(1, 7)])  # falls behind quadratically
+    s = codec.encode(braking, ego)
+    assert s.startswith("<traj_start>[(0.00,-0.10),(0.00,-0.30),(0.00,-0.50)")
+    np.testing.assert_allclose(codec.decode(s, ego), braking, atol=1e-9)
+    past = np.array([[-8.0, 2.0], [-6.0, 1.5], [-4.0, 1.0], [-2.0, 0.5]])
+    assert codec.encode_history(past, ego) == "[(0.00,0.00),(0.00,0.00),(0.00,0.00),(0.00,0.00)]"
+    assert "minus the displacement" in system_prompt(TextConfig(traj_encoding="residual"))
+    with pytest.raises(ValueError, match="needs the row's ego_state"):
+        codec.encode(cv)
+    with pytest.raises(ValueError, match="needs the row's ego_state"):
+        codec.decode(s)
+    with pytest.raises(ValueError, match="finite"):
+        codec.encode(cv, np.full(7, np.nan))
 
 
 def test_compact_form():

@@ -168,3 +168,43 @@ def test_grammar_accepts_encodings_and_finishes_within_budget(text):
         assert codec.decode(out).shape == (6, 2), out
     with pytest.raises(ValueError, match="max_new_tokens"):
         TrajectoryLogitsProcessor(g, ["planning"], tk.eos_token_id, 5)
+
+
+def test_median_number_choice_picks_the_median_not_the_spike():
+    """A slot with 40 % on <+0> and 60 % spread evenly over <-1>..<-6>: the arg-max writes <+0>, the median <-2>
+    (in value order <-6> .. <-1>, <+0> the cumulative probability reaches 1/2 at <-2>)."""
+    cfg = _cfg(compact_tokens=True)
+    tk = build_tokenizer(cfg)
+    g = TrajectoryGrammar(tk, TrajectoryCodec(cfg.text))
+    tid = tk.convert_tokens_to_ids
+    assert g.int_ids_by_value[:2] == [tid("<-99>"), tid("<-98>")]
+    assert g.int_ids_by_value[98:102] == [tid("<-1>"), tid("<-0>"), tid("<+0>"), tid("<+1>")]
+    vocab = len(tk)
+    probs = torch.full((vocab,), 1e-9)
+    probs[tid("<+0>")] = 0.4
+    for k in range(1, 7):
+        probs[tid(f"<-{k}>")] = 0.1
+    scores = probs.log()[None]
+    ids = torch.tensor([[g.start_id]])
+    picked = {}
+    for choice in ("argmax", "median"):
+        proc = TrajectoryLogitsProcessor(g, ["planning"], tk.eos_token_id, 40, number_choice=choice)
+        out = proc(ids, scores.clone())
+        picked[choice] = tk.convert_ids_to_tokens(int(out.argmax()))
+        assert (out > -1e30).sum() == (1 if choice == "median" else len(g.int_ids))
+    assert picked == {"argmax": "<+0>", "median": "<-2>"}
+    # a whole generation under 'median' still parses
+    proc = TrajectoryLogitsProcessor(g, ["planning"], tk.eos_token_id, 40, number_choice="median")
+    gen = torch.zeros((1, 0), dtype=torch.long)
+    r = np.random.default_rng(0)
+    for _ in range(40):
+        nxt = int(proc(gen, torch.tensor(r.normal(size=(1, vocab)), dtype=torch.float32)).argmax())
+        gen = torch.cat([gen, torch.tensor([[nxt]])], 1)
+        if nxt == tk.eos_token_id:
+            break
+    assert TrajectoryCodec(cfg.text).decode(tk.decode(gen[0].tolist(), skip_special_tokens=True)).shape == (6, 2)
+    with pytest.raises(ValueError, match="compact_tokens"):
+        TrajectoryLogitsProcessor(TrajectoryGrammar(tk, TrajectoryCodec(_cfg().text)), ["planning"],
+                                  tk.eos_token_id, 100, number_choice="median")
+    with pytest.raises(ValueError, match="number_choice"):
+        TrajectoryLogitsProcessor(g, ["planning"], tk.eos_token_id, 40, number_choice="mean")

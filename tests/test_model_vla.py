@@ -134,6 +134,37 @@ def test_constrained_decoding_parses_every_random_input(text):
     assert not all(free)
 
 
+def test_ego_token_and_residual_answers():
+    """text.ego_token: planning prompts hold one <EGO> whose embedding is the ego projector's output (QA prompts
+    none), the projector trains from stage1 on; residual answers decode against each row's own ego velocity."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(ego_token=True, traj_encoding="residual", compact_tokens=True, number_choice="median")
+    m = OpenDriveVLA(cfg)
+    batch = make_batch(cfg, 2, seed=4, tasks=["planning", "qa"])
+    tb = m.chat.encode(batch, with_answers=True)
+    assert (tb.input_ids == m.ego_token_id).sum(1).tolist() == [1, 0]
+    m.eval()
+    with torch.no_grad():
+        emb = m._embed(batch, tb.input_ids, m.vision(batch, compute_losses=False))
+        want = m.ego_projector.from_batch(batch)[0]
+    torch.testing.assert_close(emb[0][tb.input_ids[0] == m.ego_token_id][0], want)
+    names = set(m.set_trainable("stage1"))
+    assert {n for n in names if n.startswith("ego_projector.")} and all(
+        n.startswith(("projectors.", "ego_projector.")) for n in names)
+    m.train()
+    sum(m(batch)[k] for k in LOSSES).backward()
+    assert m.ego_projector.fc1.weight.grad.abs().sum() > 0
+    out = m.generate(make_batch(cfg, 2, seed=6, tasks=["planning", "planning"]))
+    assert all(out.parsed)
+    b2 = make_batch(cfg, 2, seed=6, tasks=["planning", "planning"])
+    for b in range(2):
+        np.testing.assert_allclose(out.trajectories[b],
+                                   m.codec.decode(out.answers[b], b2["ego_state"][b].numpy()))
+    bad = dict(batch, question=["", "where is <EGO>?"], answer=["", "x"])
+    with pytest.raises(ValueError, match="reserved placeholder <EGO>"):
+        m(bad)
+
+
 def test_overfit_one_batch():
     """A few hundred steps on one batch: the LM loss falls by a large factor and the greedy trajectory is the
     target within a few centimetres."""

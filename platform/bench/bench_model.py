@@ -78,12 +78,14 @@ def tokens_per_trajectory(model_cfg, n: int = 200, seed: int = 0) -> dict:
 
     rng = np.random.default_rng(seed)
     trajs = [np.cumsum(rng.normal([2.5, 0.0], [1.5, 0.4], (6, 2)), 0) for _ in range(n)]
+    # the ego state the residual encodings measure from: the velocity of the first step
+    egos = [np.array([t[0, 0] / 0.5, t[0, 1] / 0.5, 0, 0, 0, np.hypot(*t[0]) / 0.5, 0]) for t in trajs]
     out = {}
     for compact in (False, True):
         cfg = copy.deepcopy(model_cfg)
         cfg.text.compact_tokens = compact
         tok, codec = build_tokenizer(cfg), TrajectoryCodec(cfg.text)
-        counts = [len(tok(codec.encode(t), add_special_tokens=False)["input_ids"]) for t in trajs]
+        counts = [len(tok(codec.encode(t, e), add_special_tokens=False)["input_ids"]) for t, e in zip(trajs, egos)]
         out["compact" if compact else "text"] = (float(np.mean(counts)), int(np.max(counts)))
     return out
 

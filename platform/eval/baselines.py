@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from odvla.model.constants import COMMANDS, EGO_STATE_FIELDS, FUTURE_STEPS, PAST_STEPS, STEP_SECONDS
+from odvla.model.constants import EGO_STATE_FIELDS, FUTURE_STEPS, STEP_SECONDS
+from odvla.model.ego_token import ego_features  # noqa: F401  (the features the Ego-MLP reads)
 
 _VX, _VY = EGO_STATE_FIELDS.index("vx"), EGO_STATE_FIELDS.index("vy")
 
@@ -28,15 +29,6 @@ def constant_velocity(ego_state: np.ndarray) -> np.ndarray:
     t = STEP_SECONDS * np.arange(1, FUTURE_STEPS + 1)
     v = ego_state[:, [_VX, _VY]]
     return v[:, None, :] * t[None, :, None]
-
-
-def ego_features(ego_state, command, past_traj, past_mask) -> np.ndarray:
-    """[N, 7 + 3 + 8 + 4] float32: ego state, one-hot command, masked past positions, past mask."""
-    n = len(ego_state)
-    onehot = np.eye(len(COMMANDS), dtype=np.float32)[np.asarray(command, dtype=np.int64).reshape(n)]
-    pm = np.asarray(past_mask, dtype=np.float32).reshape(n, PAST_STEPS)
-    past = np.asarray(past_traj, dtype=np.float32).reshape(n, PAST_STEPS, 2) * pm[..., None]
-    return np.concatenate([np.asarray(ego_state, np.float32).reshape(n, -1), onehot, past.reshape(n, -1), pm], 1)
 
 
 class EgoMLP(nn.Module):

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Optional
 
 from odvla.platform.config import Config
 from odvla.platform.config.schema import STAGES
+from odvla.platform.train.progress import ProgressCallback
 from odvla.platform.train.stages import InitSource, stage_config
 from odvla.platform.train.trainer import StageResult, _storage_path, run_stage
 
@@ -33,10 +34,12 @@ class PipelineResult:
 def run_pipeline(cfg: Config, stages: Optional[Iterable[str]] = None, parent_run_id: Optional[str] = None,
                  files: Iterable[str] = (), overrides: Iterable[str] = (),
                  stage_overrides: Optional[dict] = None, tags: Optional[dict] = None,
-                 on_stage: Optional[Callable[[StageResult], None]] = None) -> PipelineResult:
+                 on_stage: Optional[Callable[[StageResult], None]] = None,
+                 on_progress: Optional[ProgressCallback] = None) -> PipelineResult:
     """Run ``stages`` (default all four) in pipeline order. ``parent_run_id``: nest the pipeline run under it
     (a sweep trial). ``stage_overrides``: {stage: [overrides]} applied before ``overrides`` (per-stage step
-    counts). ``on_stage``: called after each stage (progress display, Tune reporting)."""
+    counts). ``on_stage``: called after each stage (progress display, Tune reporting); ``on_progress``: during each
+    stage (see ``run_stage``)."""
     from odvla.platform.tracking import TAG_PIPELINE, ResilientTracker, ensure_experiment, get_or_create_run
     from odvla.platform.tracking.store import resolve_tracking_uri
 
@@ -66,7 +69,7 @@ def run_pipeline(cfg: Config, stages: Optional[Iterable[str]] = None, parent_run
             scfg = stage_config(cfg, stage, files, [*stage_overrides.get(stage, []), *overrides])
             scfg.train.run_name = f"{name}-{stage}"
             res = run_stage(scfg, parent_run_id=tracker.run_id, previous=previous,
-                            register=(stage == "stage3" and stage == stages[-1]))
+                            register=(stage == "stage3" and stage == stages[-1]), on_progress=on_progress)
             out.results.append(res)
             previous = InitSource(str(res.export_dir), res.run_id or "")
             tracker.log_metrics({f"{stage}/{k}": v for k, v in res.metrics.items()

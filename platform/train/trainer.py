@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from odvla.platform.config import Config, dump_yaml, flatten, to_dict
+from odvla.platform.train.progress import ProgressCallback, StageProgress
 from odvla.platform.train.stages import InitSource, check_stage, default_run_name, resolve_init
 
 
@@ -63,11 +64,12 @@ def _open_run(cfg: Config, uri: str, run_key: str, run_name: str, init: InitSour
 
 
 def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Optional[InitSource] = None,
-              register: Optional[bool] = None) -> StageResult:
+              register: Optional[bool] = None, on_progress: Optional[ProgressCallback] = None) -> StageResult:
     """Train one stage on the current Ray cluster (``ray.init`` first, or it starts a local one).
 
     ``previous``: the export of the pipeline's previous stage (for ``stage.init_from: auto``). ``register``:
-    register the export as ``tracking.registered_model`` (default: for stage3).
+    register the export as ``tracking.registered_model`` (default: for stage3). ``on_progress``: called from a
+    driver thread as ``(stage, step, total_steps, metrics)`` while the stage trains (``StageProgress``).
     """
     import ray.train
     from ray.data import ExecutionOptions
@@ -116,7 +118,8 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
     try:
-        result = trainer.fit()
+        with StageProgress(uri, tracker.run_id, cfg.stage.name, total_steps, on_progress):
+            result = trainer.fit()
     except BaseException:
         tracker.terminate("FAILED")
         raise
