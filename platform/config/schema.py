@@ -34,6 +34,11 @@ class DataConfig:
     rows_per_shard: int = 256
     batch_size: int = 2
     """Rows per batch handed to each train worker (the DeepSpeed micro-batch)."""
+    shuffle_buffer: int = 256
+    """Rows in each train worker's local shuffle buffer (``iter_torch_batches(local_shuffle_buffer_size=...)``),
+    seeded with ``train.seed + epoch``: batches mix scenes instead of following the shards' keyframe order, and a
+    resumed run sees the same order. Rows are decoded samples (images at network size), so mind memory on large
+    presets. 0: shard order."""
     decode_batch_size: int = 8
     """Rows per ``map_batches`` call of the image decode stage."""
     decode_concurrency: int = 1

@@ -173,7 +173,11 @@ def train_func(config: dict) -> None:
     engine.train()
     while not done and state.epoch < epochs:
         skip = state.batches_in_epoch
-        it = shard.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate)
+        buf = int(cfg.data.shuffle_buffer)
+        # a seed per epoch: a new order each epoch, the same one again after a restart (the skip below relies on it)
+        it = shard.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate,
+                                      local_shuffle_buffer_size=buf if buf > 0 else None,
+                                      local_shuffle_seed=int(cfg.train.seed) + state.epoch if buf > 0 else None)
         seen = 0
         for i, batch in enumerate(it):
             seen += 1

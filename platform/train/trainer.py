@@ -90,6 +90,7 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     tracker, resumed = _open_run(cfg, uri, f"{storage}/{run_name}", run_name, init, parent_run_id)
     print(f"[odvla.train] {cfg.stage.name}: run {run_name!r} under {storage} "
           f"({'resuming' if resumed else 'new'}; MLflow {uri} run {tracker.run_id})", flush=True)
+    _warn_if_no_cpu_left_for_data(t)
     dataset, num_rows, mixture = build_stage_dataset(cfg)
     total_steps = planned_steps(cfg, num_rows, t.num_workers)
     if not resumed:
@@ -154,6 +155,22 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     return StageResult(stage=cfg.stage.name, run_id=tracker.run_id, export_dir=export_dir, metrics=metrics,
                        checkpoint_path=ckpt_path, run_name=run_name, registered_version=version,
                        tracking_messages=list(tracker.messages))
+
+
+def _warn_if_no_cpu_left_for_data(t) -> None:
+    """Train workers that take every CPU of the cluster leave none for the Ray Data tasks that feed them: the run
+    then waits forever without an error. Say so up front (an autoscaling cluster may still grow, so no error)."""
+    import ray
+
+    if not ray.is_initialized():
+        return
+    total = float(ray.cluster_resources().get("CPU", 0.0))
+    need = float(t.num_workers) * float(t.cpus_per_worker)
+    if total and need >= total:
+        print(f"[odvla.train] WARNING: train.num_workers x train.cpus_per_worker = {need:g} CPUs, the cluster has "
+              f"{total:g}: no CPU is left for the Ray Data tasks that read and decode the samples, so training will "
+              "wait for the cluster to grow. Lower train.cpus_per_worker, or start Ray with more CPUs "
+              "(ray start --num-cpus / ray.init(num_cpus=...)).", flush=True)
 
 
 def copy_export(result: StageResult, out_dir: str | os.PathLike) -> Path:
