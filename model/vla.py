@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessorList
 
-from odvla.model.constrained_decoding import TrajectoryGrammar, TrajectoryLogitsProcessor
+from odvla.model.constrained_decoding import NUMBER_CHOICES, TrajectoryGrammar, TrajectoryLogitsProcessor
 from odvla.model.ego_token import EGO_TOKEN, EgoProjector
 from odvla.model.generate_output import GenerateOutput
 from odvla.model.llm import build_llm
@@ -47,6 +47,10 @@ class OpenDriveVLA(nn.Module):
             add_model_tokens(tokenizer, cfg.text)  # no-op for a tokenizer saved from this model
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
         self.codec = TrajectoryCodec(cfg.text)
+        if cfg.text.number_choice not in NUMBER_CHOICES or (cfg.text.number_choice == "median"
+                                                           and not cfg.text.compact_tokens):
+            raise ValueError(f"text.number_choice={cfg.text.number_choice!r}: expected one of {NUMBER_CHOICES}; "
+                             "'median' needs text.compact_tokens=true")
         self.chat = ChatEncoder(self.tokenizer, cfg)
         self.vision = VisionEncoder(cfg)
         self.llm = build_llm(cfg, self.tokenizer)

@@ -160,6 +160,8 @@ def test_ego_token_and_residual_answers():
     for b in range(2):
         np.testing.assert_allclose(out.trajectories[b],
                                    m.codec.decode(out.answers[b], b2["ego_state"][b].numpy()))
+    with pytest.raises(ValueError, match="'median' needs text.compact_tokens"):
+        OpenDriveVLA(tiny_cfg(number_choice="median"))
     bad = dict(batch, question=["", "where is <EGO>?"], answer=["", "x"])
     with pytest.raises(ValueError, match="reserved placeholder <EGO>"):
         m(bad)
