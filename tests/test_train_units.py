@@ -140,3 +140,17 @@ def test_export_references_through_mlflow_registry(tiny_export, mlflow_sqlite):
                 "models:/odvla-planner-unit@latest-trained"):
         got = resolve_export(ref, mlflow_sqlite)
         assert (got / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes(), ref
+
+
+@pytest.mark.integration
+def test_warns_when_workers_leave_no_cpu_for_data(ray_session, capsys):
+    """Workers taking every CPU of the cluster would leave Ray Data no CPU: the run would wait silently."""
+    from odvla.platform.train.trainer import _warn_if_no_cpu_left_for_data
+
+    total = int(ray_session.cluster_resources()["CPU"])
+    t = load_config(model="tiny", overrides=["train.num_workers=1", f"train.cpus_per_worker={total}"]).train
+    _warn_if_no_cpu_left_for_data(t)
+    assert f"= {total} CPUs, the cluster has {total}" in capsys.readouterr().out
+    t.cpus_per_worker = total - 1
+    _warn_if_no_cpu_left_for_data(t)
+    assert capsys.readouterr().out == ""
