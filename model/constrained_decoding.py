@@ -35,6 +35,15 @@ DONE = ("done",)  # after <traj_end>
 _DIGITS = "0123456789"
 
 
+def check_number_choice(number_choice: str, compact: bool) -> None:
+    """Raise ValueError unless ``number_choice`` is one of NUMBER_CHOICES and usable (median needs compact tokens)."""
+    if number_choice not in NUMBER_CHOICES:
+        raise ValueError(f"number_choice must be one of {NUMBER_CHOICES}, got {number_choice!r}")
+    if number_choice == "median" and not compact:
+        raise ValueError("number_choice='median' needs text.compact_tokens (one token per integer part and per "
+                         "fraction, so each slot's tokens can be put in order of value)")
+
+
 class TrajectoryGrammar:
     """Token-level automaton of ``codec``'s trajectory text for ``tokenizer``. States are hashable tuples."""
 
@@ -209,11 +218,7 @@ class TrajectoryLogitsProcessor(LogitsProcessor):
 
     def __init__(self, grammar: TrajectoryGrammar, tasks: list[str], eos_token_id: int, max_new_tokens: int,
                  prompt_len: int = 0, number_choice: str = "argmax"):
-        if number_choice not in NUMBER_CHOICES:
-            raise ValueError(f"number_choice must be one of {NUMBER_CHOICES}, got {number_choice!r}")
-        if number_choice == "median" and not grammar.codec.compact:
-            raise ValueError("number_choice='median' needs text.compact_tokens (one token per integer part and per "
-                             "fraction, so each slot's tokens can be put in order of value)")
+        check_number_choice(number_choice, grammar.codec.compact)
         self.median = number_choice == "median"
         self.g = grammar
         self.eos = int(eos_token_id)

@@ -55,9 +55,7 @@ class EgoProjector(nn.Module):
 
     def from_batch(self, batch: dict) -> torch.Tensor:
         """Batch fields (``model/batch.py``) -> ``[B, H]`` on this module's device."""
-        def np_(x):
-            return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
+        from odvla.model.text_inputs import to_numpy
 
-        f = ego_features(np_(batch["ego_state"]), np_(batch["command"]), np_(batch["past_traj"]),
-                         np_(batch["past_mask"]))
+        f = ego_features(*(to_numpy(batch[k]) for k in ("ego_state", "command", "past_traj", "past_mask")))
         return self(torch.from_numpy(f).to(self.fc1.weight.device))

@@ -37,7 +37,8 @@ class TextBatch:
     answer_lengths: list[int]
 
 
-def _np(x) -> np.ndarray:
+def to_numpy(x) -> np.ndarray:
+    """A batch field (tensor or array-like) as float64 numpy."""
     return x.detach().float().cpu().numpy() if torch.is_tensor(x) else np.asarray(x, dtype=np.float64)
 
 
@@ -56,8 +57,8 @@ class ChatEncoder:
     # ---------------------------------------------------------------------------------------------- texts
     def user_turn(self, batch: dict, b: int) -> str:
         try:
-            return build_user_turn(batch["task"][b], batch["question"][b], _np(batch["ego_state"][b]),
-                                   int(batch["command"][b]), _np(batch["past_traj"][b]), _np(batch["past_mask"][b]),
+            return build_user_turn(batch["task"][b], batch["question"][b], to_numpy(batch["ego_state"][b]),
+                                   int(batch["command"][b]), to_numpy(batch["past_traj"][b]), to_numpy(batch["past_mask"][b]),
                                    codec=self.codec, ego_token=bool(self.cfg.text.ego_token))
         except ValueError as e:
             raise ValueError(f"sample {batch['sample_token'][b]!r}: {e}") from e
@@ -78,7 +79,7 @@ class ChatEncoder:
             return answer
         if task == "planning":
             try:
-                return self.codec.encode(_np(batch["future_traj"][b]), _np(batch["ego_state"][b]))
+                return self.codec.encode(to_numpy(batch["future_traj"][b]), to_numpy(batch["ego_state"][b]))
             except ValueError as e:
                 raise ValueError(f"sample {batch['sample_token'][b]!r}: future_traj: {e}") from e
         raise ValueError(f"sample {batch['sample_token'][b]!r}: task {task!r} has an empty answer; only 'planning' "
@@ -92,7 +93,7 @@ class ChatEncoder:
         labels = list(ids)
         fm = batch.get("future_mask")
         if batch["task"][b] == "planning" and not batch["answer"][b] and fm is not None:
-            valid = _np(fm[b]) > 0.5
+            valid = to_numpy(fm[b]) > 0.5
             if not valid.all():
                 spans = [s for s, ok in zip(self.codec.point_spans(text), valid) if not ok]
                 for k, (s, e) in enumerate(enc["offset_mapping"]):

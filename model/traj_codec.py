@@ -118,11 +118,6 @@ class TrajectoryCodec:
         self._compact_frac = re.compile(rf"<\.(\d{{{d}}})>") if d > 0 else None
 
     # ------------------------------------------------------------------------------------------------ encode
-    @property
-    def needs_ego_state(self) -> bool:
-        """True when encoding / decoding need the row's ``ego_state`` (the residual encoding)."""
-        return self.encoding == "residual"
-
     def _cv_step_q(self, ego_state) -> np.ndarray:
         """[2] int64: the constant-velocity step ``v * 0.5 s`` in the text frame, in units of 10^-decimals m."""
         if ego_state is None:

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 from transformers import LogitsProcessorList
 
-from odvla.model.constrained_decoding import NUMBER_CHOICES, TrajectoryGrammar, TrajectoryLogitsProcessor
+from odvla.model.constrained_decoding import TrajectoryGrammar, TrajectoryLogitsProcessor, check_number_choice
 from odvla.model.ego_token import EGO_TOKEN, EgoProjector
 from odvla.model.generate_output import GenerateOutput
 from odvla.model.llm import build_llm
 from odvla.model.projectors import VisualProjectors
 from odvla.model.prompt import MAP_TOKEN, SCENE_TOKEN, TRACK_TOKEN
-from odvla.model.text_inputs import ChatEncoder
+from odvla.model.text_inputs import ChatEncoder, to_numpy
 from odvla.model.tokenizer import add_model_tokens, build_tokenizer
 from odvla.model.traj_codec import TrajectoryCodec, TrajectoryParseError
 from odvla.model.vision_encoder import VisionEncoder
@@ -47,10 +47,7 @@ class OpenDriveVLA(nn.Module):
             add_model_tokens(tokenizer, cfg.text)  # no-op for a tokenizer saved from this model
         self.tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
         self.codec = TrajectoryCodec(cfg.text)
-        if cfg.text.number_choice not in NUMBER_CHOICES or (cfg.text.number_choice == "median"
-                                                           and not cfg.text.compact_tokens):
-            raise ValueError(f"text.number_choice={cfg.text.number_choice!r}: expected one of {NUMBER_CHOICES}; "
-                             "'median' needs text.compact_tokens=true")
+        check_number_choice(cfg.text.number_choice, cfg.text.compact_tokens)  # fail at build, not at generate
         self.chat = ChatEncoder(self.tokenizer, cfg)
         self.vision = VisionEncoder(cfg)
         self.llm = build_llm(cfg, self.tokenizer)
@@ -197,7 +194,7 @@ class OpenDriveVLA(nn.Module):
             if span is not None:
                 try:
                     trajs[b] = self.codec.decode(text if tasks[b] == "planning" else span,
-                                                 _row_ego_state(batch, b))
+                                                 to_numpy(batch["ego_state"][b]) if "ego_state" in batch else None)
                     ok = True
                 except TrajectoryParseError as e:
                     err = str(e)
@@ -207,12 +204,3 @@ class OpenDriveVLA(nn.Module):
             errors.append(err)
         return GenerateOutput(answers=answers, trajectories=trajs, parsed=parsed, errors=errors,
                               states=list(vis.states), num_generated_tokens=ntok)
-
-
-def _row_ego_state(batch: dict, b: int):
-    """Row ``b``'s ego_state [7] as numpy (the residual trajectory encoding's anchor), or None when absent."""
-    e = batch.get("ego_state")
-    if e is None:
-        return None
-    e = e[b]
-    return e.detach().cpu().numpy() if isinstance(e, torch.Tensor) else e
