@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from odvla.model.constants import EGO_STATE_FIELDS, FUTURE_STEPS, STEP_SECONDS
-from odvla.model.ego_token import ego_features  # noqa: F401  (the features the Ego-MLP reads)
+from odvla.model.ego_token import ego_features  # the features the Ego-MLP reads, as the <EGO> token
 
 _VX, _VY = EGO_STATE_FIELDS.index("vx"), EGO_STATE_FIELDS.index("vy")
 
