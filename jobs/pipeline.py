@@ -7,7 +7,7 @@
 """
 import sys
 
-from odvla.platform.train.job_main import pipeline_job_main
+from odvla.platform.cli.job_main import pipeline_job_main
 
 if __name__ == "__main__":
     sys.exit(pipeline_job_main(__doc__.splitlines()[0]))

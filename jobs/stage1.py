@@ -8,7 +8,7 @@ Config: presets (--model, stage stage1) + --config YAML + --set overrides. Rerun
 """
 import sys
 
-from odvla.platform.train.job_main import stage_job_main
+from odvla.platform.cli.job_main import stage_job_main
 
 if __name__ == "__main__":
     sys.exit(stage_job_main("stage1", __doc__.splitlines()[0]))

@@ -8,7 +8,7 @@ Config: presets (--model, stage stage2_5) + --config YAML + --set overrides. Rer
 """
 import sys
 
-from odvla.platform.train.job_main import stage_job_main
+from odvla.platform.cli.job_main import stage_job_main
 
 if __name__ == "__main__":
     sys.exit(stage_job_main("stage2_5", __doc__.splitlines()[0]))

@@ -122,7 +122,7 @@ def _table(title: str, rows: list[dict]) -> str:
 def _tiny_export(preset: str, out: Path) -> str:
     from odvla.model.vla import OpenDriveVLA
     from odvla.platform.config import load_config
-    from odvla.platform.train.export import save_export
+    from odvla.platform.export import save_export
 
     cfg = load_config(model=preset)
     model = OpenDriveVLA(cfg.model)

@@ -1,6 +1,6 @@
 """``Planner``: the model replica of the Serve app.
 
-One replica holds one loaded export (``odvla.platform.train.export.load_export``), a ``SessionStore`` with the
+One replica holds one loaded export (``odvla.platform.export.load_export``), a ``SessionStore`` with the
 per-scene tracking state of the sessions routed to it, and a dynamic batcher: concurrent requests wait up to
 ``batch_wait_timeout_s`` (a few ms) to run together in one ``model.generate`` of at most ``max_batch_size``.
 Serve never sends a replica more than ``max_ongoing_requests`` at once, so the app sets it >= ``max_batch_size``.
@@ -93,7 +93,7 @@ class Planner:
         import torch
 
         from odvla.platform.data.image_ops import normalize
-        from odvla.platform.train.export import load_export
+        from odvla.platform.export import load_export
 
         if torch_threads > 0:
             torch.set_num_threads(int(torch_threads))

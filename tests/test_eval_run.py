@@ -17,7 +17,7 @@ def export_dir(tmp_path_factory, shards_dir):
     import torch
 
     from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.train.export import save_export
+    from odvla.platform.export import save_export
 
     torch.manual_seed(0)
     cfg = load_config(model="tiny", stage="stage3", overrides=[f"data.shards={shards_dir}"])

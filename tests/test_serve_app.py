@@ -32,7 +32,7 @@ MODEL_REF = "models:/odvla-planner/champion"
 def export_dir(tmp_path_factory):
     from odvla.model.vla import OpenDriveVLA
     from odvla.platform.config import load_config
-    from odvla.platform.train.export import save_export
+    from odvla.platform.export import save_export
 
     cfg = load_config(model="tiny")
     return save_export(OpenDriveVLA(cfg.model), cfg, tmp_path_factory.mktemp("serve") / "export")
@@ -103,7 +103,7 @@ def _plan(client, body, **kw):
 
 
 def test_health_ready_and_model_from_registry(served, export_dir, registry):
-    from odvla.platform.train.export import load_export
+    from odvla.platform.export import load_export
     from odvla.serve.deployment import weights_fingerprint
 
     assert served.get("/healthz").json() == {"status": "ok", "detail": None}

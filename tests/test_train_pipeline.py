@@ -21,7 +21,8 @@ def test_pipeline_lineage_and_learning(ray_session, shards_dir, mlflow_sqlite, t
 
     from odvla.model.vla import OpenDriveVLA
     from odvla.platform.eval.evaluate import run_eval
-    from odvla.platform.train import run_pipeline, save_export
+    from odvla.platform.export import save_export
+    from odvla.platform.train import run_pipeline
 
     base = load_config(model="tiny", overrides=[
         f"data.shards={shards_dir}", f"train.storage_path={tmp_path / 'runs'}", "train.run_name=pipe",

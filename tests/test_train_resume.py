@@ -20,7 +20,8 @@ def test_killed_worker_resumes_from_checkpoint(ray_session, shards_dir, mlflow_s
     from mlflow.tracking import MlflowClient
 
     from odvla.platform.tracking import find_run
-    from odvla.platform.train import load_export, run_stage
+    from odvla.platform.export import load_export
+    from odvla.platform.train import run_stage
     from odvla.platform.train.loop import HOOK_ENV
 
     hook = tmp_path / "hook"

@@ -85,7 +85,7 @@ def test_planned_steps_and_loss_weights():
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.train.export import save_export
+    from odvla.platform.export import save_export
 
     cfg = load_config(model="tiny", stage="stage3")
     torch.manual_seed(1)
@@ -95,7 +95,7 @@ def tiny_export(tmp_path_factory):
 
 
 def test_export_roundtrip_real_model(tiny_export):
-    from odvla.platform.train.export import load_export, load_weights
+    from odvla.platform.export import load_export, load_weights
 
     model, cfg, out = tiny_export
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "config.yaml", "tokenizer", "export.json"}
@@ -116,7 +116,7 @@ def test_export_roundtrip_real_model(tiny_export):
 
 
 def test_bad_export_reference_names_the_path(tmp_path):
-    from odvla.platform.train.export import resolve_export
+    from odvla.platform.export import resolve_export
 
     with pytest.raises(FileNotFoundError, match="not an export folder"):
         resolve_export(tmp_path)
@@ -127,7 +127,7 @@ def test_export_references_through_mlflow_registry(tiny_export, mlflow_sqlite):
     from mlflow.tracking import MlflowClient
 
     from odvla.platform.tracking import ensure_experiment, get_or_create_run, register_export
-    from odvla.platform.train.export import resolve_export
+    from odvla.platform.export import resolve_export
 
     _, _, out = tiny_export
     client = MlflowClient(mlflow_sqlite)

@@ -24,7 +24,7 @@ def register(sub) -> None:
 
 
 def eval_config(args):
-    from odvla.platform.train.export import load_export_config
+    from odvla.platform.export import load_export_config
 
     overrides = list(args.overrides)
     for flag, key in ((args.shards, "data.shards"), (args.split, "eval.split"), (args.out, "eval.out")):

@@ -21,7 +21,7 @@ def run(args) -> int:
     import ray
 
     from odvla.platform.train import run_pipeline, run_stage
-    from odvla.platform.train.job_main import pipeline_summary, stage_summary
+    from odvla.platform.cli.job_main import pipeline_summary, stage_summary
 
     if bool(args.stage) == bool(args.stages):
         raise ValueError("give exactly one of --stage S or --stages S1,S2,...")

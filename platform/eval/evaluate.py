@@ -145,7 +145,7 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     from odvla.platform.data.pipeline import build_dataset
     from odvla.platform.eval.predict import predict_dataset
     from odvla.platform.tracking.store import resolve_tracking_uri
-    from odvla.platform.train.export import load_export_config
+    from odvla.platform.export import load_export_config
 
     if not cfg.data.shards:
         raise ValueError("eval: data.shards is not set (run `odvla prepare` and pass --set data.shards=DIR)")

@@ -34,7 +34,7 @@ class PlannerPredictor:
                  use_gpu: bool = False, tracking_uri: Optional[str] = None):
         import torch
 
-        from odvla.platform.train.export import load_export
+        from odvla.platform.export import load_export
 
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model, self.cfg = load_export(export_dir, device=self.device, tracking_uri=tracking_uri)

@@ -1,8 +1,9 @@
 """Four-stage training on Ray Train V2 + DeepSpeed, tracked in MLflow.
 
-    from odvla.platform.train import run_stage, run_pipeline, save_export, load_export
+    from odvla.platform.train import run_stage, run_pipeline
 
-Imports are lazy so that ``odvla.platform.train.export`` (eval, serve) does not pull in Ray Train.
+Imports are lazy so that importing a submodule does not pull in Ray Train. The model export (the hand-over
+between stages, what eval and serve load) lives in ``odvla.platform.export``, outside training.
 """
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ _EXPORTS = {
     "StageResult": "odvla.platform.train.trainer",
     "run_pipeline": "odvla.platform.train.pipeline",
     "PipelineResult": "odvla.platform.train.pipeline",
-    "save_export": "odvla.platform.train.export",
-    "load_export": "odvla.platform.train.export",
     "stage_config": "odvla.platform.train.stages",
     "InitSource": "odvla.platform.train.stages",
     "train_func": "odvla.platform.train.loop",

@@ -94,7 +94,7 @@ def train_func(config: dict) -> None:
 
     from odvla.model.vla import OpenDriveVLA
     from odvla.platform.data.collate import collate
-    from odvla.platform.train.export import load_weights, resolve_export, save_export
+    from odvla.platform.export import load_weights, resolve_export, save_export
 
     cfg = from_dict(config["cfg"])
     ctx = ray.train.get_context()
