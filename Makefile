@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv java clean
+.PHONY: demo test test-fast venv java clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Unit and module tests only: no Ray cluster, no MLflow server, no Serve app (a few minutes on 2 cores).
+test-fast: venv
+	ODVLA_TEST_TIER=fast $(PY) -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs mlruns demo_out .pytest_cache

@@ -96,7 +96,7 @@ class VisionEncoder(nn.Module):
 
     # ------------------------------------------------------------------ parameter groups
     def agent_motion_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the agent class / box / motion heads (what stage2_5's ``train_agent_heads`` unfreezes)."""
+        """Parameters of the agent class / box / motion heads (the ``agent_heads`` trainable part)."""
         return [p for m in self.agent_queries.head_modules() for p in m.parameters()]
 
     # ------------------------------------------------------------------ helpers

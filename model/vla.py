@@ -1,4 +1,7 @@
-"""OpenDriveVLA: vision encoder + token-specific projectors + Qwen2 LLM, trained as text in four stages.
+"""OpenDriveVLA: vision encoder + token-specific projectors + Qwen2 LLM, trained as text.
+
+The model exposes parts (``MODEL_PARTS``) that a training stage may train; which parts a stage trains is data
+(the stage's ``stage.trainable`` list), never a stage name known here.
 
 Data flow for a batch (model/batch.py, ``B`` rows):
 
@@ -33,8 +36,17 @@ from odvla.model.tokenizer import add_model_tokens, build_tokenizer
 from odvla.model.traj_codec import TrajectoryCodec, TrajectoryParseError
 from odvla.model.vision_encoder import VisionEncoder
 
-STAGES = ("stage1", "stage2", "stage2_5", "stage3")
 LOSS_KEYS = ("lm", "det", "map", "motion")
+"""The loss terms ``forward`` returns; a stage weighs them with ``stage.loss_weights``."""
+
+MODEL_PARTS = {
+    "projectors": "the scene / agent / map projectors (and the ego projector when text.ego_token)",
+    "llm": "the Qwen2 language model, embeddings and head included",
+    "vision": "the whole visual encoder: backbone, FPN, BEV, scene sampler, agent and map decoders",
+    "agent_heads": "only the visual encoder's agent class / box / motion heads",
+}
+"""Trainable parts, by name. When ``vision`` is not trained the encoder also stays in eval mode (frozen BatchNorm
+statistics), even with ``agent_heads``."""
 
 
 class OpenDriveVLA(nn.Module):
@@ -65,27 +77,26 @@ class OpenDriveVLA(nn.Module):
                 self.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # ------------------------------------------------------------------------------------------ trainable sets
-    def set_trainable(self, stage: str, train_agent_heads: bool = False) -> list[str]:
-        """Freeze everything but ``stage``'s set and return the trainable parameter names.
+    def set_trainable(self, parts) -> list[str]:
+        """Freeze everything but ``parts`` (names of ``MODEL_PARTS``) and return the trainable parameter names.
 
-        stage1: projectors. stage2: projectors + LLM. stage2_5: projectors + LLM (+ the vision encoder's agent /
-        motion heads when ``train_agent_heads``). stage3: everything. Outside stage3 the vision encoder stays in eval
-        mode (frozen BatchNorm statistics of the backbone) even when the model is put in train mode. The ego
-        projector (``text.ego_token``) trains with the visual projectors.
+        Without ``vision`` the visual encoder stays in eval mode (frozen BatchNorm statistics of the backbone) even
+        when the model is put in train mode.
         """
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-        self.requires_grad_(stage == "stage3")
-        if stage != "stage3":
-            self.projectors.requires_grad_(True)
-            if self.ego_projector is not None:
-                self.ego_projector.requires_grad_(True)
-            if stage in ("stage2", "stage2_5"):
-                self.llm.requires_grad_(True)
-            if stage == "stage2_5" and train_agent_heads:
-                for p in self.vision.agent_motion_parameters():
-                    p.requires_grad_(True)
-        self._vision_frozen = stage != "stage3"
+        parts = [parts] if isinstance(parts, str) else list(parts)
+        bad = [p for p in parts if p not in MODEL_PARTS]
+        if bad or not parts:
+            raise ValueError(f"unknown trainable part(s) {bad or parts}; expected some of {', '.join(MODEL_PARTS)}")
+        self.requires_grad_(False)
+        modules = {"projectors": [self.projectors, self.ego_projector], "llm": [self.llm], "vision": [self.vision]}
+        for part in parts:
+            for m in modules.get(part, []):
+                if m is not None:
+                    m.requires_grad_(True)
+        if "agent_heads" in parts:
+            for p in self.vision.agent_motion_parameters():
+                p.requires_grad_(True)
+        self._vision_frozen = "vision" not in parts
         self.train(self.training)
         return [n for n, p in self.named_parameters() if p.requires_grad]
 

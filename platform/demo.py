@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from odvla.platform.config import Config, load_config
-from odvla.platform.config.schema import STAGES
+from odvla.platform.config import Config, load_config, stage_names
 
-STAGE_STEPS = {"stage1": 10, "stage2": 10, "stage2_5": 10, "stage3": 400}
-"""Optimiser steps per stage in the demo (``--set train.max_steps=N`` overrides all of them). Stage 3 at its preset
-lr (1e-3) needs about 400 steps of 4 samples before the planner is clearly below constant velocity (measured)."""
+
+def demo_steps(stage: str) -> int:
+    """Optimiser steps of ``stage`` in the demo: its preset's ``stage.demo_steps`` (``--set train.max_steps=N``
+    overrides every stage)."""
+    return load_config(stage=stage).stage.demo_steps
 
 
 @dataclass
@@ -43,7 +44,7 @@ def _say(console, msg: str) -> None:
 def demo_stage_overrides(stage: str, user: Iterable[str] = ()) -> list[str]:
     """The demo's overrides for one stage; the user's ``--set`` come last and win."""
     out = ["train.num_workers=1", "train.cpus_per_worker=2", "train.checkpoint_every=0", "train.warmup_steps=5",
-           "data.batch_size=4", f"train.max_steps={STAGE_STEPS[stage]}"]
+           "data.batch_size=4", f"train.max_steps={demo_steps(stage)}"]
     return out + list(user)
 
 
@@ -68,7 +69,7 @@ def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages
     t0 = time.time()
     out = Path(out).resolve()
     overrides = list(overrides)
-    stages = list(stages or STAGES)
+    stages = list(stages or stage_names())
     cfg = base or load_config(model="tiny", overrides=[o for o in overrides if not o.startswith("stage.")])
     cfg.train.storage_path = str(out / "runs")
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
@@ -90,7 +91,7 @@ def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages
     name = cfg.train.run_name or f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     cfg.train.run_name = name
     _say(console, f"[bold]4/5 train[/bold] {' -> '.join(stages)} (tiny, Ray Train + DeepSpeed on CPU); steps "
-                  + ", ".join(f"{s} {STAGE_STEPS[s]}" for s in stages))
+                  + ", ".join(f"{s} {demo_steps(s)}" for s in stages))
     clock = {"t": time.time()}
 
     def progress(res) -> None:

@@ -3,6 +3,15 @@ nuScenes dataroot and its Parquet shards, built once per session.
 
 Tests that need their own cluster (``ray start --head`` + ``ray job submit``) start it in a subprocess on a
 port of their own and stop it at the end.
+
+Tiers (markers are declared in ``pyproject.toml``):
+
+- ``integration``: starts a real Ray cluster, MLflow server or Serve app. Every test that uses the ``ray_session``
+  fixture gets it automatically; tests that start their own cluster carry it by hand.
+- ``slow``: over about a minute on 2 cores (the demo, multi-node fault tests).
+- unmarked: unit and module tests. ``make test-fast`` runs only these (``-m "not integration and not slow"``) with
+  ``ODVLA_TEST_TIER=fast``, under which any attempt to start or reach Ray fails the test: ``RAY_ADDRESS`` points at a
+  closed port, so an unmarked test that (even indirectly) needs a cluster is caught rather than slowly tolerated.
 """
 from __future__ import annotations
 
@@ -14,12 +23,26 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
 
+FAST_TIER = os.environ.get("ODVLA_TEST_TIER") == "fast"
+if FAST_TIER:
+    # Nothing listens on port 1: ray.init() / Ray Data calls fail at once instead of starting a local cluster.
+    os.environ["RAY_ADDRESS"] = "127.0.0.1:1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use the shared Ray instance are integration tests, whether or not they say so."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray instance shared by the whole session (4 logical CPUs so data + train workers fit)."""
     import ray
 
+    if FAST_TIER:
+        pytest.fail("the fast tier (ODVLA_TEST_TIER=fast) starts no Ray cluster; mark this test `integration`")
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from odvla.platform.config import ConfigError, dump_yaml, flatten, from_dict, load_config, to_dict
-from odvla.platform.config.schema import MODEL_PRESETS, STAGES
+from odvla.platform.config import stage_names
+from odvla.platform.config.schema import MODEL_PRESETS
 
 
 def test_presets_load_with_real_qwen_dimensions():
@@ -13,7 +14,7 @@ def test_presets_load_with_real_qwen_dimensions():
     assert cfg.model.vision.backbone_depth == 101
     assert load_config(model="7b").model.llm.tie_word_embeddings is False
     for m in MODEL_PRESETS:
-        for s in STAGES:
+        for s in stage_names():
             c = load_config(model=m, stage=s)
             assert c.stage.name == s and c.model.preset == m
 

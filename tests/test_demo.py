@@ -13,10 +13,12 @@ CLEAR_MARGIN = 0.85
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_demo_planner_beats_constant_velocity(ray_session, mlflow_sqlite, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 
-    from odvla.platform.demo import STAGE_STEPS, run_demo
+    from odvla.platform.config import stage_names
+    from odvla.platform.demo import demo_steps, run_demo
 
     res = run_demo(tmp_path / "demo", overrides=[
         f"tracking.tracking_uri={mlflow_sqlite}", "tracking.experiment=test-demo",
@@ -27,7 +29,7 @@ def test_demo_planner_beats_constant_velocity(ray_session, mlflow_sqlite, tmp_pa
     assert all(math.isfinite(v) for v in (model, cv, mlp)), m
     assert m["predict/malformed"] == 0
     assert model < CLEAR_MARGIN * cv, f"demo planner L2 {model:.2f} m vs constant velocity {cv:.2f} m (MLP {mlp:.2f})"
-    assert [r.metrics["global_step"] for r in res.pipeline.results] == list(STAGE_STEPS.values())
+    assert [r.metrics["global_step"] for r in res.pipeline.results] == [demo_steps(s) for s in stage_names()]
     assert "constant velocity" in printed and f"MLflow: {mlflow_sqlite}" in printed
     run = MlflowClient(mlflow_sqlite).get_run(res.pipeline.results[-1].run_id)
     assert run.data.metrics["eval/uniad/L2_avg"] == pytest.approx(model)

@@ -36,7 +36,7 @@ def test_composition_and_forward(model):
     assert isinstance(model.vision, VisionEncoder)
     assert model.config.llm.hidden_size == model.llm.config.hidden_size
     assert model.llm.get_input_embeddings().num_embeddings >= len(model.tokenizer)
-    model.set_trainable("stage3")
+    model.set_trainable(STAGE_PARTS["stage3"])
     batch = make_batch(model.config, 2, tasks=["planning", "qa"])
     out = model(batch)
     assert set(out) == set(LOSSES) | {"answer_tokens"}
@@ -52,7 +52,7 @@ def test_composition_and_forward(model):
 
 def test_visual_tokens_reach_the_llm(model):
     """Changing only the images changes the LM loss (the projected tokens are spliced in), the text being equal."""
-    model.set_trainable("stage3")
+    model.set_trainable(STAGE_PARTS["stage3"])
     model.eval()
     b1 = make_batch(model.config, 1, seed=3)
     b2 = dict(b1, images=b1["images"] * 0 + 1.0)
@@ -63,10 +63,22 @@ def test_visual_tokens_reach_the_llm(model):
         model(bad)
 
 
+STAGE_PARTS = {"stage1": ["projectors"], "stage2": ["projectors", "llm"], "stage2_5": ["projectors", "llm"],
+               "stage3": ["projectors", "llm", "vision"]}
+"""The shipped stage presets' ``stage.trainable`` (checked against the YAML files below)."""
+
+
+def test_stage_presets_name_these_parts():
+    from odvla.platform.config import load_config
+
+    for stage, parts in STAGE_PARTS.items():
+        assert load_config(stage=stage).stage.trainable == parts
+
+
 @pytest.mark.parametrize("stage, heads", [("stage1", False), ("stage2", False), ("stage2_5", False),
                                           ("stage2_5", True), ("stage3", False)])
 def test_gradients_reach_exactly_the_stage_set(model, stage, heads):
-    names = set(model.set_trainable(stage, train_agent_heads=heads))
+    names = set(model.set_trainable(STAGE_PARTS[stage] + (["agent_heads"] if heads else [])))
     model.train()
     model.zero_grad(set_to_none=True)
     out = model(make_batch(model.config, 2, seed=1))
@@ -101,7 +113,7 @@ def test_gradients_reach_exactly_the_stage_set(model, stage, heads):
 
 
 def test_generate_constrained_parses_and_returns_states(model):
-    model.set_trainable("stage3")
+    model.set_trainable(STAGE_PARTS["stage3"])
     batch = make_batch(model.config, 3, seed=2, tasks=["planning", "qa", "planning"])
     out = model.generate(batch, max_new_tokens=120)
     assert len(out.answers) == 3 and out.trajectories.shape == (3, 6, 2)
@@ -114,9 +126,13 @@ def test_generate_constrained_parses_and_returns_states(model):
     nxt = make_batch(model.config, 3, seed=3, tasks=["planning"] * 3)
     nxt["frame_index"] = torch.ones(3, dtype=torch.long)
     nxt["scene_token"] = batch["scene_token"]
+    model.train()  # generate runs in eval mode and restores the caller's mode
     out2 = model.generate(nxt, states=out.states, max_new_tokens=120)
     assert all(out2.parsed) and [s.frame_index for s in out2.states] == [1, 1, 1]
-    assert model.training is False or model.training is True  # mode restored without error
+    assert model.training is True and model.llm.training is True
+    model.eval()
+    model.generate(nxt, states=out.states, max_new_tokens=120)
+    assert model.training is False
 
 
 @pytest.mark.parametrize("text", [dict(), dict(traj_encoding="delta"), dict(compact_tokens=True)])
@@ -148,7 +164,7 @@ def test_ego_token_and_residual_answers():
         emb = m._embed(batch, tb.input_ids, m.vision(batch, compute_losses=False))
         want = m.ego_projector.from_batch(batch)[0]
     torch.testing.assert_close(emb[0][tb.input_ids[0] == m.ego_token_id][0], want)
-    names = set(m.set_trainable("stage1"))
+    names = set(m.set_trainable(STAGE_PARTS["stage1"]))
     assert {n for n in names if n.startswith("ego_projector.")} and all(
         n.startswith(("projectors.", "ego_projector.")) for n in names)
     m.train()
@@ -174,7 +190,7 @@ def test_overfit_one_batch():
     cfg = tiny_cfg()
     m = OpenDriveVLA(cfg)
     batch = make_batch(cfg, 2, seed=5)
-    m.set_trainable("stage2")
+    m.set_trainable(STAGE_PARTS["stage2"])
     m.train()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
     first = None
@@ -199,7 +215,7 @@ def test_gradient_checkpointing_same_loss_and_grads():
     for cfg in cfgs:
         torch.manual_seed(0)
         m = OpenDriveVLA(cfg)
-        m.set_trainable("stage2")
+        m.set_trainable(STAGE_PARTS["stage2"])
         m.train()
         loss = m(batch)["lm"]
         loss.backward()
@@ -212,7 +228,7 @@ def test_gradient_checkpointing_same_loss_and_grads():
 def test_bf16_forward_and_generate():
     torch.manual_seed(0)
     m = OpenDriveVLA(tiny_cfg()).to(torch.bfloat16)
-    m.set_trainable("stage2")
+    m.set_trainable(STAGE_PARTS["stage2"])
     batch = make_batch(m.config, 2, seed=8)
     out = m(batch)
     assert torch.isfinite(out["lm"]) and out["lm"].dtype == torch.float32
@@ -243,12 +259,14 @@ def test_llm_and_tokenizer_from_local_hf_folder(tmp_path):
     assert m.llm.get_input_embeddings().num_embeddings >= len(m.tokenizer)
     ref = Qwen2ForCausalLM.from_pretrained(tmp_path / "qwen")
     torch.testing.assert_close(m.llm.model.layers[0].mlp.up_proj.weight, ref.model.layers[0].mlp.up_proj.weight)
-    m.set_trainable("stage2")
+    m.set_trainable(STAGE_PARTS["stage2"])
     batch = make_batch(cfg, 2, seed=9)
     assert torch.isfinite(m(batch)["lm"])
     assert all(m.generate(batch, max_new_tokens=100).parsed)
 
 
-def test_stage_name_errors(model):
-    with pytest.raises(ValueError, match="unknown stage"):
-        model.set_trainable("stage4")
+def test_unknown_part_errors(model):
+    with pytest.raises(ValueError, match="unknown trainable part.*'stage4'"):
+        model.set_trainable(["projectors", "stage4"])
+    with pytest.raises(ValueError, match="unknown trainable part"):
+        model.set_trainable([])

@@ -41,7 +41,7 @@ def test_schedule_trains_from_the_first_step():
 def test_stage_presets_and_overrides_win():
     base = load_config(model="tiny", overrides=["train.max_steps=7"])
     s1 = stage_config(base, "stage1", overrides=["train.max_steps=7"])
-    assert s1.stage.name == "stage1" and s1.stage.trainable == "stage1" and s1.stage.init_from is None
+    assert s1.stage.name == "stage1" and s1.stage.trainable == ["projectors"] and s1.stage.init_from is None
     assert "caption_scene" in s1.stage.mixture and s1.train.max_steps == 7
     s3 = stage_config(base, "stage3", overrides=["train.lr=1e-2"])
     assert s3.stage.init_from == "auto" and s3.stage.loss_weights["det"] > 0 and s3.train.lr == 1e-2
@@ -49,21 +49,21 @@ def test_stage_presets_and_overrides_win():
         stage_config(base, "stage9")
     bad = load_config(model="tiny", stage="stage3", overrides=["stage.loss_weights.depth=1.0"])
     with pytest.raises(ConfigError, match="loss_weights"):
-        check_stage(bad)
+        check_stage(bad.stage)
     assert previous_stage("stage3", ["stage1", "stage3"]) == "stage1"
     assert previous_stage("stage1", ["stage1", "stage3"]) is None
 
 
 def test_init_from_resolution():
     cfg = load_config(model="tiny", stage="stage3")
-    assert resolve_init(cfg, None).ref is None  # auto, first stage of its pipeline: random init
+    assert resolve_init(cfg.stage, None).ref is None  # auto, first stage of its pipeline: random init
     prev = InitSource("/x/export", "abc")
-    assert resolve_init(cfg, prev) == prev
+    assert resolve_init(cfg.stage, prev) == prev
     cfg.stage.init_from = "runs:/0123/export"
-    got = resolve_init(cfg, prev)
+    got = resolve_init(cfg.stage, prev)
     assert got.ref == "runs:/0123/export" and got.run_id == "0123"
     cfg.stage.init_from = None
-    assert resolve_init(cfg, prev).ref is None
+    assert resolve_init(cfg.stage, prev).ref is None
 
 
 def test_planned_steps_and_loss_weights():

@@ -31,7 +31,7 @@ def test_trial_config_layers_presets_user_files_overrides_then_trial_values(tmp_
     assert f"sweep.storage_path={tmp_path / 'runs/sweeps'}" in recipe.path_overrides
     c = recipe.trial_config("0.5b", "stage1", ["train.lr=3e-4"])
     assert c.model.preset == "0.5b" and c.model.llm.hidden_size == 896  # model preset, not just its name
-    assert c.stage.name == "stage1" and c.stage.trainable == "stage1"  # stage preset
+    assert c.stage.name == "stage1" and c.stage.trainable == ["projectors"]  # stage preset
     assert c.data.batch_size == 3 and c.train.max_steps == 2  # user file, then user override wins over it
     assert c.train.lr == 3e-4  # the trial's own value last
     assert c.data.shards == str(tmp_path / "shards")

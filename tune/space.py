@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from ray import tune
 
-from odvla.platform.config import Config, ConfigError
-from odvla.platform.config.schema import MODEL_PRESETS, STAGES
+from odvla.platform.config import Config, ConfigError, check_pipeline_order
+from odvla.platform.config.schema import MODEL_PRESETS
 
 PAPER_ABLATION = [["stage3"], ["stage1", "stage3"], ["stage1", "stage2", "stage3"],
                   ["stage1", "stage2", "stage2_5", "stage3"]]
@@ -21,13 +21,8 @@ TRIAL_GPUS = {"tiny": (1, 0), "0.5b": (1, 1), "3b": (4, 1), "7b": (8, 1)}
 
 
 def stage_key(stages: list[str]) -> str:
-    bad = [s for s in stages if s not in STAGES]
-    if bad or not stages:
-        raise ConfigError(f"sweep.stage_sets: unknown stage(s) {bad or stages} (known: {', '.join(STAGES)})")
-    ordered = [s for s in STAGES if s in stages]
-    if ordered != list(stages):
-        raise ConfigError(f"sweep.stage_sets: stages {stages} must be in pipeline order {STAGES}")
-    return "+".join(stages)
+    """``['stage1', 'stage3']`` -> ``'stage1+stage3'``, after checking the stages exist and are in curriculum order."""
+    return "+".join(check_pipeline_order(stages, what="sweep.stage_sets"))
 
 
 def build_param_space(cfg: Config) -> dict:

@@ -118,8 +118,8 @@ def run(args) -> int:
           f"(LLM {sum(p.numel() for p in model.llm.parameters()) / 1e6:.2f} M)")
     B = args.batch_size
     batch = _to(synthetic_batch(mcfg, B, seed=0), dev)
-    for stage in ("stage2", "stage3"):
-        model.set_trainable(stage)
+    for stage, parts in (("stage2", ["projectors", "llm"]), ("stage3", ["projectors", "llm", "vision"])):
+        model.set_trainable(parts)
         model.train()
         times = []
         for i in range(args.steps + 1):

@@ -10,7 +10,7 @@ import argparse
 from typing import Optional, Sequence
 
 from odvla.platform.cli.config_args import add_config_args, config_from_args
-from odvla.platform.config.schema import STAGES
+from odvla.platform.config import stage_names
 
 
 def stage_summary(r, registered_model: Optional[str] = None) -> str:
@@ -54,7 +54,8 @@ def pipeline_job_main(description: str, argv: Optional[Sequence[str]] = None) ->
 
     parser = argparse.ArgumentParser(description=description)
     add_config_args(parser)
-    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages (default: all four)")
+    parser.add_argument("--stages", default=",".join(stage_names()),
+                        help="comma-separated stage presets or stage YAML files (default: %(default)s)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     ray.init()

@@ -8,4 +8,5 @@ from odvla.platform.config.loader import (  # noqa: F401
     parse_override,
     to_dict,
 )
-from odvla.platform.config.schema import CAMERAS, MODEL_PRESETS, STAGES, Config  # noqa: F401
+from odvla.platform.config.schema import CAMERAS, MODEL_PRESETS, Config  # noqa: F401
+from odvla.platform.config.stage_catalog import check_pipeline_order, stage_names  # noqa: F401

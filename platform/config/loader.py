@@ -14,9 +14,8 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from odvla.platform.config.schema import MODEL_PRESETS, STAGES, Config
-
-PRESET_DIR = Path(__file__).parent / "presets"
+from odvla.platform.config.schema import MODEL_PRESETS, Config
+from odvla.platform.config.stage_catalog import PRESET_DIR, stage_names
 
 
 class ConfigError(ValueError):
@@ -120,9 +119,14 @@ def parse_override(text: str) -> dict:
 
 
 def preset_path(kind: str, name: str) -> Path:
+    """``presets/<kind>_<name>.yaml``; a stage may also be given as the path of its YAML file."""
+    if kind == "stage" and name.endswith((".yaml", ".yml")):
+        if not Path(name).is_file():
+            raise ConfigError(f"stage file {name} does not exist")
+        return Path(name)
     path = PRESET_DIR / f"{kind}_{name}.yaml"
     if not path.exists():
-        known = MODEL_PRESETS if kind == "model" else STAGES
+        known = MODEL_PRESETS if kind == "model" else stage_names()
         raise ConfigError(f"unknown {kind} preset {name!r} (known: {', '.join(known)})")
     return path
 
@@ -147,7 +151,8 @@ def load_config(
     overrides: Iterable[str] = (),
     base: Optional[dict] = None,
 ) -> Config:
-    """Build a ``Config``. ``model``/``stage`` name presets in ``presets/``; later sources win."""
+    """Build a ``Config``. ``model``/``stage`` name presets in ``presets/`` (``stage`` may be a YAML file); later
+    sources win."""
     cfg = Config()
     if base:
         merge(cfg, base)

@@ -15,7 +15,6 @@ from typing import Optional
 from odvla.model.config import ModelConfig
 from odvla.model.constants import CAMERAS  # noqa: F401  (re-exported)
 
-STAGES = ("stage1", "stage2", "stage2_5", "stage3")
 MODEL_PRESETS = ("tiny", "0.5b", "3b", "7b")
 
 
@@ -51,15 +50,25 @@ class DataConfig:
 
 @dataclass
 class StageConfig:
+    """One training stage, as data: its preset ``presets/stage_<name>.yaml`` (or any YAML file given as the stage)
+    says what trains, on which data, with which losses, where it starts and what it hands on. The platform knows no
+    stage names; the stage list is the set of stage presets, ordered by ``order``."""
+
     name: str = "stage3"
-    trainable: str = "stage3"
-    """Name of the model's trainable-set method: stage1 | stage2 | stage2_5 | stage3."""
+    order: int = 40
+    """Position in the curriculum: a pipeline runs its stages in increasing ``order``."""
+    trainable: list = field(default_factory=lambda: ["projectors", "llm", "vision"])
+    """Model parts that train (``odvla.model.vla.MODEL_PARTS``: projectors, llm, vision, agent_heads)."""
+    registers_model: bool = False
+    """The stage's export becomes a new version of ``tracking.registered_model`` when it ends a pipeline (or runs
+    alone)."""
+    demo_steps: int = 10
+    """Optimiser steps of this stage in ``odvla demo`` (``--set train.max_steps=N`` overrides)."""
     init_from: Optional[str] = None
     """Checkpoint to start from: a model export folder, ``runs:/<run_id>`` or ``auto`` (previous stage)."""
     mixture: dict = field(default_factory=lambda: {"planning": 1.0})
     """Task name -> sampling weight of the stage's data mixture."""
     loss_weights: dict = field(default_factory=lambda: {"lm": 1.0, "det": 0.0, "map": 0.0, "motion": 0.0})
-    train_agent_heads: bool = False
 
 
 @dataclass

@@ -104,7 +104,7 @@ def train_func(config: dict) -> None:
     model = OpenDriveVLA(cfg.model)
     if config.get("init_from"):
         load_weights(model, resolve_export(config["init_from"], config["tracking_uri"]))
-    trainable = model.set_trainable(cfg.stage.trainable, train_agent_heads=cfg.stage.train_agent_heads)
+    trainable = model.set_trainable(cfg.stage.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"stage {cfg.stage.name}: set_trainable({cfg.stage.trainable!r}) left nothing to train")

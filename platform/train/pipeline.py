@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from odvla.platform.config import Config
-from odvla.platform.config.schema import STAGES
+from odvla.platform.config import check_pipeline_order, stage_names
 from odvla.platform.train.progress import ProgressCallback
 from odvla.platform.train.stages import InitSource, stage_config
 from odvla.platform.train.trainer import StageResult, _storage_path, run_stage
@@ -36,20 +36,15 @@ def run_pipeline(cfg: Config, stages: Optional[Iterable[str]] = None, parent_run
                  stage_overrides: Optional[dict] = None, tags: Optional[dict] = None,
                  on_stage: Optional[Callable[[StageResult], None]] = None,
                  on_progress: Optional[ProgressCallback] = None) -> PipelineResult:
-    """Run ``stages`` (default all four) in pipeline order. ``parent_run_id``: nest the pipeline run under it
+    """Run ``stages`` (stage preset names or stage YAML files; default every stage preset) in curriculum order. ``parent_run_id``: nest the pipeline run under it
     (a sweep trial). ``stage_overrides``: {stage: [overrides]} applied before ``overrides`` (per-stage step
     counts). ``on_stage``: called after each stage (progress display, Tune reporting); ``on_progress``: during each
     stage (see ``run_stage``)."""
     from odvla.platform.tracking import TAG_PIPELINE, ResilientTracker, ensure_experiment, get_or_create_run
     from odvla.platform.tracking.store import resolve_tracking_uri
 
-    stages = list(stages or STAGES)
+    stages = check_pipeline_order(stages or stage_names())
     overrides, files, stage_overrides = list(overrides), list(files), dict(stage_overrides or {})
-    bad = [s for s in stages if s not in STAGES]
-    if bad or not stages:
-        raise ValueError(f"pipeline stages: unknown {bad or stages} (known: {', '.join(STAGES)})")
-    if [s for s in STAGES if s in stages] != stages:
-        raise ValueError(f"pipeline stages {stages} must follow the order {STAGES}")
     name = cfg.train.run_name or f"odvla-pipeline-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     tracker = ResilientTracker(uri, None)
@@ -67,9 +62,9 @@ def run_pipeline(cfg: Config, stages: Optional[Iterable[str]] = None, parent_run
     try:
         for i, stage in enumerate(stages):
             scfg = stage_config(cfg, stage, files, [*stage_overrides.get(stage, []), *overrides])
-            scfg.train.run_name = f"{name}-{stage}"
+            scfg.train.run_name = f"{name}-{scfg.stage.name}"
             res = run_stage(scfg, parent_run_id=tracker.run_id, previous=previous,
-                            register=(stage == "stage3" and stage == stages[-1]), on_progress=on_progress)
+                            register=(scfg.stage.registers_model and i == len(stages) - 1), on_progress=on_progress)
             out.results.append(res)
             previous = InitSource(str(res.export_dir), res.run_id or "")
             tracker.log_metrics({f"{stage}/{k}": v for k, v in res.metrics.items()

@@ -1,12 +1,13 @@
-"""The four training stages: what trains, on which data, with which losses, starting from what.
+"""Training stages: what trains, on which data, with which losses, starting from what.
 
-The numbers live in the stage presets (``platform/config/presets/stage_<name>.yaml``: ``stage.trainable``,
-``stage.mixture``, ``stage.loss_weights``, ``stage.init_from``, ``train.lr``, ``train.warmup_steps``); this module
-names the order, resolves ``init_from`` and builds each stage's config inside a pipeline.
+A stage is data: its preset (``platform/config/presets/stage_<name>.yaml``: ``stage.order``, ``stage.trainable``,
+``stage.mixture``, ``stage.loss_weights``, ``stage.init_from``, ``stage.registers_model``, ``train.lr``, ...) or any
+YAML file with a ``stage:`` section. This module validates a stage, resolves ``init_from`` and builds each stage's
+config inside a pipeline. The shipped curriculum:
 
     stage1    vision-language alignment: projectors only             init: random (or a folder / runs:/ URI)
     stage2    driving instruction tuning: projectors + LLM           init: auto = stage1's export
-    stage2_5  agent-environment interaction: projectors + LLM (+ agent/motion heads by config)   auto = stage2's
+    stage2_5  agent-environment interaction: projectors + LLM (+ agent_heads by config)   auto = stage2's
     stage3    end-to-end planning: everything, visual encoder too    init: auto = the previous stage's export
 """
 from __future__ import annotations
@@ -15,11 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
+from odvla.model.vla import LOSS_KEYS, MODEL_PARTS
 from odvla.platform.config import Config, ConfigError, load_config, to_dict
-from odvla.platform.config.schema import STAGES
-
-PIPELINE_ORDER = STAGES
-LOSS_TERMS = ("lm", "det", "map", "motion")
 
 
 @dataclass
@@ -31,16 +29,17 @@ class InitSource:
     run_id: str = ""
 
 
-def check_stage(cfg: Config) -> None:
-    """Validate the stage section; errors name the key."""
-    s = cfg.stage
-    if s.name not in STAGES:
-        raise ConfigError(f"stage.name: unknown stage {s.name!r} (known: {', '.join(STAGES)})")
-    if s.trainable not in STAGES:
-        raise ConfigError(f"stage.trainable: unknown trainable set {s.trainable!r} (known: {', '.join(STAGES)})")
-    bad = [k for k in s.loss_weights if k not in LOSS_TERMS]
+def check_stage(s) -> None:
+    """Validate a stage section (``StageConfig``); errors name the key."""
+    if not s.name or not all(c.isalnum() or c in "_-." for c in s.name):
+        raise ConfigError(f"stage.name: {s.name!r} must be a non-empty name of letters, digits, '_', '-', '.'")
+    bad = [p for p in s.trainable if p not in MODEL_PARTS]
+    if bad or not s.trainable:
+        raise ConfigError(f"stage.trainable: unknown or no model part(s) {bad or s.trainable} "
+                          f"(known: {', '.join(MODEL_PARTS)})")
+    bad = [k for k in s.loss_weights if k not in LOSS_KEYS]
     if bad:
-        raise ConfigError(f"stage.loss_weights: unknown loss term(s) {bad} (known: {', '.join(LOSS_TERMS)})")
+        raise ConfigError(f"stage.loss_weights: unknown loss term(s) {bad} (known: {', '.join(LOSS_KEYS)})")
     if not s.mixture or any(float(w) < 0 for w in s.mixture.values()) or sum(map(float, s.mixture.values())) <= 0:
         raise ConfigError(f"stage.mixture: need task weights >= 0 with a positive sum, got {s.mixture}")
 
@@ -52,15 +51,15 @@ def previous_stage(stage: str, stages: Iterable[str]) -> Optional[str]:
     return stages[i - 1] if i > 0 else None
 
 
-def resolve_init(cfg: Config, previous: Optional[InitSource] = None) -> InitSource:
+def resolve_init(stage_cfg, previous: Optional[InitSource] = None) -> InitSource:
     """``stage.init_from``: None -> random init; 'auto' -> ``previous`` (the pipeline's previous stage export) or
     random init when the stage runs first; a folder or URI -> itself."""
-    ref = cfg.stage.init_from
+    ref = stage_cfg.init_from
     if ref in (None, "", "none"):
         return InitSource(None)
     if ref == "auto":
         if previous is None or previous.ref is None:
-            print(f"[odvla.train] {cfg.stage.name}: init_from=auto and no previous stage in this pipeline: "
+            print(f"[odvla.train] {stage_cfg.name}: init_from=auto and no previous stage in this pipeline: "
                   "random init (set stage.init_from to an export folder or runs:/<id>/export to continue one)")
             return InitSource(None)
         return previous
@@ -70,14 +69,13 @@ def resolve_init(cfg: Config, previous: Optional[InitSource] = None) -> InitSour
 
 
 def stage_config(base: Config, stage: str, files: Iterable[str] = (), overrides: Iterable[str] = ()) -> Config:
-    """``base`` with the stage preset on top, then the user's ``files``/``overrides`` again so they win."""
-    if stage not in STAGES:
-        raise ConfigError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
+    """``base`` with the stage preset (a name or a stage YAML file) on top, then the user's ``files``/``overrides``
+    again so they win. An unknown stage is a ConfigError naming the known ones."""
     cfg = load_config(base=to_dict(base), stage=stage, files=files, overrides=overrides)
-    check_stage(cfg)
+    check_stage(cfg.stage)
     return cfg
 
 
-def default_run_name(cfg: Config) -> str:
+def default_run_name(train_cfg, stage_name: str) -> str:
     """``train.run_name`` or ``odvla-<stage>-<UTC time>``; rerun with the same name to resume from a checkpoint."""
-    return cfg.train.run_name or f"odvla-{cfg.stage.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    return train_cfg.run_name or f"odvla-{stage_name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"

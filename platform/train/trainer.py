@@ -68,7 +68,7 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     """Train one stage on the current Ray cluster (``ray.init`` first, or it starts a local one).
 
     ``previous``: the export of the pipeline's previous stage (for ``stage.init_from: auto``). ``register``:
-    register the export as ``tracking.registered_model`` (default: for stage3). ``on_progress``: called from a
+    register the export as ``tracking.registered_model`` (default: ``stage.registers_model``). ``on_progress``: called from a
     driver thread as ``(stage, step, total_steps, metrics)`` while the stage trains (``StageProgress``).
     """
     import ray.train
@@ -80,11 +80,11 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     from odvla.platform.train.loop import HOOK_ENV, planned_steps, train_func
     from odvla.platform.train.stage_data import build_stage_dataset
 
-    check_stage(cfg)
-    run_name = default_run_name(cfg)
+    check_stage(cfg.stage)
+    run_name = default_run_name(cfg.train, cfg.stage.name)
     storage = _storage_path(cfg)
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
-    init = resolve_init(cfg, previous)
+    init = resolve_init(cfg.stage, previous)
     t = cfg.train
 
     tracker, resumed = _open_run(cfg, uri, f"{storage}/{run_name}", run_name, init, parent_run_id)
@@ -145,7 +145,7 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
         tracker.log_artifacts(Path(ckpt_path) / "deepspeed", "checkpoint/deepspeed")
         tracker.log_artifact(Path(ckpt_path) / "train_state.json", "checkpoint")
     version = None
-    if (register if register is not None else cfg.stage.name == "stage3") and tracker.run_id:
+    if (register if register is not None else cfg.stage.registers_model) and tracker.run_id:
         version = tracker.call("register model", register_export, tracker.client, tracker.run_id,
                                 cfg.tracking.registered_model,
                                 tags={"stage": cfg.stage.name, "run_name": run_name})
