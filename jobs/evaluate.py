@@ -9,7 +9,7 @@ import sys
 
 import ray
 
-from odvla.platform.cli.config_args import add_config_args, config_from_args
+from odvla.platform.config.args import add_config_args, config_from_args
 from odvla.platform.eval.evaluate import run_eval
 
 

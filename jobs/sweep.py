@@ -14,7 +14,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     import ray
 
-    from odvla.platform.cli.config_args import add_config_args, config_from_args
+    from odvla.platform.config.args import add_config_args, config_from_args
     from odvla.tune.sweep import SweepRecipe, run_sweep
 
     p = argparse.ArgumentParser(prog="jobs/sweep.py", description=__doc__.splitlines()[0])

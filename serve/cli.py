@@ -11,7 +11,7 @@ import httpx
 
 
 def register(sub) -> None:
-    from odvla.platform.cli.config_args import add_config_args
+    from odvla.platform.config.args import add_config_args
 
     p = sub.add_parser("serve", help="start the Ray Serve planner (HTTP API v1) on 127.0.0.1")
     add_config_args(p, model=None)

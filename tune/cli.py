@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 def register(sub) -> None:
-    from odvla.platform.cli.config_args import add_config_args
+    from odvla.platform.config.args import add_config_args
 
     p = sub.add_parser("sweep", help="Tune sweep: stage-subset x model-size ablation, or LR HPO")
     add_config_args(p)
@@ -17,7 +17,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from odvla.platform.cli.config_args import config_from_args
+    from odvla.platform.config.args import config_from_args
     from odvla.tune.sweep import SweepRecipe, run_sweep
 
     cfg = config_from_args(args)

@@ -30,8 +30,9 @@ from odvla.tune.hpo import build_search, metric_mode
 from odvla.tune.recipe import SweepRecipe
 from odvla.tune.results import results_markdown, results_plot
 from odvla.tune.space import build_hpo_space, build_param_space, max_concurrent_trials, stage_key
-from odvla.tune.tracking import (TrackingClient, close_sweep_run, mark_trial, open_sweep_run, reopen_run,
-                                 resolve_tracking_uri, tag_stage_runs, trial_runs)
+from odvla.platform.tracking import resolve_tracking_uri
+from odvla.platform.tracking.sweep_runs import (TrackingClient, close_sweep_run, mark_trial, open_sweep_run,
+                                                reopen_run, tag_stage_runs, trial_runs)
 from odvla.tune.trial import TrialContext, run_trial
 
 __all__ = ["SweepRecipe", "run_sweep", "sweep_rows"]
@@ -79,7 +80,7 @@ def _new_plan(cfg: Config, recipe: SweepRecipe) -> _Plan:
         raise ConfigError(f"sweep {name!r} already exists at {exp_dir}: resume it with --restore "
                           f"(or pick another sweep.name)")
     recipe = recipe.resolve(cfg)
-    tracking_uri = resolve_tracking_uri(cfg)
+    tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri)  # absolute: trials run elsewhere
     parent = open_sweep_run(cfg, name, tracking_uri, sw.mode)
     exp_dir.mkdir(parents=True, exist_ok=True)
     plan = _Plan(cfg, name, exp_dir, recipe, tracking_uri, parent)

@@ -27,7 +27,7 @@ from ray import tune
 
 from odvla.tune.recipe import SweepRecipe
 from odvla.tune.space import trial_resources
-from odvla.tune.tracking import TrialRun
+from odvla.platform.tracking.sweep_runs import TrialRun
 
 PROGRESS_FILE = "progress.json"
 TRAIN_LOSS_KEYS = ("loss", "train_loss")

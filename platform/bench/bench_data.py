@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from odvla.platform.cli.config_args import add_config_args, config_from_args
+from odvla.platform.config.args import add_config_args, config_from_args
 
 
 def add_args(p) -> None:

@@ -16,7 +16,7 @@ from odvla.model.constants import CAMERAS
 
 
 def add_args(p) -> None:
-    from odvla.platform.cli.config_args import add_config_args
+    from odvla.platform.config.args import add_config_args
 
     add_config_args(p, model="tiny", stage=None)
     p.add_argument("--batch-size", type=int, default=2)
@@ -96,7 +96,7 @@ def _to(batch: dict, device) -> dict:
 
 def run(args) -> int:
     from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.cli.config_args import config_from_args
+    from odvla.platform.config.args import config_from_args
 
     cfg = config_from_args(args)
     if args.threads:

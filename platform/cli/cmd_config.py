@@ -1,7 +1,7 @@
 """``odvla config``: print the resolved config (presets + files + overrides) as YAML."""
 from __future__ import annotations
 
-from odvla.platform.cli.config_args import add_config_args, config_from_args
+from odvla.platform.config.args import add_config_args, config_from_args
 from odvla.platform.config import dump_yaml
 
 

@@ -6,7 +6,7 @@
 """
 from __future__ import annotations
 
-from odvla.platform.cli.config_args import add_config_args, config_from_args
+from odvla.platform.config.args import add_config_args, config_from_args
 
 
 def register(sub) -> None:

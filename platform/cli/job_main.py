@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from odvla.platform.cli.config_args import add_config_args, config_from_args
+from odvla.platform.config.args import add_config_args, config_from_args
 from odvla.platform.config import stage_names
 
 

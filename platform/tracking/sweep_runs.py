@@ -11,53 +11,29 @@ the sweep goes on (the runs are bookkeeping; the Tune experiment on disk is the 
 """
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
 
 from odvla.platform.config import Config, dump_yaml
-
-log = logging.getLogger(__name__)
+from odvla.platform.tracking.resilient import ResilientTracker
+from odvla.platform.tracking.store import ensure_experiment
 
 PARENT_TAG = "mlflow.parentRunId"
 
 
-def resolve_tracking_uri(cfg: Config) -> str:
-    """The platform's resolution (``tracking.tracking_uri``, else ``MLFLOW_TRACKING_URI``, else a local SQLite store
-    under ./mlruns), absolute: trials run in other processes and working directories and get this exact URI."""
-    from odvla.platform.tracking.store import resolve_tracking_uri as platform_resolve
-
-    return platform_resolve(cfg.tracking.tracking_uri)
-
-
-class TrackingClient:
-    """MlflowClient calls that warn instead of raising (tracking must not kill a sweep)."""
+class TrackingClient(ResilientTracker):
+    """The platform's resilient tracker without a run of its own, for a sweep's bookkeeping: ``call`` takes an
+    ``MlflowClient`` method name (or any callable) and returns None instead of raising when the store fails, so
+    tracking never kills a sweep."""
 
     def __init__(self, tracking_uri: str):
-        from mlflow import MlflowClient
-
-        if tracking_uri.startswith("http"):  # fail fast instead of MLflow's minutes of retries
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        super().__init__(tracking_uri, None)
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri)
 
     def call(self, what: str, fn, *args, **kwargs):
-        try:
-            return getattr(self.client, fn)(*args, **kwargs)
-        except Exception as e:  # noqa: BLE001 - any tracking failure is non-fatal by design
-            log.warning("MLflow %s failed (%s: %s); the sweep goes on without it", what, type(e).__name__, e)
-            return None
+        return super().call(what, getattr(self.client, fn) if isinstance(fn, str) else fn, *args, **kwargs)
 
     def experiment_id(self, name: str) -> str | None:
-        from odvla.platform.tracking.store import ensure_experiment
-
-        try:
-            return ensure_experiment(self.client, name, self.uri)
-        except Exception as e:  # noqa: BLE001
-            log.warning("MLflow experiment %r unavailable (%s: %s); the sweep goes on without it", name,
-                        type(e).__name__, e)
-            return None
+        return self.call(f"experiment {name!r}", ensure_experiment, self.client, name, self.uri)
 
 
 def open_sweep_run(cfg: Config, name: str, tracking_uri: str, mode: str) -> str | None:
