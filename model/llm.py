@@ -10,12 +10,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
+"""``model.dtype`` name -> torch dtype (the export's weight dtype)."""
 
 
 def qwen2_config(model_cfg, tokenizer) -> Qwen2Config:

@@ -4,7 +4,7 @@ Costs are computed in float32 without gradients; the assignment runs on the CPU 
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -62,8 +62,3 @@ def polyline_l1_cost(pred: torch.Tensor, target: torch.Tensor, direction_invaria
     rev = (p - target.float().flip(1)[None]).abs().mean(dim=(-1, -2))
     reversed_ = rev < fwd
     return torch.where(reversed_, rev, fwd), reversed_
-
-
-def match_batch(costs: Sequence[torch.Tensor], names: Sequence[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """``hungarian`` over a list of per-sample cost matrices; ``names`` label errors (sample tokens)."""
-    return [hungarian(c, what=n) for c, n in zip(costs, names)]

@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from odvla.model.llm import DTYPES
 from odvla.platform.config import Config, dump_yaml, from_dict
 from odvla.platform.config.loader import read_yaml
 
@@ -26,7 +27,6 @@ CONFIG = "config.yaml"
 TOKENIZER = "tokenizer"
 META = "export.json"
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def save_export(model, cfg: Config, out_dir: str | os.PathLike, state_dict: Optional[dict] = None) -> Path:
@@ -38,7 +38,7 @@ def save_export(model, cfg: Config, out_dir: str | os.PathLike, state_dict: Opti
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    dtype = _DTYPES.get(cfg.model.dtype, torch.float32)
+    dtype = DTYPES.get(cfg.model.dtype, torch.float32)
     sd = state_dict if state_dict is not None else model.state_dict()
     tensors, seen = {}, {}
     for name, t in sd.items():
@@ -146,7 +146,7 @@ def load_export(ref: str | os.PathLike, device: str = "cpu", tracking_uri: Optio
         tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path / TOKENIZER))
     model = OpenDriveVLA(cfg.model, tokenizer=tokenizer)
     load_weights(model, path)
-    dtype = _DTYPES.get(cfg.model.dtype, torch.float32)
+    dtype = DTYPES.get(cfg.model.dtype, torch.float32)
     model = model.to(device=device, dtype=dtype) if dtype != torch.float32 else model.to(device)
     model.eval()
     return model, cfg

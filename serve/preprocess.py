@@ -83,8 +83,3 @@ def scene_item(req: SceneInput, command: str, task: str, question: str, out_hw: 
         answer="",
     )
     return item
-
-
-def normalize_images(images_u8: np.ndarray) -> np.ndarray:
-    """uint8 [B,6,H,W,3] -> float32 [B,6,3,H,W] ImageNet-normalised (the training transform)."""
-    return normalize(images_u8)

@@ -14,7 +14,6 @@ the driver adds the export (and, by config, the final checkpoint) as artifacts a
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,12 +170,3 @@ def _warn_if_no_cpu_left_for_data(t) -> None:
               f"{total:g}: no CPU is left for the Ray Data tasks that read and decode the samples, so training will "
               "wait for the cluster to grow. Lower train.cpus_per_worker, or start Ray with more CPUs "
               "(ray start --num-cpus / ray.init(num_cpus=...)).", flush=True)
-
-
-def copy_export(result: StageResult, out_dir: str | os.PathLike) -> Path:
-    """Copy a stage's export somewhere stable (checkpoints rotate with ``num_to_keep``)."""
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(result.export_dir, out)
-    return out
