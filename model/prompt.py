@@ -33,6 +33,7 @@ import numpy as np
 from odvla.model.constants import COMMANDS, EGO_STATE_FIELDS, PAST_STEPS
 from odvla.model.ego_token import EGO_TOKEN
 from odvla.model.traj_codec import format_number, format_points
+from odvla.model.traj_encodings import TRAJ_ENCODINGS
 
 SCENE_TOKEN, TRACK_TOKEN, MAP_TOKEN = "<SCENE>", "<TRACK>", "<MAP>"
 PLACEHOLDERS = (SCENE_TOKEN, TRACK_TOKEN, MAP_TOKEN)
@@ -48,11 +49,6 @@ SYSTEM_PROMPT = (
     "seconds, written as <traj_start>[(x1,y1),(x2,y2),(x3,y3),(x4,y4),(x5,y5),(x6,y6)]<traj_end>."
 )
 
-_DELTA_NOTE = (" Each written waypoint is the displacement (dx,dy) from the previous waypoint; the first one is the "
-               "displacement from the ego vehicle.")
-_RESIDUAL_NOTE = (" Each written waypoint is the displacement (dx,dy) from the previous waypoint minus the displacement "
-                  "of 0.5 seconds at the current velocity, so all zeros keep the current velocity; the first one is "
-                  "measured from the ego vehicle. The historical trajectory is written the same way.")
 _COMPACT_NOTE = (" Numbers in the trajectory are written as an integer-part token and a fraction token, without "
                  "brackets or commas.")
 
@@ -61,10 +57,8 @@ def system_prompt(text_cfg=None) -> str:
     """SYSTEM_PROMPT, with a sentence on the trajectory encoding when ``text_cfg`` selects delta / residual /
     compact."""
     s = SYSTEM_PROMPT
-    if text_cfg is not None and text_cfg.traj_encoding == "delta":
-        s += _DELTA_NOTE
-    if text_cfg is not None and text_cfg.traj_encoding == "residual":
-        s += _RESIDUAL_NOTE
+    if text_cfg is not None:
+        s += TRAJ_ENCODINGS[text_cfg.traj_encoding].prompt_note
     if text_cfg is not None and text_cfg.compact_tokens:
         s += _COMPACT_NOTE
     return s

@@ -5,7 +5,7 @@ of decimals (``text.traj_decimals``, 2 by default), no spaces, in the *text fram
 the origin. Tensors stay in the nuScenes ego frame (x forward, y left), so ``X_text = -y_ego`` and
 ``Y_text = x_ego``.
 
-Options (``TextConfig``):
+Options (``TextConfig``; the arithmetic of each encoding is a class in ``odvla.model.traj_encodings``):
 - ``traj_encoding='delta'``: each written point is the displacement from the previous waypoint (the first one from
   the ego origin); decoding sums them back to absolute positions.
 - ``traj_encoding='residual'``: each written point is the per-step displacement minus the constant-velocity step
@@ -29,13 +29,14 @@ from typing import Optional
 import numpy as np
 
 from odvla.model.constants import EGO_STATE_FIELDS, FUTURE_STEPS, STEP_SECONDS
+from odvla.model.traj_encodings import TRAJ_ENCODINGS
 
 TRAJ_START = "<traj_start>"
 TRAJ_END = "<traj_end>"
 MAX_INT_DIGITS = 3
 """Integer part of a written number has at most 3 digits (|value| < 1000 m); compact tokens cover |value| < 100."""
 COMPACT_INT_LIMIT = 99
-ENCODINGS = ("absolute", "delta", "residual")
+ENCODINGS = tuple(TRAJ_ENCODINGS)
 
 
 class TrajectoryParseError(ValueError):
@@ -108,6 +109,7 @@ class TrajectoryCodec:
         if text_cfg.compact_tokens and int(text_cfg.traj_decimals) > 3:
             raise ValueError("text.compact_tokens supports text.traj_decimals <= 3 (10^decimals fraction tokens)")
         self.encoding = text_cfg.traj_encoding
+        self.scheme = TRAJ_ENCODINGS[self.encoding]
         self.decimals = int(text_cfg.traj_decimals)
         self.compact = bool(text_cfg.compact_tokens)
         self.num_points = int(num_points)
@@ -130,17 +132,12 @@ class TrajectoryCodec:
         v_text = ego_to_text(e[[EGO_STATE_FIELDS.index("vx"), EGO_STATE_FIELDS.index("vy")]])
         return np.round(v_text * STEP_SECONDS * 10 ** self.decimals).astype(np.int64)
 
+    def _cv(self, ego_state):
+        return self._cv_step_q(ego_state) if self.scheme.needs_ego_state else None
+
     def to_written(self, traj_ego: np.ndarray, ego_state=None) -> np.ndarray:
         """[N, 2] ego frame -> [N, 2] text-frame values as written (absolute, deltas or residuals), in metres."""
-        if self.encoding == "absolute":
-            return ego_to_text(traj_ego)
-        scale = 10 ** self.decimals
-        abs_q = np.round(ego_to_text(traj_ego) * scale).astype(np.int64)
-        # Rounded absolute positions are differenced: decoding gives them back exactly (no error accumulation).
-        w = np.diff(np.concatenate([np.zeros((1, 2), np.int64), abs_q], axis=0), axis=0)
-        if self.encoding == "residual":
-            w = w - self._cv_step_q(ego_state)
-        return w / scale
+        return self.scheme.future(ego_to_text(traj_ego), self.decimals, self._cv(ego_state))
 
     def encode(self, traj_ego: np.ndarray, ego_state=None) -> str:
         """[6, 2] future ego positions (x forward, y left, metres) -> answer text (see module docstring).
@@ -169,15 +166,7 @@ class TrajectoryCodec:
         p = np.asarray(past_ego, dtype=np.float64).reshape(-1, 2)
         if not np.all(np.isfinite(p)):
             raise ValueError(f"history has non-finite values: {p.tolist()}")
-        scale = 10 ** self.decimals
-        abs_q = np.round(ego_to_text(p) * scale).astype(np.int64)
-        if self.encoding == "absolute":
-            w = abs_q / scale
-        else:
-            dq = np.diff(np.concatenate([abs_q, np.zeros((1, 2), np.int64)], axis=0), axis=0)
-            if self.encoding == "residual" and len(dq):
-                dq = dq - self._cv_step_q(ego_state)
-            w = dq / scale
+        w = self.scheme.history(ego_to_text(p), self.decimals, self._cv(ego_state) if len(p) else None)
         if self.compact:
             return "".join(self._compact_number(v) for v in w.reshape(-1))
         d = self.decimals
@@ -200,11 +189,7 @@ class TrajectoryCodec:
         """Answer text -> [6, 2] ego-frame positions (float64). Raises :class:`TrajectoryParseError`.
         ``ego_state`` [7]: needed by the residual encoding only (its velocity is the anchor)."""
         written = self.parse_written(text)
-        if self.encoding == "residual":
-            written = written + self._cv_step_q(ego_state) / 10 ** self.decimals
-        if self.encoding != "absolute":
-            written = np.cumsum(written, axis=0)
-        return text_to_ego(written)
+        return text_to_ego(self.scheme.absolute(written, self.decimals, self._cv(ego_state)))
 
     def parse_written(self, text: str) -> np.ndarray:
         """Answer text -> [6, 2] values as written (text frame: absolute, deltas or residuals)."""

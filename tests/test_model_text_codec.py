@@ -189,3 +189,21 @@ def test_history_speaks_the_answer_encoding():
     assert "Historical trajectory (last 2 seconds): <+0><.00><+2><.00><+0><.00><+2><.00>\n" in s
     with pytest.raises(ValueError, match="non-finite"):
         compact.encode_history(np.array([[np.nan, 0.0]]))
+
+
+@pytest.mark.parametrize("name", ["absolute", "delta", "residual"])
+def test_every_registered_encoding_round_trips(name):
+    """Each entry of the encoding registry decodes its own text back to the rounded positions, for plain and
+    compact numbers, and tells the system prompt how it writes numbers unless it is the released absolute form."""
+    from odvla.model.traj_encodings import TRAJ_ENCODINGS
+
+    assert set(TRAJ_ENCODINGS) == {"absolute", "delta", "residual"}
+    rng = np.random.default_rng(7)
+    ego = np.array([6.0, 0.4, 0.1, 0.0, 0.02, 6.01, 0.0])
+    for compact in (False, True):
+        codec = TrajectoryCodec(TextConfig(traj_encoding=name, compact_tokens=compact))
+        traj = np.cumsum(rng.normal([3.0, 0.0], [0.3, 0.2], (6, 2)), axis=0)
+        np.testing.assert_allclose(codec.decode(codec.encode(traj, ego), ego), np.round(traj, 2), atol=1e-9)
+    note = TRAJ_ENCODINGS[name].prompt_note
+    assert (note == "") == (name == "absolute")
+    assert system_prompt(TextConfig(traj_encoding=name)).endswith(note)
