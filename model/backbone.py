@@ -1,24 +1,67 @@
-"""Image backbone: torchvision ResNet (18 / 50 / 101) + torchvision FeaturePyramidNetwork.
+"""Image backbone: a named torchvision trunk (``model.vision.backbone``: resnet18 / 34 / 50 / 101) +
+torchvision FeaturePyramidNetwork.
 
-All cameras of a batch go through in one pass as ``[B*6, 3, H, W]``; the FPN returns three levels (strides 8, 16,
+Backbones are entries of ``BACKBONES``: each ``BackboneSpec`` builds its trunk and owns the normalisation its
+weights expect (``spec.normalize``, used by the data pipeline and the server), so adding a backbone is one entry
+here. All cameras of a batch go through in one pass as ``[B*6, 3, H, W]``; the FPN returns three levels (strides 8, 16,
 32 of the input) with ``fpn_channels`` channels each. Weights optionally come from a local file holding a torchvision
 ResNet state dict (e.g. ``resnet101-cd907fc2.pth``); the classification head (``fc.*``) is ignored.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models import resnet18, resnet34, resnet50, resnet101
 from torchvision.ops import FeaturePyramidNetwork
 
-_RESNETS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101}
 STRIDES = (8, 16, 32)
 """Input strides of the returned feature levels (ResNet stages 2, 3, 4)."""
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""RGB mean / std of the ImageNet training images (torchvision's classification weights expect them)."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A named trunk: its torchvision constructor, its depth, the channels of stages 2-4 (what the FPN reads) and
+    the RGB mean / std of the input normalisation its weights were trained with."""
+
+    name: str
+    build: Callable[..., nn.Module]
+    depth: int
+    stage_channels: tuple[int, int, int]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def normalize(self, images_u8: np.ndarray) -> np.ndarray:
+        """uint8 ``[..., H, W, 3]`` RGB -> float32 ``[..., 3, H, W]``: ``(x / 255 - mean) / std``."""
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        x = (np.asarray(images_u8, dtype=np.float32) / 255.0 - mean) / std
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+BACKBONES = {s.name: s for s in (
+    BackboneSpec("resnet18", resnet18, 18, (128, 256, 512)),
+    BackboneSpec("resnet34", resnet34, 34, (128, 256, 512)),
+    BackboneSpec("resnet50", resnet50, 50, (512, 1024, 2048)),
+    BackboneSpec("resnet101", resnet101, 101, (512, 1024, 2048)),
+)}
+"""``model.vision.backbone`` -> its spec."""
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The spec of ``name``; an unknown name is a ValueError naming ``model.vision.backbone`` and the choices."""
+    if name not in BACKBONES:
+        raise ValueError(f"model.vision.backbone={name!r}: choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
 
 
 def load_resnet_weights(net: nn.Module, path: str | Path, depth: int) -> None:
@@ -59,25 +102,23 @@ def load_resnet_weights(net: nn.Module, path: str | Path, depth: int) -> None:
 
 
 class ImageBackbone(nn.Module):
-    """ResNet trunk + FPN.
+    """Trunk (``BACKBONES[name]``) + FPN.
 
     forward(images [N, 3, H, W]) -> list of 3 tensors [N, C, ceil(H/s), ceil(W/s)] for s in ``STRIDES``,
     C = ``out_channels``. ``N`` is ``B * 6`` (cameras folded into the batch).
     """
 
-    def __init__(self, depth: int = 18, out_channels: int = 32, weights: Optional[str] = None,
+    def __init__(self, name: str = "resnet18", out_channels: int = 32, weights: Optional[str] = None,
                  gradient_checkpointing: bool = False):
         super().__init__()
-        if depth not in _RESNETS:
-            raise ValueError(f"model.vision.backbone_depth={depth}: choose one of {sorted(_RESNETS)}")
-        net = _RESNETS[depth](weights=None)
+        self.spec = backbone_spec(name)
+        net = self.spec.build(weights=None)
         if weights:
-            load_resnet_weights(net, weights, depth)
-        self.depth = depth
+            load_resnet_weights(net, weights, self.spec.depth)
+        self.depth = self.spec.depth
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        expansion = 1 if depth in (18, 34) else 4
-        self.fpn = FeaturePyramidNetwork([128 * expansion, 256 * expansion, 512 * expansion], out_channels)
+        self.fpn = FeaturePyramidNetwork(list(self.spec.stage_channels), out_channels)
         self.out_channels = out_channels
         self.gradient_checkpointing = gradient_checkpointing
 

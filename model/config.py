@@ -31,8 +31,9 @@ class LLMConfig:
 
 @dataclass
 class VisionConfig:
-    backbone_depth: int = 18
-    """torchvision ResNet depth: 18, 50 or 101 (101 for the real presets)."""
+    backbone: str = "resnet18"
+    """Image trunk by name (``odvla.model.backbone.BACKBONES``: resnet18, resnet34, resnet50, resnet101; resnet101
+    for the real presets). The backbone owns its input normalisation."""
     backbone_weights: Optional[str] = None
     """Local file with torchvision ResNet weights (state dict); None = random init."""
     fpn_channels: int = 32

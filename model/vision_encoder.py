@@ -80,7 +80,7 @@ class VisionEncoder(nn.Module):
             raise ValueError(f"model.vision.num_agent_tokens={v.num_agent_tokens} must be in "
                              f"1..num_agent_queries={v.num_agent_queries}")
         self.config = cfg
-        self.backbone = ImageBackbone(v.backbone_depth, v.fpn_channels, v.backbone_weights,
+        self.backbone = ImageBackbone(v.backbone, v.fpn_channels, v.backbone_weights,
                                       cfg.gradient_checkpointing)
         self.bev_encoder = BEVEncoder(v, v.fpn_channels)
         self.grid = self.bev_encoder.grid

@@ -123,7 +123,8 @@ class MapCriterion:
         B, Q, K1 = logits.shape
         if gt_pts.shape[-2] != pts01.shape[-2]:
             raise ValueError(f"gt_map_pts has {gt_pts.shape[-2]} points per element, the model predicts "
-                             f"{pts01.shape[-2]} (model.vision.map_points and data.map_points must agree)")
+                             f"{pts01.shape[-2]} (rows are resampled to model.vision.map_points: the batch was "
+                             "built with another config)")
         matches, targets = [], []
         with torch.no_grad():
             for b, name in enumerate(names):

@@ -100,8 +100,9 @@ class Planner:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
-        self._normalize = normalize
         self.model, self.cfg = load_export(model_ref, device=device, tracking_uri=tracking_uri)
+        backbone = self.cfg.model.vision.backbone
+        self._normalize = lambda images: normalize(images, backbone)  # the export's backbone's normalisation
         self.model.eval()
         self.sessions = SessionStore(session_idle_s)
         ctx = serve.get_replica_context()

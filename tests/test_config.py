@@ -11,7 +11,7 @@ from odvla.platform.config.schema import MODEL_PRESETS
 def test_presets_load_with_real_qwen_dimensions():
     cfg = load_config(model="0.5b", stage="stage3")
     assert (cfg.model.llm.hidden_size, cfg.model.llm.num_hidden_layers, cfg.model.llm.vocab_size) == (896, 24, 151936)
-    assert cfg.model.vision.backbone_depth == 101
+    assert cfg.model.vision.backbone == "resnet101"
     assert load_config(model="7b").model.llm.tie_word_embeddings is False
     for m in MODEL_PRESETS:
         for s in stage_names():
@@ -42,7 +42,8 @@ def test_round_trip_through_yaml_dict():
     ("train.lrr=1", "train.lrr"),
     ("train.lr=fast", "train.lr"),
     ("train.bf16=3", "train.bf16"),
-    ("model.vision.backbone_depth=1.5", "model.vision.backbone_depth"),
+    ("model.vision.backbone=1.5", "model.vision.backbone"),
+    ("model.vision.backbone_depth=101", "model.vision.backbone_depth"),
     ("nonsense", "a.b=value"),
 ])
 def test_bad_override_names_the_key(override, needle):

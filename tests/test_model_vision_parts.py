@@ -197,17 +197,35 @@ def test_backbone_levels_and_local_weights(tmp_path):
     net = torchvision.models.resnet18(weights=None)
     path = tmp_path / "resnet18.pth"
     torch.save(net.state_dict(), path)
-    bb = ImageBackbone(18, out_channels=16, weights=str(path)).eval()
+    bb = ImageBackbone("resnet18", out_channels=16, weights=str(path)).eval()
     assert torch.equal(bb.stem[0].weight, net.conv1.weight)
     assert torch.equal(bb.layer4[1].bn2.running_var, net.layer4[1].bn2.running_var)
     feats = bb(torch.randn(2, 3, 64, 112))
     assert [tuple(f.shape) for f in feats] == [(2, 16, 8, 14), (2, 16, 4, 7), (2, 16, 2, 4)]
     with pytest.raises(ValueError, match="resnet18.pth.*ResNet-50"):
-        ImageBackbone(50, weights=str(path))
+        ImageBackbone("resnet50", weights=str(path))
     with pytest.raises(FileNotFoundError, match="backbone_weights"):
-        ImageBackbone(18, weights=str(tmp_path / "missing.pth"))
-    with pytest.raises(ValueError, match="backbone_depth"):
-        ImageBackbone(42)
+        ImageBackbone("resnet18", weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="model.vision.backbone='resnet42'.*resnet101"):
+        ImageBackbone("resnet42")
+
+
+def test_each_backbone_builds_its_trunk_and_owns_its_normalisation():
+    """Every registered backbone's stage channels fit its torchvision trunk (the FPN runs), and its normalisation
+    maps its own mean colour to zero."""
+    import numpy as np
+
+    from odvla.model.backbone import BACKBONES
+
+    for name, spec in BACKBONES.items():
+        if spec.depth > 50:
+            continue  # resnet101 has resnet50's channels; building it here would only cost time
+        bb = ImageBackbone(name, out_channels=8).eval()
+        with torch.no_grad():
+            assert [f.shape[1] for f in bb(torch.randn(1, 3, 64, 64))] == [8, 8, 8], name
+        mean_u8 = np.round(np.asarray(spec.mean) * 255).astype(np.uint8)
+        x = spec.normalize(np.broadcast_to(mean_u8, (2, 4, 5, 3)))
+        assert x.shape == (2, 3, 4, 5) and x.dtype == np.float32 and np.abs(x).max() < 0.01, name
 
 
 def _pose(x: float, y: float, yaw_deg: float) -> torch.Tensor:

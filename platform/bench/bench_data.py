@@ -30,7 +30,8 @@ def add_args(p) -> None:
     p.add_argument("--workers", type=int, default=2, help="Ray CPUs / concurrent decode tasks")
 
 
-def _devkit_loop(dataroot: str, version: str, tokens: list[str], hw: tuple[int, int]) -> tuple[float, float]:
+def _devkit_loop(dataroot: str, version: str, tokens: list[str], hw: tuple[int, int],
+                 backbone: str) -> tuple[float, float]:
     """Seconds to load the devkit, seconds to build every sample with it."""
     from nuscenes.nuscenes import NuScenes
     from pyquaternion import Quaternion
@@ -50,7 +51,7 @@ def _devkit_loop(dataroot: str, version: str, tokens: list[str], hw: tuple[int, 
             imgs.append(decode_resize(path, hw, sample_token=tok))
             Ks.append(scale_intrinsics(K, (sd["height"], sd["width"]), hw))
             nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        normalize(np.stack(imgs))
+        normalize(np.stack(imgs), backbone)
         pose = nusc.get("ego_pose", nusc.get("sample_data", s["data"]["LIDAR_TOP"])["ego_pose_token"])
         q = Quaternion(pose["rotation"]).inverse
         for box in nusc.get_boxes(s["data"]["LIDAR_TOP"]):
@@ -120,7 +121,7 @@ def run(args) -> int:
     finally:
         if started:
             ray.shutdown()
-    t_load, t_dev = _devkit_loop(man["dataroot"], man["version"], tokens, hw)
+    t_load, t_dev = _devkit_loop(man["dataroot"], man["version"], tokens, hw, cfg.model.vision.backbone)
     ray_sps, dev_sps = n_ray / t_ray, len(tokens) / t_dev
     print(f"data bench: {len(tokens)} samples of '{args.split}', images -> {hw[0]}x{hw[1]}, "
           f"batch {args.batch_size}, {args.workers} Ray CPU(s)")

@@ -43,7 +43,6 @@ class DataConfig:
     decode_concurrency: int = 1
     max_agents: int = 32
     max_map_elements: int = 24
-    map_points: int = 10
     instructions: Optional[str] = None
     """Folder of conversation Parquet files (``odvla prepare --instructions``)."""
 

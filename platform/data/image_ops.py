@@ -1,6 +1,7 @@
 """Image helpers shared by the data pipeline, eval and serve: decode + resize, intrinsics scaling, normalisation.
 
-Images are RGB; ``[H, W, 3]`` uint8 after decoding, ``[3, H, W]`` float32 ImageNet-normalised for the network.
+Images are RGB; ``[H, W, 3]`` uint8 after decoding, ``[3, H, W]`` float32 normalised for the network by the
+normalisation its backbone owns (``odvla.model.backbone.BackboneSpec.normalize``).
 """
 from __future__ import annotations
 
@@ -10,10 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from odvla.model.backbone import backbone_spec
 from odvla.platform.data.errors import CorruptImageError, MissingImageError
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def decode_resize(src, out_hw: tuple[int, int], sample_token: str | None = None) -> np.ndarray:
@@ -49,7 +48,6 @@ def scale_intrinsics(K: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, 
     return K
 
 
-def normalize(images: np.ndarray) -> np.ndarray:
-    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]``, ImageNet mean/std normalised."""
-    x = (np.asarray(images, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+def normalize(images: np.ndarray, backbone: str = "resnet18") -> np.ndarray:
+    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]``, normalised as ``model.vision.backbone`` expects."""
+    return backbone_spec(backbone).normalize(images)

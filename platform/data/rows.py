@@ -32,12 +32,14 @@ class RowSpec:
     max_agents: int
     max_map_elements: int
     map_points: int
+    backbone: str = "resnet18"
+    """``model.vision.backbone``: its input normalisation is applied to the images."""
 
     @classmethod
     def from_config(cls, cfg) -> "RowSpec":
         v = cfg.model.vision
         return cls((int(v.image_height), int(v.image_width)), int(cfg.data.max_agents),
-                   int(cfg.data.max_map_elements), int(v.map_points))
+                   int(cfg.data.max_map_elements), int(v.map_points), v.backbone)
 
 
 def resample_polyline(pts: np.ndarray, n: int) -> np.ndarray:
@@ -84,7 +86,7 @@ def build_rows(batch: pa.Table, dataroot: str, spec: RowSpec) -> dict[str, np.nd
         src_hw = tuple(cols["image_hw"][i])
         imgs = np.stack([decode_resize(os.path.join(dataroot, p), (H, W), sample_token=tok)
                          for p in cols["cam_paths"][i]])
-        out["images"][i] = normalize(imgs)
+        out["images"][i] = normalize(imgs, spec.backbone)
         out["intrinsics"][i] = scale_intrinsics(_arr(cols["cam_intrinsics"][i], (-1, 3, 3)), src_hw, (H, W))
         out["sensor2ego"][i] = _arr(cols["cam_sensor2ego"][i], (-1, 4, 4))
         out["ego_state"][i] = _arr(cols["ego_state"][i], (7,))
