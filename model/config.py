@@ -27,6 +27,9 @@ class LLMConfig:
     """0: take it from the tokenizer (tiny); real presets use 151936 (Qwen2.5)."""
     tokenizer_vocab_size: int = 1024
     """Size of the BPE trained offline for presets without a ``path`` (tiny)."""
+    tokenizer: str = "bpe"
+    """Vocabulary when ``path`` is unset: 'bpe' (small BPE trained offline, tiny) or 'qwen2.5' (Qwen2.5's real
+    151,643-token BPE built offline from the ``dashscope`` package data; the 0.5b / 3b / 7b presets)."""
 
 
 @dataclass
@@ -72,6 +75,10 @@ class TextConfig:
     in value order (compact tokens only; ``odvla.model.constrained_decoding``)."""
     ego_token: bool = False
     """Planning prompts carry an ``<EGO>`` embedding of the numeric ego state (``odvla.model.ego_token``)."""
+    prompt: str = "reference"
+    """Prompt layout: 'released' (the released OpenDriveVLA system text, one-line ego state, ``<trajectory>`` token
+    and added-token order; ``odvla.model.prompt_released``; default of the real presets) or 'reference' (this
+    project's multi-line layout, ``odvla.model.prompt``)."""
     max_prompt_tokens: int = 1024
     max_answer_tokens: int = 384
     """Longest target answer (tokens); generated captions run to ~180 tokens with the offline BPE."""

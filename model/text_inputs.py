@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from odvla.model.prompt import MAP_TOKEN, SCENE_TOKEN, TRACK_TOKEN, build_user_turn, system_prompt
+from odvla.model.prompt_released import planning_turn_for_row, released_system_prompt
 from odvla.model.tokenizer import IM_END
 from odvla.model.traj_codec import TrajectoryCodec
 
@@ -52,11 +53,14 @@ class ChatEncoder:
         v = model_cfg.vision
         self.expand = {SCENE_TOKEN: int(v.num_scene_queries), TRACK_TOKEN: int(v.num_agent_tokens),
                        MAP_TOKEN: int(v.num_map_queries)}
-        self.system = system_prompt(model_cfg.text)
+        self.released = getattr(model_cfg.text, "prompt", "reference") == "released"
+        self.system = released_system_prompt(model_cfg.text) if self.released else system_prompt(model_cfg.text)
 
     # ---------------------------------------------------------------------------------------------- texts
     def user_turn(self, batch: dict, b: int) -> str:
         try:
+            if self.released and batch["task"][b] == "planning":
+                return planning_turn_for_row(batch, b, self.cfg.text, to_numpy)
             return build_user_turn(batch["task"][b], batch["question"][b], to_numpy(batch["ego_state"][b]),
                                    int(batch["command"][b]), to_numpy(batch["past_traj"][b]), to_numpy(batch["past_mask"][b]),
                                    codec=self.codec, ego_token=bool(self.cfg.text.ego_token))
