@@ -76,17 +76,16 @@ def test_training_survives_tracking_server_loss(ray_session, shards_dir, mlflow_
 
     from odvla.platform.tracking import find_run
     from odvla.platform.train import run_stage
-    from odvla.platform.train.loop import HOOK_ENV
+    from train_helpers import PauseAfterFirstCheckpoint
 
     url, proc = mlflow_server
     hook = tmp_path / "hook"
-    monkeypatch.setenv(HOOK_ENV, str(hook))
     storage = tmp_path / "runs"
     cfg = load_config(model="tiny", stage="stage3", overrides=[
         f"data.shards={shards_dir}", "train.num_workers=1", "train.max_steps=4", "train.checkpoint_every=2",
         "data.batch_size=2", f"train.storage_path={storage}", "train.run_name=lost-server",
         f"tracking.tracking_uri={url}", "tracking.experiment=test-server", "tracking.log_checkpoint=false"])
-    bg = Background(lambda: run_stage(cfg, register=False))
+    bg = Background(lambda: run_stage(cfg, register=False, worker_hooks=[PauseAfterFirstCheckpoint(hook)]))
     wait_for(lambda: (hook / "rank0-0.pid").exists(), 400, "the first checkpoint", bg)
 
     client = MlflowClient(url)

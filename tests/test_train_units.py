@@ -15,7 +15,7 @@ def test_ds_config_batch_arithmetic_and_schedule():
     cfg = load_config(model="tiny", stage="stage3",
                       overrides=["data.batch_size=3", "train.grad_accum=2", "train.zero_stage=2", "train.bf16=true",
                                  "train.warmup_steps=0", "train.lr=5e-4", "train.grad_clip=0.5"])
-    ds = build_ds_config(cfg, world_size=4, total_steps=10)
+    ds = build_ds_config(cfg.train, cfg.data.batch_size, world_size=4)
     assert ds["train_batch_size"] == 3 * 2 * 4
     assert ds["train_micro_batch_size_per_gpu"] == 3 and ds["gradient_accumulation_steps"] == 2
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"]["enabled"] is True
@@ -24,7 +24,7 @@ def test_ds_config_batch_arithmetic_and_schedule():
     assert "scheduler" not in ds  # the client scheduler (build_scheduler) runs the schedule
     cfg.train.zero_stage = 5
     with pytest.raises(ValueError, match="zero_stage"):
-        build_ds_config(cfg, 1, 10)
+        build_ds_config(cfg.train, cfg.data.batch_size, 1)
 
 
 def test_schedule_trains_from_the_first_step():
@@ -68,14 +68,14 @@ def test_init_from_resolution():
 
 def test_planned_steps_and_loss_weights():
     cfg = load_config(model="tiny", stage="stage3", overrides=["data.batch_size=2", "train.epochs=2"])
-    assert planned_steps(cfg, num_rows=60, world_size=2) == 2 * 15
+    assert planned_steps(cfg.train, cfg.data.batch_size, num_rows=60, world_size=2) == 2 * 15
     cfg.train.grad_accum = 4
-    assert planned_steps(cfg, num_rows=60, world_size=2) == 2 * 3
+    assert planned_steps(cfg.train, cfg.data.batch_size, num_rows=60, world_size=2) == 2 * 3
     cfg.train.max_steps = 5
-    assert planned_steps(cfg, 60, 2) == 5
+    assert planned_steps(cfg.train, cfg.data.batch_size, 60, 2) == 5
     cfg.train.max_steps, cfg.data.batch_size, cfg.train.grad_accum = 0, 8, 8
     with pytest.raises(ValueError, match="no optimiser step"):
-        planned_steps(cfg, num_rows=10, world_size=2)
+        planned_steps(cfg.train, cfg.data.batch_size, num_rows=10, world_size=2)
     losses = {"lm": torch.tensor(2.0), "det": torch.tensor(4.0), "map": torch.tensor(1.0)}
     assert float(_total_loss(losses, {"lm": 1.0, "det": 0.5, "map": 0.0})) == pytest.approx(4.0)
     with pytest.raises(ValueError, match="no positive weight"):
@@ -154,3 +154,65 @@ def test_warns_when_workers_leave_no_cpu_for_data(ray_session, capsys):
     t.cpus_per_worker = total - 1
     _warn_if_no_cpu_left_for_data(t)
     assert capsys.readouterr().out == ""
+
+
+def test_sample_log_chunks_latest_attempt_wins(tmp_path):
+    from odvla.platform.train.sample_log import SampleLog, read_sample_log, repeated_steps
+
+    root = f"file://{tmp_path}/run/sample_log"  # through pyarrow's file systems, as s3:// would be
+    first = SampleLog(root, attempt=0)
+    for step in (1, 2, 3):
+        first.add(step, 0, [[f"a{step}"], [f"b{step}"]])
+    assert first.flush().endswith("a000-00000001-00000003.jsonl") and first.flush() is None
+    second = SampleLog(root, attempt=1)  # resumed from the step-2 checkpoint: step 3 trained again
+    second.add(3, 0, [["a3"], ["b3"]])
+    second.add(4, 0, [["a4"], ["b4"]])
+    second.flush()
+    log = read_sample_log(root)
+    assert sorted(log) == [1, 2, 3, 4] and [log[s]["attempt"] for s in (1, 2, 3, 4)] == [0, 0, 1, 1]
+    assert log[4]["ranks"] == [["a4"], ["b4"]] and repeated_steps(root) == 1
+    assert SampleLog(None).flush() is None
+    with pytest.raises(FileNotFoundError, match="no sample log"):
+        read_sample_log(str(tmp_path / "empty"))
+    (tmp_path / "run" / "sample_log" / "a009-00000001-00000001.jsonl").write_text("not json\n")
+    with pytest.raises(ValueError, match="a009-00000001-00000001.jsonl line 1"):
+        read_sample_log(root)
+
+
+def test_capacity_wait_is_bounded_and_its_error_names_the_resources():
+    from odvla.platform.train.trainer import capacity_message, controller_failure_limit, worker_resources
+
+    assert controller_failure_limit(600, 60) == 10 and controller_failure_limit(20, 10) == 2
+    assert controller_failure_limit(5, 60) == 1  # at least one wait, never Ray's unlimited by accident
+    assert controller_failure_limit(-1, 60) == -1  # explicit opt-in to wait forever
+    cfg = load_config(model="tiny", overrides=["train.num_workers=2", "train.worker_resources.spot_node=1",
+                                               "train.capacity_timeout_s=20"])
+    assert worker_resources(cfg.train) == {"CPU": 1, "spot_node": 1.0}
+    msg = capacity_message("stage3", cfg.train, 20, {"CPU": 2.0, "spot_node": 0.0}, {"CPU": 3.0, "spot_node": 1.0}, 2)
+    assert "'spot_node': '2 wanted, 1 in the cluster (0 free)'" in msg and "CPU" not in msg.split("missing:")[1]
+    assert "train.capacity_timeout_s=20" in msg and "train.num_workers" in msg and "2 node(s) alive" in msg
+
+
+def test_runs_never_land_in_rays_working_dir_copy(tmp_path, monkeypatch):
+    from odvla.platform.durable_paths import EphemeralPathError, resolve_storage_path
+    from odvla.platform.tracking.store import resolve_tracking_uri
+
+    job_copy = tmp_path / "ray" / "session_x" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    job_copy.mkdir(parents=True)
+    home = tmp_path / "home"
+    monkeypatch.setenv("ODVLA_HOME", str(home))
+    monkeypatch.delenv("ODVLA_STORAGE_PATH", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # a normal folder: relative paths stay where the user is
+    assert resolve_storage_path("runs") == str(tmp_path / "runs")
+    monkeypatch.chdir(job_copy)  # a `ray job submit --working-dir .` driver
+    assert resolve_storage_path("runs") == str(home / "runs")
+    assert resolve_tracking_uri(None) == f"sqlite:///{home / 'mlruns' / 'mlflow.db'}"
+    with pytest.raises(EphemeralPathError, match="train.storage_path=.*_ray_pkg_abc.*shared storage"):
+        resolve_storage_path(str(job_copy / "runs"))
+    with pytest.raises(EphemeralPathError, match="tracking.tracking_uri"):
+        resolve_tracking_uri(f"sqlite:///{job_copy / 'mlflow.db'}")
+    assert resolve_storage_path("s3://bucket/runs") == "s3://bucket/runs"
+    monkeypatch.setenv("ODVLA_STORAGE_PATH", "/mnt/shared/odvla/runs")  # the cluster config's shared storage
+    assert resolve_storage_path("runs") == "/mnt/shared/odvla/runs"
+    assert resolve_storage_path("/data/runs") == "/data/runs"  # an explicit path wins

@@ -54,3 +54,49 @@ def committed_checkpoints(run_dir: Path) -> list[dict]:
         return json.loads(snap.read_text()).get("checkpoint_results", [])
     except json.JSONDecodeError:  # being rewritten
         return []
+
+
+class PauseAfterFirstCheckpoint:
+    """Worker hook (``run_stage(worker_hooks=[...])``): rank 0 writes ``rank0-<attempt>.pid`` ("<pid> <step>
+    <node id>") after the first checkpoint of each attempt and, on attempt 0, waits (at most ``wait_s``) for a
+    ``go`` file in ``folder``, so a test can kill a worker, a node or the tracking server at a known step."""
+
+    def __init__(self, folder: Path | str, wait_s: float = 180.0):
+        self.folder = str(folder)
+        self.wait_s = wait_s
+        self._fired = False
+
+    def after_checkpoint(self, step: int, attempt: int, rank: int) -> None:
+        import os
+
+        if rank != 0 or self._fired:
+            return
+        self._fired = True
+        node = ""
+        try:
+            import ray
+
+            node = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - the node id is informative only
+            pass
+        d = Path(self.folder)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".rank0-{attempt}.pid"
+        tmp.write_text(f"{os.getpid()} {step} {node}\n")
+        tmp.rename(d / f"rank0-{attempt}.pid")
+        if attempt == 0:
+            deadline = time.monotonic() + self.wait_s
+            while not (d / "go").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+
+def _ship_by_value() -> None:
+    """Train workers do not have ``tests/`` on their path: send this module's classes by value."""
+    import sys
+
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+_ship_by_value()

@@ -90,6 +90,13 @@ class TrainConfig:
     checkpoint_every: int = 0
     """Optimiser steps between checkpoints; 0 = only at the end of the stage."""
     max_failures: int = 2
+    """Restarts from the last checkpoint after a worker or node failure (-1: unlimited)."""
+    capacity_timeout_s: float = 600.0
+    """Seconds a restarted run waits for its workers' resources (a lost node to be replaced) before it fails
+    with an error naming the missing resources; -1 waits forever. Ray's worker-group start timeout
+    (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, default 60 s, set on the cluster's nodes) is the granularity."""
+    worker_resources: dict = field(default_factory=dict)
+    """Extra (custom) resources each train worker requests, e.g. {"h100_node": 1} to keep workers off the head."""
     log_every: int = 1
     seed: int = 0
 

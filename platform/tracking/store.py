@@ -3,6 +3,10 @@
 The local default is an SQLite database with a sibling artifact folder, both under ``./mlruns`` made absolute
 (MLflow 3's model registry needs a database store, and Ray workers run with other working directories, so a
 relative path would scatter runs). Browse it with ``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db``.
+
+A job submitted with ``ray job submit --working-dir .`` runs in Ray's temporary copy of the repository, deleted
+with the Ray session: there the default store goes to ``$ODVLA_HOME/mlruns`` (``~/.odvla/mlruns``) instead, and an
+explicit ``sqlite:///`` or folder store inside that copy is refused (``odvla.platform.durable_paths``).
 """
 from __future__ import annotations
 
@@ -10,12 +14,15 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from odvla.platform.durable_paths import durable_local_path
+
 LOCAL_DIR = "mlruns"
 
 
 def local_store_uri(root: str | Path | None = None) -> str:
-    """``sqlite:////abs/path/mlruns/mlflow.db`` under ``root`` (default: the current directory)."""
-    base = Path(root or Path.cwd()).resolve() / LOCAL_DIR
+    """``sqlite:////abs/path/mlruns/mlflow.db`` under ``root`` (default: the current directory, or ``$ODVLA_HOME``
+    inside Ray's temporary working-dir copy of a job)."""
+    base = Path(root).resolve() / LOCAL_DIR if root else durable_local_path(LOCAL_DIR, "tracking.tracking_uri")
     base.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{base / 'mlflow.db'}"
 
@@ -27,11 +34,11 @@ def resolve_tracking_uri(configured: Optional[str] = None) -> str:
         return local_store_uri()
     if uri.startswith("sqlite:///"):
         # sqlite:///relative.db -> absolute, so that workers with another cwd hit the same file.
-        path = Path(uri[len("sqlite:///"):]).resolve()
+        path = durable_local_path(uri[len("sqlite:///"):], "tracking.tracking_uri")
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
     if "://" not in uri:  # a plain folder: MLflow's file store
-        return str(Path(uri).resolve())
+        return str(durable_local_path(uri, "tracking.tracking_uri"))
     return uri
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-from odvla.platform.config import Config
-
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float = 0.1) -> float:
     """Learning-rate multiplier of optimiser step ``step`` (0-based): linear warm-up over ``warmup_steps`` that is
@@ -27,22 +25,23 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float =
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, cfg: Config, total_steps: int):
+def build_scheduler(optimizer, train_cfg, total_steps: int):
     """``torch.optim.lr_scheduler.LambdaLR`` with ``lr_factor``; DeepSpeed steps it once per optimiser step and
     saves its state with every checkpoint."""
     import torch
 
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, cfg.train.warmup_steps))
+        optimizer, lambda step: lr_factor(step, total_steps, train_cfg.warmup_steps))
 
 
-def build_ds_config(cfg: Config, world_size: int, total_steps: int) -> dict:
-    """DeepSpeed config dict; the schedule is ``build_scheduler`` (a client scheduler), not part of the dict."""
-    t = cfg.train
+def build_ds_config(train_cfg, micro_batch: int, world_size: int) -> dict:
+    """DeepSpeed config dict from ``train_cfg`` (``TrainConfig``) and ``micro_batch`` (``data.batch_size``, rows per
+    worker per forward); the schedule is ``build_scheduler`` (a client scheduler), not part of the dict."""
+    t = train_cfg
     if t.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"train.zero_stage: expected 0, 1, 2 or 3, got {t.zero_stage}")
-    if cfg.data.batch_size < 1 or t.grad_accum < 1:
-        raise ValueError(f"data.batch_size ({cfg.data.batch_size}) and train.grad_accum ({t.grad_accum}) must be >= 1")
+    if micro_batch < 1 or t.grad_accum < 1:
+        raise ValueError(f"data.batch_size ({micro_batch}) and train.grad_accum ({t.grad_accum}) must be >= 1")
     zero: dict = {"stage": t.zero_stage}
     if t.zero_stage >= 2:
         zero.update({"overlap_comm": bool(t.use_gpu), "contiguous_gradients": True,
@@ -50,9 +49,9 @@ def build_ds_config(cfg: Config, world_size: int, total_steps: int) -> dict:
     if t.zero_stage == 3:
         zero.update({"stage3_gather_16bit_weights_on_model_save": True})
     return {
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": t.grad_accum,
-        "train_batch_size": cfg.data.batch_size * t.grad_accum * world_size,
+        "train_batch_size": micro_batch * t.grad_accum * world_size,
         "gradient_clipping": t.grad_clip if t.grad_clip > 0 else 0.0,
         "zero_optimization": zero,
         "bf16": {"enabled": bool(t.bf16)},

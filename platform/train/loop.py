@@ -1,34 +1,73 @@
 """The training loop of every stage: ``train_func`` runs on each Ray Train worker with one DeepSpeed engine.
 
-    model = OpenDriveVLA(cfg.model) <- init export (if any); set_trainable(stage)
-    engine = deepspeed.initialize(model, trainable params, build_ds_config(cfg))
-    resume: ray.train.get_checkpoint() -> engine.load_checkpoint, TrainState (step, epoch, batches consumed)
-    for each micro-batch of get_dataset_shard('train').iter_torch_batches(collate_fn=collate):
-        loss = sum_k w_k * losses[k];  engine.backward(loss); engine.step()
-        rank 0 logs loss / lr / samples_per_s / tokens_per_s to MLflow (ResilientTracker)
-        every train.checkpoint_every steps and at the end: every rank saves its shard -> ray.train.report
-    end: consolidated export (rank 0) inside the final checkpoint
+Read top to bottom:
 
-The model never sees Ray, DeepSpeed or MLflow; this file is the only place they meet.
+    train_func(config)
+      worker = setup_worker(config)         model <- init export (if any); set_trainable(stage.trainable);
+                                            engine = deepspeed.initialize(model, trainable params, ds config)
+      resume_from_checkpoint(worker)        ray.train.get_checkpoint() -> engine.load_checkpoint, TrainState
+      start_tracking(worker)                rank 0: MLflow (ResilientTracker) + system metrics
+      train(worker)                         epochs of train_epoch:
+        train_epoch                           each micro-batch of get_dataset_shard('train') -> forward_backward_step;
+                                              every grad_accum micro-batches one optimiser step -> finish_step
+                                              (all-reduced stats, sample log, MLflow), every checkpoint_every steps
+                                              report_checkpoint
+      report_checkpoint(final=True)         every rank saves its shard; rank 0 adds the consolidated export
+      finish_tracking(worker)
+
+The model never sees Ray, DeepSpeed or MLflow; this file is the only place they meet. ``config['hooks']``: objects
+with ``after_checkpoint(step, attempt, rank)``, called on every rank after each checkpoint is reported (fault
+injection in tests, custom notifications); none in a normal run.
 """
 from __future__ import annotations
 
 import math
-import os
 import time
-from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import torch
 
 from odvla.platform.config import from_dict
 from odvla.platform.train.checkpoint import EXPORT_DIR, TrainState, load_into, new_checkpoint_dir, save_shard
 from odvla.platform.train.deepspeed_config import build_ds_config, build_scheduler
+from odvla.platform.train.sample_log import SampleLog
 
-HOOK_ENV = "ODVLA_TRAIN_HOOK_DIR"
-"""Test hook: a folder where rank 0 writes ``rank0-<attempt>.pid`` after the first checkpoint of an attempt and,
-on the first attempt, waits for a ``go`` file there, so a test can kill a worker or the tracking server at a
-known point of the run. Unset in normal runs."""
+LOSS_TERMS = ("lm", "det", "map", "motion")
+"""Loss terms whose per-step values are logged (``loss_<term>``)."""
+
+
+@dataclass
+class Worker:
+    """One Ray Train worker's run: config, engine, loop state and (rank 0) tracking."""
+
+    config: dict
+    cfg: Any
+    rank: int
+    world: int
+    engine: Any
+    scheduler: Any
+    total_steps: int
+    num_params: int
+    num_tensors: int
+    state: TrainState = field(default_factory=TrainState)
+    resumed: bool = False
+    tracker: Any = None
+    monitor: Any = None
+    sample_log: Optional[SampleLog] = None
+    last: dict = field(default_factory=dict)
+    """Metrics of the last optimiser step (loss, lr, throughput), repeated in every checkpoint report."""
+    hooks: list = field(default_factory=list)
+
+
+@dataclass
+class StepWindow:
+    """What the micro-batches since the last optimiser step consumed (throughput and the sample log)."""
+
+    started: float = field(default_factory=time.perf_counter)
+    samples: int = 0
+    tokens: int = 0
+    sample_tokens: list = field(default_factory=list)
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -56,45 +95,17 @@ def _count_tokens(batch: dict, out: dict) -> int:
     return 0
 
 
-def _hook(hook_dir: Optional[str], attempt: int, step: int) -> None:
-    if not hook_dir:
-        return
-    d = Path(hook_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / f"rank0-{attempt}.pid").write_text(f"{os.getpid()} {step}\n")
-    if attempt == 0:
-        deadline = time.monotonic() + 180
-        while not (d / "go").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
+# ---------------------------------------------------------------------------------------------------- setup
 
 
-def _start_tracking(config: dict, cfg, state: TrainState, resumed: bool):
-    from odvla.platform.tracking import ResilientTracker
-
-    tracker = ResilientTracker(config["tracking_uri"], config.get("run_id"))
-    monitor = None
-    if tracker.enabled and config.get("system_metrics"):
-        try:
-            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-            monitor = SystemMetricsMonitor(tracker.run_id, sampling_interval=5, samples_before_logging=1,
-                                           resume_logging=resumed, tracking_uri=config["tracking_uri"])
-            monitor.start()
-        except Exception as e:  # psutil missing, server down: tracking is never a reason to stop training
-            print(f"[odvla.train] system metrics disabled: {e}")
-            monitor = None
-    return tracker, monitor
-
-
-def train_func(config: dict) -> None:
-    """Ray Train worker entry. ``config``: {'cfg': resolved config dict, 'run_id', 'tracking_uri',
-    'init_from' (export ref or None), 'total_steps', 'system_metrics', 'hook_dir'}."""
+def setup_worker(config: dict) -> Worker:
+    """Build the model (from the init export when given), freeze what the stage does not train, wrap it in a
+    DeepSpeed engine with the stage's optimiser and schedule."""
     import deepspeed
     import ray.train
 
     from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.data.collate import collate
-    from odvla.platform.export import load_weights, resolve_export, save_export
+    from odvla.platform.export import load_weights, resolve_export
 
     cfg = from_dict(config["cfg"])
     ctx = ray.train.get_context()
@@ -109,140 +120,218 @@ def train_func(config: dict) -> None:
     if not params:
         raise ValueError(f"stage {cfg.stage.name}: set_trainable({cfg.stage.trainable!r}) left nothing to train")
     total_steps = int(config["total_steps"])
-    ds_config = build_ds_config(cfg, world, total_steps)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=params, config=ds_config,
-        lr_scheduler=lambda opt: build_scheduler(opt, cfg, total_steps))
-    device = engine.device
+        model=model, model_parameters=params, config=build_ds_config(cfg.train, cfg.data.batch_size, world),
+        lr_scheduler=lambda opt: build_scheduler(opt, cfg.train, total_steps))
+    return Worker(config=config, cfg=cfg, rank=rank, world=world, engine=engine, scheduler=scheduler,
+                  total_steps=total_steps, num_params=sum(p.numel() for p in params), num_tensors=len(trainable),
+                  state=TrainState(run_id=config.get("run_id")), hooks=list(config.get("hooks") or []))
 
-    state = TrainState(run_id=config.get("run_id"))
+
+def resume_from_checkpoint(w: Worker) -> None:
+    """Load the run's latest Ray Train checkpoint (every rank its shard) and the loop state, if there is one."""
+    import ray.train
+
     ckpt = ray.train.get_checkpoint()
-    resumed = ckpt is not None
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = load_into(engine, d)
+            state = load_into(w.engine, d)
         state.restarts += 1
-        if config.get("run_id") and state.run_id and state.run_id != config["run_id"]:
-            print(f"[odvla.train] checkpoint was logged to MLflow run {state.run_id}, now {config['run_id']}")
-        state.run_id = config.get("run_id") or state.run_id
-        if engine.global_steps != state.global_step:
-            raise RuntimeError(f"checkpoint step mismatch: engine {engine.global_steps} vs state {state.global_step}")
+        run_id = w.config.get("run_id")
+        if run_id and state.run_id and state.run_id != run_id:
+            print(f"[odvla.train] checkpoint was logged to MLflow run {state.run_id}, now {run_id}")
+        state.run_id = run_id or state.run_id
+        if w.engine.global_steps != state.global_step:
+            raise RuntimeError(f"checkpoint step mismatch: engine {w.engine.global_steps} vs state "
+                               f"{state.global_step}")
+        w.state, w.resumed = state, True
+    if w.rank == 0:
+        w.sample_log = SampleLog(w.config.get("sample_log"), attempt=w.state.restarts)
 
-    tracker = monitor = None
-    if rank == 0:
-        tracker, monitor = _start_tracking(config, cfg, state, resumed)
-        if resumed:
-            tracker.set_tags({"odvla.resumed_from_step": state.global_step, "odvla.restarts": state.restarts})
-        else:
-            tracker.log_params({"num_trainable_params": sum(p.numel() for p in params),
-                                "num_trainable_tensors": len(trainable), "world_size": world})
-    attempt = state.restarts
+
+def start_tracking(w: Worker) -> None:
+    """Rank 0: log into the stage's MLflow run (opened by the driver); tracking never stops training."""
+    if w.rank != 0:
+        return
+    from odvla.platform.tracking import ResilientTracker
+
+    uri = w.config["tracking_uri"]
+    w.tracker = ResilientTracker(uri, w.config.get("run_id"))
+    if w.tracker.enabled and w.config.get("system_metrics"):
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            w.monitor = SystemMetricsMonitor(w.tracker.run_id, sampling_interval=5, samples_before_logging=1,
+                                             resume_logging=w.resumed, tracking_uri=uri)
+            w.monitor.start()
+        except Exception as e:  # psutil missing, server down: tracking is never a reason to stop training
+            print(f"[odvla.train] system metrics disabled: {e}")
+            w.monitor = None
+    if w.resumed:
+        w.tracker.set_tags({"odvla.resumed_from_step": w.state.global_step, "odvla.restarts": w.state.restarts})
+    else:
+        w.tracker.log_params({"num_trainable_params": w.num_params, "num_trainable_tensors": w.num_tensors,
+                              "world_size": w.world})
+
+
+# ----------------------------------------------------------------------------------------------------- steps
+
+
+def forward_backward_step(engine, batch: dict, weights: dict) -> tuple[torch.Tensor, dict]:
+    """One micro-batch: forward, weighted total loss, backward, ``engine.step`` (DeepSpeed applies the optimiser
+    only at the accumulation boundary). Returns (total loss, the model's outputs)."""
+    out = engine(_to_device(batch, engine.device))
+    loss = _total_loss(out, weights)
+    engine.backward(loss)
+    engine.step()
+    return loss, out
+
+
+def finish_step(w: Worker, loss: torch.Tensor, out: dict, window: StepWindow) -> None:
+    """After an optimiser step: the step counters, stats all-reduced over ranks, the sample log, MLflow."""
+    state = w.state
+    state.global_step = int(w.engine.global_steps)  # DeepSpeed counts optimiser steps
+    stats = torch.tensor([loss.detach().float().item(), window.samples, window.tokens,
+                          *[float(out[k].detach()) if k in out else 0.0 for k in LOSS_TERMS]])
+    ranks = [window.sample_tokens]
+    if w.world > 1:
+        torch.distributed.all_reduce(stats)
+        ranks = [None] * w.world
+        torch.distributed.all_gather_object(ranks, window.sample_tokens)
+    if w.sample_log is not None:
+        w.sample_log.add(state.global_step, state.epoch, ranks)
+    dt = max(time.perf_counter() - window.started, 1e-9)
+    state.samples_seen += int(stats[1])
+    state.tokens_seen += int(stats[2])
+    w.last = {"loss": float(stats[0]) / w.world, "lr": float(w.scheduler.get_last_lr()[0]),
+              "samples_per_s": float(stats[1]) / dt, "tokens_per_s": float(stats[2]) / dt,
+              "samples_per_s_per_worker": float(stats[1]) / dt / w.world,
+              "tokens_per_s_per_worker": float(stats[2]) / dt / w.world,
+              **{f"loss_{k}": float(stats[3 + j]) / w.world for j, k in enumerate(LOSS_TERMS)}}
+    if w.rank == 0 and state.global_step % max(w.cfg.train.log_every, 1) == 0:
+        w.tracker.log_metrics({**w.last, "epoch": state.epoch}, step=state.global_step)
+
+
+def report_checkpoint(w: Worker, final: bool = False) -> None:
+    """Every rank saves its DeepSpeed shard (collective) and reports it with the metrics; the final checkpoint
+    also holds the consolidated export (rank 0). Rank 0 writes the sample log of the steps since the last one."""
+    import ray.train
+
+    from odvla.platform.export import save_export
+
+    d = new_checkpoint_dir()
+    save_shard(w.engine, d, w.state, w.rank)
+    if final:
+        export_state = None
+        if w.cfg.train.zero_stage == 3:  # gather the partitioned weights (collective)
+            export_state = w.engine._zero3_consolidated_16bit_state_dict()
+        if w.rank == 0:
+            save_export(w.engine.module, w.cfg, d / EXPORT_DIR, state_dict=export_state)
+    if w.sample_log is not None:
+        w.sample_log.flush()
+    s, t = w.state, w.tracker
+    metrics = {**w.last, "global_step": s.global_step, "epoch": s.epoch, "samples_seen": s.samples_seen,
+               "tokens_seen": s.tokens_seen, "restarts": s.restarts, "final": final,
+               "tracking_dropped": t.dropped if t else 0, "tracking_lost": bool(t and t.lost)}
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)),
+                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
+    for hook in w.hooks:
+        hook.after_checkpoint(s.global_step, s.restarts, w.rank)
+
+
+# ------------------------------------------------------------------------------------------------------ loop
+
+
+def _epoch_batches(w: Worker, shard):
+    """The epoch's micro-batches; a seed per epoch gives a new order each epoch and the same one again after a
+    restart (the skip in ``train_epoch`` relies on it)."""
+    from odvla.platform.data.collate import collate
+
+    buf = int(w.cfg.data.shuffle_buffer)
+    return shard.iter_torch_batches(batch_size=w.cfg.data.batch_size, collate_fn=collate,
+                                    local_shuffle_buffer_size=buf if buf > 0 else None,
+                                    local_shuffle_seed=int(w.cfg.train.seed) + w.state.epoch if buf > 0 else None)
+
+
+def train_epoch(w: Worker, shard) -> bool:
+    """Train on the rest of the current epoch; True once ``total_steps`` optimiser steps are done."""
+    state, cfg = w.state, w.cfg
+    skip, seen = state.batches_in_epoch, 0
+    weights, accum, every = dict(cfg.stage.loss_weights), cfg.train.grad_accum, cfg.train.checkpoint_every
+    window = StepWindow()
+    for i, batch in enumerate(_epoch_batches(w, shard)):
+        seen += 1
+        if i < skip:  # consumed before the restart: never trained on twice
+            continue
+        loss, out = forward_backward_step(w.engine, batch, weights)
+        state.batches_in_epoch += 1
+        window.samples += len(batch["sample_token"])
+        window.tokens += _count_tokens(batch, out)
+        window.sample_tokens.extend(map(str, batch["sample_token"]))
+        if state.batches_in_epoch % accum:
+            continue
+        finish_step(w, loss, out, window)
+        window = StepWindow()
+        if state.global_step >= w.total_steps:
+            return True
+        if every > 0 and state.global_step % every == 0:
+            report_checkpoint(w)
+    if seen == 0:
+        raise RuntimeError(f"rank {w.rank}: the training data shard yielded no batch in epoch {state.epoch} "
+                           f"({cfg.data.shards}, mixture {cfg.stage.mixture})")
+    return False
+
+
+def train(w: Worker) -> None:
+    """Epochs until ``total_steps`` optimiser steps (``train.max_steps``) or ``train.epochs`` are done."""
+    import ray.train
 
     shard = ray.train.get_dataset_shard("train")
-    weights = dict(cfg.stage.loss_weights)
-    accum = cfg.train.grad_accum
-    max_steps = total_steps
-    epochs = cfg.train.epochs if cfg.train.max_steps <= 0 else 10**9
-    checkpoint_every = cfg.train.checkpoint_every
-    hooked = False
-    last: dict = {}
-    t_window, samples_window, tokens_window = time.perf_counter(), 0, 0
-    done = state.global_step >= max_steps
-
-    def report(final: bool = False) -> None:
-        nonlocal hooked
-        d = new_checkpoint_dir()
-        save_shard(engine, d, state, rank)
-        if final:
-            export_state = None
-            if cfg.train.zero_stage == 3:  # gather the partitioned weights (collective)
-                export_state = engine._zero3_consolidated_16bit_state_dict()
-            if rank == 0:
-                save_export(engine.module, cfg, d / EXPORT_DIR, state_dict=export_state)
-        metrics = {**last, "global_step": state.global_step, "epoch": state.epoch,
-                   "samples_seen": state.samples_seen, "tokens_seen": state.tokens_seen,
-                   "restarts": state.restarts, "final": final,
-                   "tracking_dropped": tracker.dropped if tracker else 0,
-                   "tracking_lost": bool(tracker and tracker.lost)}
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)),
-                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
-        if rank == 0 and not hooked:
-            hooked = True
-            _hook(config.get("hook_dir"), attempt, state.global_step)
-
-    engine.train()
-    while not done and state.epoch < epochs:
-        skip = state.batches_in_epoch
-        buf = int(cfg.data.shuffle_buffer)
-        # a seed per epoch: a new order each epoch, the same one again after a restart (the skip below relies on it)
-        it = shard.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=collate,
-                                      local_shuffle_buffer_size=buf if buf > 0 else None,
-                                      local_shuffle_seed=int(cfg.train.seed) + state.epoch if buf > 0 else None)
-        seen = 0
-        for i, batch in enumerate(it):
-            seen += 1
-            if i < skip:  # consumed before the restart: never trained on twice
-                continue
-            batch = _to_device(batch, device)
-            out = engine(batch)
-            loss = _total_loss(out, weights)
-            engine.backward(loss)
-            engine.step()
-            n = len(batch["sample_token"])
-            state.batches_in_epoch += 1
-            samples_window += n
-            tokens_window += _count_tokens(batch, out)
-            if state.batches_in_epoch % accum:
-                continue
-            # one optimiser step done (DeepSpeed counts it in engine.global_steps)
-            state.global_step = int(engine.global_steps)
-            stats = torch.tensor([loss.detach().float().item(), samples_window, tokens_window,
-                                  *[float(out[k].detach()) if k in out else 0.0 for k in ("lm", "det", "map", "motion")]])
-            if world > 1:
-                torch.distributed.all_reduce(stats)
-            dt = max(time.perf_counter() - t_window, 1e-9)
-            state.samples_seen += int(stats[1])
-            state.tokens_seen += int(stats[2])
-            last = {"loss": float(stats[0]) / world, "lr": float(scheduler.get_last_lr()[0]),
-                    "samples_per_s": float(stats[1]) / dt, "tokens_per_s": float(stats[2]) / dt,
-                    "samples_per_s_per_worker": float(stats[1]) / dt / world,
-                    "tokens_per_s_per_worker": float(stats[2]) / dt / world,
-                    **{f"loss_{k}": float(stats[3 + j]) / world for j, k in enumerate(("lm", "det", "map", "motion"))}}
-            t_window, samples_window, tokens_window = time.perf_counter(), 0, 0
-            if rank == 0 and state.global_step % max(cfg.train.log_every, 1) == 0:
-                tracker.log_metrics({**last, "epoch": state.epoch}, step=state.global_step)
-            if state.global_step >= max_steps:
-                done = True
-                break
-            if checkpoint_every > 0 and state.global_step % checkpoint_every == 0:
-                report()
-        if seen == 0:
-            raise RuntimeError(f"rank {rank}: the training data shard yielded no batch in epoch {state.epoch} "
-                               f"({cfg.data.shards}, mixture {cfg.stage.mixture})")
+    by_steps = w.cfg.train.max_steps > 0
+    epochs = 10**9 if by_steps else w.cfg.train.epochs
+    w.engine.train()
+    done = w.state.global_step >= w.total_steps
+    while not done and w.state.epoch < epochs:
+        done = train_epoch(w, shard)
         if not done:
-            state.epoch += 1
-            state.batches_in_epoch = 0
-            if cfg.train.max_steps <= 0 and state.epoch >= epochs:
-                done = True
-    report(final=True)
-    if rank == 0:
-        if monitor is not None:
-            try:
-                monitor.finish()
-            except Exception:
-                pass
-        if tracker.lost or tracker.dropped:
-            print(f"[odvla.train] MLflow tracking: {tracker.dropped} records could not be written")
+            w.state.epoch += 1
+            w.state.batches_in_epoch = 0
+            done = not by_steps and w.state.epoch >= epochs
 
 
-def planned_steps(cfg, num_rows: int, world_size: int) -> int:
-    """Optimiser steps of the stage: ``train.max_steps`` or ``epochs`` over ``num_rows`` split across workers."""
-    if cfg.train.max_steps > 0:
-        return cfg.train.max_steps
+def finish_tracking(w: Worker) -> None:
+    if w.rank != 0:
+        return
+    if w.monitor is not None:
+        try:
+            w.monitor.finish()
+        except Exception:
+            pass
+    if w.tracker.lost or w.tracker.dropped:
+        print(f"[odvla.train] MLflow tracking: {w.tracker.dropped} records could not be written")
+
+
+def train_func(config: dict) -> None:
+    """Ray Train worker entry. ``config``: {'cfg': resolved config dict, 'run_id', 'tracking_uri',
+    'init_from' (export ref or None), 'total_steps', 'system_metrics', 'sample_log' (folder/URI or None),
+    'hooks' (list, may be empty)}."""
+    w = setup_worker(config)
+    resume_from_checkpoint(w)
+    start_tracking(w)
+    train(w)
+    report_checkpoint(w, final=True)
+    finish_tracking(w)
+
+
+def planned_steps(train_cfg, batch_size: int, num_rows: int, world_size: int) -> int:
+    """Optimiser steps of the stage: ``train.max_steps``, or ``train.epochs`` over ``num_rows`` split across
+    workers at ``batch_size`` rows per micro-batch (``data.batch_size``)."""
+    if train_cfg.max_steps > 0:
+        return train_cfg.max_steps
     per_worker = num_rows // max(world_size, 1)
-    batches = math.ceil(per_worker / cfg.data.batch_size)
-    steps = (batches // cfg.train.grad_accum) * cfg.train.epochs
+    batches = math.ceil(per_worker / batch_size)
+    steps = (batches // train_cfg.grad_accum) * train_cfg.epochs
     if steps <= 0:
-        raise ValueError(f"{num_rows} training rows over {world_size} workers at batch {cfg.data.batch_size} x "
-                         f"accumulation {cfg.train.grad_accum} give no optimiser step; lower them or add data")
+        raise ValueError(f"{num_rows} training rows over {world_size} workers at batch {batch_size} x "
+                         f"accumulation {train_cfg.grad_accum} give no optimiser step; lower them or add data")
     return steps

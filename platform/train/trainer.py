@@ -8,18 +8,26 @@
 
 Resuming is rerunning with the same ``train.storage_path`` and ``train.run_name``: Ray Train finds the run's latest
 checkpoint and ``train_func`` continues from it; the MLflow run is found by the same key, so it continues too.
+
+Node loss: a lost worker or node restarts the worker group from the last checkpoint (``train.max_failures``); the
+restart waits for the workers' resources (a replacement node) at most ``train.capacity_timeout_s``, then the stage
+fails with ``CapacityError`` naming the missing resources, instead of Ray's default of retrying forever. Every
+optimiser step's sample tokens go to ``<storage>/<run>/sample_log`` (``sample_log.py``), the proof that a resumed
+run trains the same sample sequence as an uninterrupted one.
 The driver opens the stage's MLflow run (params, config, lineage tags); rank 0 logs the per-step metrics into it;
 the driver adds the export (and, by config, the final checkpoint) as artifacts at the end.
 """
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from odvla.platform.config import Config, dump_yaml, flatten, to_dict
+from odvla.platform.durable_paths import resolve_storage_path
 from odvla.platform.train.progress import ProgressCallback, StageProgress
 from odvla.platform.train.stages import InitSource, check_stage, default_run_name, resolve_init
 
@@ -39,9 +47,44 @@ class StageResult:
     tracking_messages: list = field(default_factory=list)
 
 
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+DEFAULT_START_TIMEOUT_S = 60.0
+
+
+class CapacityError(RuntimeError):
+    """The cluster did not offer the stage's workers their resources within ``train.capacity_timeout_s``."""
+
+
 def _storage_path(cfg: Config) -> str:
-    p = cfg.train.storage_path
-    return p if "://" in p else str(Path(p).expanduser().resolve())
+    """``train.storage_path`` as a URI or a durable absolute folder (never Ray's working-dir copy of a job)."""
+    return resolve_storage_path(cfg.train.storage_path)
+
+
+def worker_resources(train_cfg) -> dict:
+    """Resources of one train worker: ``cpus_per_worker`` CPUs, a GPU with ``use_gpu``, ``worker_resources``."""
+    return {"CPU": train_cfg.cpus_per_worker, **({"GPU": 1} if train_cfg.use_gpu else {}),
+            **{k: float(v) for k, v in dict(train_cfg.worker_resources).items()}}
+
+
+def controller_failure_limit(capacity_timeout_s: float, start_timeout_s: float) -> int:
+    """Worker-group start attempts (each waits ``start_timeout_s``) that fit in ``capacity_timeout_s``; -1 (Ray's
+    unlimited) only when the timeout is negative."""
+    if capacity_timeout_s < 0:
+        return -1
+    return max(1, math.ceil(capacity_timeout_s / max(start_timeout_s, 1e-3)))
+
+
+def capacity_message(stage: str, train_cfg, waited_s: float, available: dict, total: dict, nodes: int) -> str:
+    """What is missing, in the words of the config: N workers x their resources against what the cluster has."""
+    need = worker_resources(train_cfg)
+    want = {k: v * train_cfg.num_workers for k, v in need.items()}
+    short = {k: f"{v:g} wanted, {total.get(k, 0.0):g} in the cluster ({available.get(k, 0.0):g} free)"
+             for k, v in want.items() if total.get(k, 0.0) < v or available.get(k, 0.0) < need[k]}
+    return (f"stage {stage}: gave up after waiting about {waited_s:.0f} s (train.capacity_timeout_s="
+            f"{train_cfg.capacity_timeout_s:g}) for {train_cfg.num_workers} train workers of {need} each; "
+            f"missing: {short or 'none now, the cluster recovered too late'}; {nodes} node(s) alive. A node was "
+            f"lost and not replaced: add capacity, lower train.num_workers, or raise train.capacity_timeout_s "
+            f"(-1 waits forever), then rerun with the same train.run_name to resume from the last checkpoint.")
 
 
 def _open_run(cfg: Config, uri: str, run_key: str, run_name: str, init: InitSource,
@@ -63,12 +106,15 @@ def _open_run(cfg: Config, uri: str, run_key: str, run_name: str, init: InitSour
 
 
 def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Optional[InitSource] = None,
-              register: Optional[bool] = None, on_progress: Optional[ProgressCallback] = None) -> StageResult:
+              register: Optional[bool] = None, on_progress: Optional[ProgressCallback] = None,
+              worker_hooks: Sequence = ()) -> StageResult:
     """Train one stage on the current Ray cluster (``ray.init`` first, or it starts a local one).
 
     ``previous``: the export of the pipeline's previous stage (for ``stage.init_from: auto``). ``register``:
     register the export as ``tracking.registered_model`` (default: ``stage.registers_model``). ``on_progress``: called from a
     driver thread as ``(stage, step, total_steps, metrics)`` while the stage trains (``StageProgress``).
+    ``worker_hooks``: picklable objects with ``after_checkpoint(step, attempt, rank)``, run on every train worker
+    after each checkpoint (fault injection in tests).
     """
     import ray.train
     from ray.data import ExecutionOptions
@@ -76,7 +122,8 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     from ray.train.torch import TorchTrainer
 
     from odvla.platform.tracking import TAG_CHECKPOINT, TAG_EXPORT, register_export, resolve_tracking_uri
-    from odvla.platform.train.loop import HOOK_ENV, planned_steps, train_func
+    from odvla.platform.train.loop import planned_steps, train_func
+    from odvla.platform.train.sample_log import LOG_DIR
     from odvla.platform.train.stage_data import build_stage_dataset
 
     check_stage(cfg.stage)
@@ -91,7 +138,7 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
           f"({'resuming' if resumed else 'new'}; MLflow {uri} run {tracker.run_id})", flush=True)
     _warn_if_no_cpu_left_for_data(t)
     dataset, num_rows, mixture = build_stage_dataset(cfg)
-    total_steps = planned_steps(cfg, num_rows, t.num_workers)
+    total_steps = planned_steps(t, cfg.data.batch_size, num_rows, t.num_workers)
     if not resumed:
         tracker.log_params({**flatten(to_dict(cfg)), "data.train_rows": num_rows, "train.total_steps": total_steps})
         tracker.log_text(dump_yaml(cfg), "config.yaml")
@@ -104,14 +151,19 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
                       and os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() != "false")
     loop_config = {"cfg": to_dict(cfg), "run_id": tracker.run_id, "tracking_uri": uri, "init_from": init.ref,
                    "total_steps": total_steps, "system_metrics": system_metrics,
-                   "hook_dir": os.environ.get(HOOK_ENV)}
+                   "sample_log": f"{storage}/{run_name}/{LOG_DIR}", "hooks": list(worker_hooks)}
+    start_timeout = float(os.environ.get(START_TIMEOUT_ENV, DEFAULT_START_TIMEOUT_S))
     trainer = TorchTrainer(
         train_func,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}),
+                                     resources_per_worker=worker_resources(t)),
         run_config=RunConfig(storage_path=storage, name=run_name,
-                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             failure_config=FailureConfig(
+                                 max_failures=t.max_failures,
+                                 # Ray's default retries a worker group that cannot start forever, silently.
+                                 controller_failure_limit=controller_failure_limit(t.capacity_timeout_s,
+                                                                                   start_timeout)),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": dataset},
         # Deterministic block order, so the batches a resumed run skips are the ones it already trained on.
@@ -120,8 +172,10 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     try:
         with StageProgress(uri, tracker.run_id, cfg.stage.name, total_steps, on_progress):
             result = trainer.fit()
-    except BaseException:
+    except BaseException as e:
         tracker.terminate("FAILED")
+        if _is_capacity_failure(e):
+            raise CapacityError(_capacity_report(cfg.stage.name, t, start_timeout)) from e
         raise
     if result.checkpoint is None:
         tracker.terminate("FAILED")
@@ -154,6 +208,25 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     return StageResult(stage=cfg.stage.name, run_id=tracker.run_id, export_dir=export_dir, metrics=metrics,
                        checkpoint_path=ckpt_path, run_name=run_name, registered_version=version,
                        tracking_messages=list(tracker.messages))
+
+
+def _is_capacity_failure(error: BaseException) -> bool:
+    from ray.train import ControllerError
+
+    cause = getattr(error, "controller_failure", None)
+    return isinstance(error, ControllerError) and type(cause).__name__ in (
+        "WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError")
+
+
+def _capacity_report(stage: str, t, start_timeout: float) -> str:
+    import ray
+
+    waited = controller_failure_limit(t.capacity_timeout_s, start_timeout) * start_timeout
+    try:
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        return capacity_message(stage, t, waited, ray.available_resources(), ray.cluster_resources(), nodes)
+    except Exception:  # the cluster itself is gone: say what was wanted
+        return capacity_message(stage, t, waited, {}, {}, 0)
 
 
 def _warn_if_no_cpu_left_for_data(t) -> None:
