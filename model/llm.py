@@ -6,8 +6,28 @@ compact number tokens); new rows start at the mean of the old ones (``mean_resiz
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
+
+QWEN25_OFFICIAL = {
+    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1_000_000.0,
+                 rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu", params=494_032_768),
+    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+               num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1_000_000.0,
+               rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu", params=3_085_938_688),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, max_position_embeddings=32768, rope_theta=1_000_000.0,
+               rms_norm_eps=1e-6, tie_word_embeddings=False, hidden_act="silu", params=7_615_616_512),
+}
+"""Qwen2.5-{0.5B,3B,7B}-Instruct as released. Source: ``config.json`` of Qwen/Qwen2.5-0.5B-Instruct,
+Qwen/Qwen2.5-3B-Instruct and Qwen/Qwen2.5-7B-Instruct on the Hugging Face hub (the model cards: 0.49B / 3.09B /
+7.61B parameters, 0.36B / 2.77B / 6.53B non-embedding). ``params`` = the exact total of those configs with Qwen2's
+q/k/v biases, the count of the released safetensors."""
+
+_RANDOM_INIT_WARNED: set = set()
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """``model.dtype`` name -> torch dtype (the export's weight dtype)."""
@@ -34,6 +54,12 @@ def build_llm(model_cfg, tokenizer) -> Qwen2ForCausalLM:
     if model_cfg.llm.path:
         model = Qwen2ForCausalLM.from_pretrained(model_cfg.llm.path, dtype=torch.float32)
     else:
+        preset = getattr(model_cfg, "preset", "")
+        if preset in QWEN25_OFFICIAL and preset not in _RANDOM_INIT_WARNED:
+            _RANDOM_INIT_WARNED.add(preset)
+            warnings.warn(f"model preset {preset!r} has no model.llm.path: its Qwen2.5 LLM starts from RANDOM "
+                          f"weights (set model.llm.path to a local Qwen2.5-{preset.upper()}-Instruct folder to "
+                          f"start from the released weights)", UserWarning, stacklevel=2)
         model = Qwen2ForCausalLM(qwen2_config(model_cfg, tokenizer))
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64, mean_resizing=True)

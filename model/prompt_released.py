@@ -107,7 +107,7 @@ def released_history(past_traj, past_mask, future_traj=None, future_mask=None) -
     p = np.asarray(past_traj, dtype=np.float64).reshape(PAST_STEPS, 2)
     m = np.asarray(past_mask, dtype=np.float64).reshape(PAST_STEPS) > 0.5
     pts = np.zeros((PAST_STEPS + 1, 2))
-    pts[:PAST_STEPS] = np.stack([-p[:, 1], p[:, 0]], -1)
+    pts[:PAST_STEPS] = np.stack([-p[:, 1], p[:, 0]], -1) + 0.0  # + 0.0: no '-0.00' from turning an exact 0
     diff = np.zeros((PAST_STEPS + 1, 2))
     if future_traj is not None and future_mask is not None and float(np.asarray(future_mask).reshape(-1)[0]) > 0.5:
         f0 = np.asarray(future_traj, dtype=np.float64).reshape(-1, 2)[0]
