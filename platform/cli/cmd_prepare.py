@@ -29,6 +29,11 @@ def run(args) -> int:
         print(f"{split}: {s['samples']} samples, {s['scenes']} scenes, {len(s['files'])} shard(s)")
     print(f"split source: {rep['split_source']}; schema version {rep['schema_version']}; "
           f"{rep['seconds']} s -> {Path(args.out) / 'manifest.json'}")
+    sources = rep.get("ego_state_source", {})
+    fell_back = sorted(name for name, src in sources.items() if src != "can_bus")
+    print(f"ego state: {len(sources) - len(fell_back)} scene(s) from the CAN bus, {len(fell_back)} fell back to ego "
+          f"poses (no can_bus/ in the dataroot, or the devkit has no CAN data for the scene)"
+          + (f": {', '.join(fell_back[:10])}{' ...' if len(fell_back) > 10 else ''}" if fell_back else ""))
     if args.instructions:
         from odvla.platform.cli.cmd_instructions import print_report, run_instructions
 

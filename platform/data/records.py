@@ -89,6 +89,10 @@ def _to_ego(pts: np.ndarray, g2e: np.ndarray) -> np.ndarray:
     return pts @ g2e[:3, :3].T + g2e[:3, 3]
 
 
+class CanBusError(ValueError):
+    """A CAN bus expansion file that exists for a scene but cannot be used (names the scene and the file)."""
+
+
 class CanBus:
     """Optional CAN-bus ego state (real nuScenes ``can_bus/`` expansion)."""
 
@@ -99,17 +103,33 @@ class CanBus:
 
             self.api = NuScenesCanBus(dataroot=dataroot)
 
-    def scene_messages(self, scene_name: str):
-        if self.api is None:
-            return None
+    def has_scene(self, scene_name: str) -> bool:
+        """False only in the devkit's "no CAN data for this scene" case: its ``can_blacklist`` (the scenes whose
+        logs have no CAN bus, e.g. scene-0161..0176, 0309..0314), which ``get_messages`` refuses."""
         try:
-            pose = self.api.get_messages(scene_name, "pose", print_warnings=False)
-            steer = self.api.get_messages(scene_name, "steeranglefeedback", print_warnings=False)
-        except Exception:  # blacklisted scenes have no CAN data; the caller records the fallback
+            scene_id = int(scene_name[-4:])
+        except ValueError:
+            raise CanBusError(f"scene name {scene_name!r} is not scene-NNNN, the CAN bus expansion cannot be "
+                              f"read for it") from None
+        return scene_id not in self.api.can_blacklist
+
+    def scene_messages(self, scene_name: str):
+        """(pose, steeranglefeedback) messages of a scene; None when the dataroot has no ``can_bus/`` or the devkit
+        has no CAN data for the scene (the caller falls back to ego poses and counts it). Any other problem (a
+        missing, unreadable or empty message file) is a :class:`CanBusError` naming the scene and file."""
+        if self.api is None or not self.has_scene(scene_name):
             return None
-        if not pose:
-            return None
-        return pose, steer
+        out = []
+        for message in ("pose", "steeranglefeedback"):
+            path = Path(self.api.can_dir) / f"{scene_name}_{message}.json"
+            try:
+                out.append(self.api.get_messages(scene_name, message, print_warnings=False))
+            except (OSError, ValueError, AssertionError) as e:
+                raise CanBusError(f"CAN bus {message} messages of {scene_name} unreadable at {path}: "
+                                  f"{type(e).__name__}: {e}") from e
+            if not out[-1]:
+                raise CanBusError(f"CAN bus {message} messages of {scene_name} are empty ({path})")
+        return tuple(out)
 
     @staticmethod
     def state(msgs, utime: int) -> np.ndarray | None:
