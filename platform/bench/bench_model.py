@@ -70,11 +70,13 @@ def synthetic_batch(cfg, B: int = 2, seed: int = 0, tasks=None) -> dict:
 
 
 def tokens_per_trajectory(model_cfg, n: int = 200, seed: int = 0) -> dict:
-    """Mean / max tokens of one answer trajectory (markers included) for released text and compact tokens."""
+    """Tokens of one answer trajectory (markers included) with the preset's own vocabulary (Qwen2.5's for the real
+    presets), per trajectory encoding, in plain text and with compact number tokens:
+    ``{(encoding, compact): (mean, min, max)}``."""
     import copy
 
     from odvla.model.tokenizer import build_tokenizer
-    from odvla.model.traj_codec import TrajectoryCodec
+    from odvla.model.traj_codec import ENCODINGS, TrajectoryCodec
 
     rng = np.random.default_rng(seed)
     trajs = [np.cumsum(rng.normal([2.5, 0.0], [1.5, 0.4], (6, 2)), 0) for _ in range(n)]
@@ -84,9 +86,12 @@ def tokens_per_trajectory(model_cfg, n: int = 200, seed: int = 0) -> dict:
     for compact in (False, True):
         cfg = copy.deepcopy(model_cfg)
         cfg.text.compact_tokens = compact
-        tok, codec = build_tokenizer(cfg), TrajectoryCodec(cfg.text)
-        counts = [len(tok(codec.encode(t, e), add_special_tokens=False)["input_ids"]) for t, e in zip(trajs, egos)]
-        out["compact" if compact else "text"] = (float(np.mean(counts)), int(np.max(counts)))
+        tok = build_tokenizer(cfg)
+        for enc in ENCODINGS:
+            cfg.text.traj_encoding = enc
+            codec = TrajectoryCodec(cfg.text)
+            counts = [len(tok(codec.encode(t, e), add_special_tokens=False)["input_ids"]) for t, e in zip(trajs, egos)]
+            out[(enc, compact)] = (float(np.mean(counts)), int(np.min(counts)), int(np.max(counts)))
     return out
 
 
@@ -108,9 +113,10 @@ def run(args) -> int:
     tpt = tokens_per_trajectory(mcfg, args.trajectories)
     print(f"bench model: preset {mcfg.preset}, batch {args.batch_size}, device {dev}, "
           f"{'bf16' if args.bf16 else 'fp32'}, torch threads {torch.get_num_threads()}")
-    print(f"tokens per trajectory ({args.trajectories} random, markers included): released text "
-          f"{tpt['text'][0]:.1f} (max {tpt['text'][1]}), compact tokens {tpt['compact'][0]:.1f} "
-          f"(max {tpt['compact'][1]}) -> {tpt['text'][0] / tpt['compact'][0]:.2f}x fewer decode steps")
+    vocab = mcfg.llm.path or mcfg.llm.tokenizer
+    print(f"tokens per trajectory ({args.trajectories} random, markers included, vocabulary {vocab}):")
+    for (enc, compact), (mean, lo, hi) in tpt.items():
+        print(f"  {enc:<9} {'compact tokens' if compact else 'text':<15} {mean:6.1f} (min {lo}, max {hi})")
     model = OpenDriveVLA(mcfg).to(dev)
     if args.bf16:
         model = model.to(torch.bfloat16)
