@@ -35,10 +35,7 @@ class DemoResult:
 
 
 def _say(console, msg: str) -> None:
-    if console is not None:
-        console.print(msg)
-    else:
-        print(msg, flush=True)
+    console.print(msg)
 
 
 def demo_stage_overrides(stage: str, user: Iterable[str] = ()) -> list[str]:
@@ -50,7 +47,28 @@ def demo_stage_overrides(stage: str, user: Iterable[str] = ()) -> list[str]:
 
 def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages: Optional[list] = None,
              scenes: Optional[int] = None, keyframes: Optional[int] = None, base: Optional[Config] = None,
-             evaluate: bool = True) -> DemoResult:
+             evaluate: bool = True, quiet: bool = True) -> DemoResult:
+    """The whole path on synthetic data. ``quiet``: Ray's, Ray Data's, MLflow's and the scorers' own output goes to
+    ``<out>/demo.log``; the demo prints its own progress lines, the table and where the log and runs are."""
+    import contextlib
+    import sys
+
+    from odvla.platform.output_capture import captured_output
+
+    out = Path(out).resolve()
+    log_path = out / "demo.log"
+    if quiet:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"odvla demo: Ray / Ray Data / MLflow output goes to {log_path}", flush=True)
+    with (captured_output(log_path) if quiet else contextlib.nullcontext(sys.stdout)) as stream:
+        res = _run_demo(stream, out, list(overrides), stages, scenes, keyframes, base, evaluate)
+    if quiet:
+        print(f"log: {log_path}", flush=True)
+    return res
+
+
+def _run_demo(stream, out: Path, overrides: list, stages: Optional[list], scenes: Optional[int],
+              keyframes: Optional[int], base: Optional[Config], evaluate: bool) -> DemoResult:
     import ray
 
     from odvla.platform.data.conversations.build import build_instructions
@@ -60,15 +78,10 @@ def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages
     from odvla.platform.train.pipeline import run_pipeline
     from odvla.platform.train.stages import stage_config
 
-    try:
-        from rich.console import Console
+    from rich.console import Console
 
-        console = Console()
-    except ImportError:  # pragma: no cover
-        console = None
+    console = Console(file=stream)
     t0 = time.time()
-    out = Path(out).resolve()
-    overrides = list(overrides)
     stages = list(stages or stage_names())
     cfg = base or load_config(model="tiny", overrides=[o for o in overrides if not o.startswith("stage.")])
     cfg.train.storage_path = str(out / "runs")
@@ -90,8 +103,9 @@ def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages
 
     name = cfg.train.run_name or f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     cfg.train.run_name = name
+    user_steps = [o.split("=", 1)[1] for o in overrides if o.startswith("train.max_steps=")]
     _say(console, f"[bold]4/5 train[/bold] {' -> '.join(stages)} (tiny, Ray Train + DeepSpeed on CPU); steps "
-                  + ", ".join(f"{s} {demo_steps(s)}" for s in stages))
+                  + ", ".join(f"{s} {user_steps[-1] if user_steps else demo_steps(s)}" for s in stages))
     clock = {"t": time.time()}
 
     def progress(res) -> None:
@@ -120,7 +134,8 @@ def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages
         _say(console, f"[bold]5/5 evaluate[/bold] {pipe.export_dir} on the synthetic val split")
         ecfg = stage_config(cfg, stages[-1], overrides=demo_stage_overrides(stages[-1], overrides))
         evaluation = run_eval(ecfg, str(pipe.export_dir), out_dir=out / "eval", run_id=pipe.results[-1].run_id)
-        print(evaluation.table_md)
+        stream.write(evaluation.table_md + "\n")
+        stream.flush()
     secs = time.time() - t0
     _say(console, f"MLflow: {uri}  (pipeline run {pipe.parent_run_id}, experiment {cfg.tracking.experiment!r})")
     if uri.startswith("sqlite:///"):

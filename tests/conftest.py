@@ -7,7 +7,7 @@ port of their own and stop it at the end.
 Tiers (markers are declared in ``pyproject.toml``):
 
 - ``integration``: starts a real Ray cluster, MLflow server or Serve app. Every test that uses the ``ray_session``
-  fixture gets it automatically; tests that start their own cluster carry it by hand.
+  or ``mlflow_server`` fixture gets it automatically; tests that start their own cluster or server carry it by hand.
 - ``slow``: over about a minute on 2 cores (the demo, multi-node fault tests).
 - unmarked: unit and module tests. ``make test-fast`` runs only these (``-m "not integration and not slow"``) with
   ``ODVLA_TEST_TIER=fast``, under which any attempt to start or reach Ray fails the test: ``RAY_ADDRESS`` points at a
@@ -29,10 +29,14 @@ if FAST_TIER:
     os.environ["RAY_ADDRESS"] = "127.0.0.1:1"
 
 
+INTEGRATION_FIXTURES = {"ray_session", "mlflow_server"}
+"""Fixtures that start a Ray cluster or a server: a test that uses one is an integration test."""
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests that use the shared Ray instance are integration tests, whether or not they say so."""
+    """Tests that use a cluster or server fixture are integration tests, whether or not they say so."""
     for item in items:
-        if "ray_session" in getattr(item, "fixturenames", ()):
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
 
 

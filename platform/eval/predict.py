@@ -28,7 +28,8 @@ def _to_device(batch: dict, device) -> dict:
 
 
 class PlannerPredictor:
-    """Ray Data UDF: ``ds.map_batches(PlannerPredictor, fn_constructor_kwargs={...}, concurrency=n, num_gpus=g)``."""
+    """Ray Data UDF: ``ds.map_batches(PlannerPredictor, fn_constructor_kwargs={...}, compute=ActorPoolStrategy(size=n),
+    num_gpus=g)``."""
 
     def __init__(self, export_dir: str, max_new_tokens: Optional[int] = None, constrained: bool = True,
                  use_gpu: bool = False, tracking_uri: Optional[str] = None):
@@ -74,13 +75,15 @@ def predict_dataset(ds, export_dir: str, batch_size: int, concurrency: int, num_
 
     ``export_dir``: a folder every replica can read, or a ``runs:/`` / ``models:/`` URI each replica downloads
     (multi-node clusters without a shared filesystem)."""
+    import ray.data
+
     out = ds.map_batches(
         PlannerPredictor,
         fn_constructor_kwargs={"export_dir": str(export_dir), "max_new_tokens": max_new_tokens,
                                "use_gpu": num_gpus > 0, "tracking_uri": tracking_uri},
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=concurrency,
+        compute=ray.data.ActorPoolStrategy(size=int(concurrency)),
         num_gpus=num_gpus if num_gpus > 0 else None,
     )
     cols: dict = {k: [] for k in OUTPUT_COLUMNS}
