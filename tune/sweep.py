@@ -8,7 +8,8 @@ per stage and then the evaluation (``odvla.tune.trial``). The trainers' workers 
 capped at ``sweep.max_concurrent_trials`` (0: as many of the largest trial as the cluster's GPUs hold) to keep
 trials from starving each other.
 
-The experiment lives at ``<sweep.storage_path>/<sweep.name>/`` (Tune's state, one folder per trial, the progress
+The experiment lives at ``<sweep.storage_path>/<sweep.name>/``, a shared folder or a URI such as ``s3://bucket/sweeps``
+(``sweep_storage.py``; pyarrow file systems, as Tune uses) so that it outlives any one node (Tune's state, one folder per trial, the progress
 checkpoints, ``eval/<trial_id>/``, ``results.md``, ``results.png``, ``odvla_sweep.json`` with what a resume
 needs). A failed trial is retried ``sweep.max_failures`` times, resuming after its last finished stage, then
 reported as failed in the table. An interrupted sweep (Ctrl-C, a lost driver) resumes with ``restore=True``:
@@ -30,6 +31,7 @@ from odvla.tune.hpo import build_search, metric_mode
 from odvla.tune.recipe import SweepRecipe
 from odvla.tune.results import results_markdown, results_plot
 from odvla.tune.space import build_hpo_space, build_param_space, max_concurrent_trials, stage_key
+from odvla.tune.sweep_storage import SweepLocation
 from odvla.platform.tracking import resolve_tracking_uri
 from odvla.platform.tracking.sweep_runs import (TrackingClient, close_sweep_run, mark_trial, open_sweep_run,
                                                 reopen_run, tag_stage_runs, trial_runs)
@@ -48,18 +50,17 @@ TRIAL_CPUS = 1
 class _Plan:
     cfg: Config
     name: str
-    exp_dir: Path
+    loc: SweepLocation
+    """The experiment on (shared) storage: a folder or a URI."""
     recipe: SweepRecipe
     tracking_uri: str
     parent_run_id: str | None
 
 
-def _exp_dir(cfg: Config, name: str) -> Path:
-    storage = cfg.sweep.storage_path
-    if "://" in storage:
-        raise ConfigError(f"sweep.storage_path={storage!r}: use a file-system path (on a cluster, shared storage "
-                          f"such as /mnt/shared/odvla/sweeps); the results table and resume state are written there")
-    return Path(storage).resolve() / name
+    @property
+    def exp_dir(self) -> Path:
+        """A local folder for the files written here (the experiment folder, or a mirror of a URI's)."""
+        return self.loc.local_dir()
 
 
 def _new_plan(cfg: Config, recipe: SweepRecipe) -> _Plan:
@@ -73,20 +74,19 @@ def _new_plan(cfg: Config, recipe: SweepRecipe) -> _Plan:
     if any(float(x) <= 0 for x in sw.lrs):
         raise ConfigError(f"sweep.lrs: learning rates must be > 0, got {sw.lrs}")
     name = sw.name or time.strftime("sweep-%Y%m%d-%H%M%S")
-    exp_dir = _exp_dir(cfg, name)
+    loc = SweepLocation.of(sw.storage_path, name)
     from ray import tune
 
-    if exp_dir.exists() and tune.Tuner.can_restore(str(exp_dir)):
-        raise ConfigError(f"sweep {name!r} already exists at {exp_dir}: resume it with --restore "
+    if loc.exists() and tune.Tuner.can_restore(loc.uri):
+        raise ConfigError(f"sweep {name!r} already exists at {loc.uri}: resume it with --restore "
                           f"(or pick another sweep.name)")
     recipe = recipe.resolve(cfg)
     tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri)  # absolute: trials run elsewhere
     parent = open_sweep_run(cfg, name, tracking_uri, sw.mode)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    plan = _Plan(cfg, name, exp_dir, recipe, tracking_uri, parent)
+    plan = _Plan(cfg, name, loc, recipe, tracking_uri, parent)
     meta = {"name": name, "tracking_uri": tracking_uri, "parent_run_id": parent, "recipe": asdict(recipe),
             "config": to_dict(cfg)}
-    (exp_dir / META_FILE).write_text(json.dumps(meta, indent=1))
+    loc.write_text(META_FILE, json.dumps(meta, indent=1))
     return plan
 
 
@@ -96,13 +96,12 @@ def _restored_plan(cfg: Config) -> _Plan:
     if not cfg.sweep.name:
         raise ConfigError("--restore needs the sweep's name: --set sweep.name=<name> (a folder under "
                           f"sweep.storage_path={cfg.sweep.storage_path})")
-    exp_dir = _exp_dir(cfg, cfg.sweep.name)
-    meta_path = exp_dir / META_FILE
-    if not meta_path.exists() or not tune.Tuner.can_restore(str(exp_dir)):
-        raise ConfigError(f"no sweep to resume at {exp_dir} (missing {META_FILE} or Tune experiment state)")
-    meta = json.loads(meta_path.read_text())
+    loc = SweepLocation.of(cfg.sweep.storage_path, cfg.sweep.name)
+    if not loc.exists(META_FILE) or not tune.Tuner.can_restore(loc.uri):
+        raise ConfigError(f"no sweep to resume at {loc.uri} (missing {META_FILE} or Tune experiment state)")
+    meta = json.loads(loc.read_text(META_FILE))
     # The original sweep's config and recipe: resumed trials train exactly what the first run would have.
-    plan = _Plan(from_dict(meta["config"]), meta["name"], exp_dir, SweepRecipe(**meta["recipe"]),
+    plan = _Plan(from_dict(meta["config"]), meta["name"], loc, SweepRecipe(**meta["recipe"]),
                  meta["tracking_uri"], meta["parent_run_id"])
     reopen_run(plan.tracking_uri, plan.parent_run_id)
     return plan
@@ -132,13 +131,13 @@ def run_sweep(cfg: Config, recipe: SweepRecipe, restore: bool = False) -> dict:
     stage_count = max(len(s) for s in sw.stage_sets) if sw.mode == "ablation" else len(sw.stage_sets[0])
     search, scheduler, relaxed = build_search(cfg, stage_count)
 
-    ctx = TrialContext(recipe=plan.recipe, sweep_name=plan.name, sweep_dir=str(plan.exp_dir),
+    ctx = TrialContext(recipe=plan.recipe, sweep_name=plan.name, sweep_dir=plan.loc.uri,
                        tracking_uri=plan.tracking_uri, experiment=cfg.tracking.experiment,
                        parent_run_id=plan.parent_run_id)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": TRIAL_CPUS})
 
     if restore:
-        tuner = tune.Tuner.restore(str(plan.exp_dir), trainable=trainable, resume_unfinished=True,
+        tuner = tune.Tuner.restore(plan.loc.uri, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
         sizes = sw.model_sizes if sw.mode == "ablation" else sw.model_sizes[:1]
@@ -157,7 +156,7 @@ def run_sweep(cfg: Config, recipe: SweepRecipe, restore: bool = False) -> dict:
                 max_concurrent_trials=concurrent, search_alg=search, scheduler=scheduler,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(
-                name=plan.name, storage_path=str(plan.exp_dir.parent),
+                name=plan.name, storage_path=plan.loc.parent,
                 failure_config=tune.FailureConfig(max_failures=sw.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1),
         )
@@ -219,7 +218,7 @@ def _finish(plan: _Plan, grid) -> dict:
              f"attempt(s): {r['error']}" for r in rows if r["status"] == "failed"]
     if interrupted:
         notes.append(f"- sweep interrupted: resume with `odvla sweep --restore --set sweep.name={plan.name} "
-                     f"--set sweep.storage_path={plan.exp_dir.parent}`")
+                     f"--set sweep.storage_path={plan.loc.parent}`")
     table_md = results_markdown(rows, title=title, notes=notes)
     table_path = plan.exp_dir / "results.md"
     table_path.write_text(table_md)
@@ -228,6 +227,10 @@ def _finish(plan: _Plan, grid) -> dict:
         plot_path = results_plot(rows, plan.exp_dir / "results.png", metric=sw.metric,
                                  by_lr=sw.mode == "hpo")
     (plan.exp_dir / "results.json").write_text(json.dumps(rows, indent=1, default=str))
+    if plan.loc.remote:  # beside Tune's state on the shared storage, too
+        for f in (table_path, plot_path, plan.exp_dir / "results.json"):
+            if f is not None:
+                plan.loc.upload(f, f.name)
 
     done = [r for r in rows if r["status"] == "done" and isinstance(r.get(sw.metric), (int, float))
             and not math.isnan(r[sw.metric])]
@@ -245,7 +248,7 @@ def _finish(plan: _Plan, grid) -> dict:
                     status="KILLED" if interrupted else "FINISHED")
     return {"table_md": table_md, "table_path": str(table_path), "plot_path": str(plot_path) if plot_path else None,
             "parent_run_id": plan.parent_run_id, "failed": [r["trial_id"] for r in rows if r["status"] == "failed"],
-            "interrupted": interrupted, "rows": rows, "best": best, "experiment_path": str(plan.exp_dir)}
+            "interrupted": interrupted, "rows": rows, "best": best, "experiment_path": plan.loc.uri}
 
 
 def _close_trial_runs(plan: _Plan, rows: list[dict]) -> None:

@@ -27,6 +27,7 @@ from ray import tune
 
 from odvla.tune.recipe import SweepRecipe
 from odvla.tune.space import trial_resources
+from odvla.tune.sweep_storage import SweepLocation
 from odvla.platform.tracking.sweep_runs import TrialRun
 
 PROGRESS_FILE = "progress.json"
@@ -41,7 +42,7 @@ class TrialContext:
     recipe: SweepRecipe
     sweep_name: str
     sweep_dir: str
-    """Absolute folder of the sweep (Tune experiment); per-trial eval outputs go below it."""
+    """The sweep's experiment (absolute folder or URI); per-trial eval outputs go to ``eval/<trial id>`` below it."""
     tracking_uri: str
     experiment: str
     parent_run_id: str | None
@@ -117,14 +118,17 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
                 tune.report({**_params_metrics(params, configs), "phase": "train", "stage": result.stage,
                              "stages_done": i + 1, "train_loss": loss, **_stage_losses(done)},
                             checkpoint=_progress_checkpoint(done, tmp))
-        eval_dir = Path(ctx.sweep_dir) / "eval" / trial_id
+        remote = "://" in ctx.sweep_dir
+        eval_dir = Path(tempfile.mkdtemp(prefix="odvla-eval-")) if remote else Path(ctx.sweep_dir) / "eval" / trial_id
         ev = run_eval(configs[-1], done[-1]["export_dir"], out_dir=eval_dir, run_id=run.run_id)
+        if remote:  # beside the sweep on its shared storage
+            eval_dir = SweepLocation(ctx.sweep_dir).upload(Path(ev.out_dir or eval_dir), f"eval/{trial_id}")
         metrics = {k: float(v) for k, v in ev.metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         tune.report({**_params_metrics(params, configs), "phase": "done", "stages_done": len(configs),
                      "train_loss": done[-1]["train_loss"], **_stage_losses(done), **metrics,
                      "export_dir": done[-1]["export_dir"], "mlflow_run_id": run.run_id,
-                     "eval_dir": str(ev.out_dir or eval_dir)})
+                     "eval_dir": str(eval_dir if remote else (ev.out_dir or eval_dir))})
         run.finish("FINISHED")
     except BaseException:
         run.finish("FAILED")
