@@ -156,8 +156,9 @@ def test_failed_trial_is_retried_then_reported(shards_dir, ray_session, tmp_path
 
 @pytest.mark.integration
 def test_hpo_sweep_optuna_with_asha(shards_dir, ray_session, tmp_path):
-    """One trial keeps the budget: what matters here is that Optuna (judging the eval metric) and ASHA (judging
-    the stage's training loss) run together on real reports; their choices are unit-tested."""
+    """One real trial keeps the budget: Optuna (judging the eval metric) and ASHA (judging the stage's training
+    loss) run together on real training and evaluation reports. That they change what runs (proposals from the
+    space, a lagging trial stopped) is shown by tests/test_tune_hpo_choices.py."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [*_common(tmp_path, shards_dir, uri), "train.max_steps=1", "sweep.mode=hpo", "sweep.name=lr",
                  "sweep.stage_sets=[[stage3]]", "sweep.num_samples=1", "sweep.lr_min=1e-4", "sweep.lr_max=1e-2"]
