@@ -39,10 +39,10 @@ def test_optuna_proposes_from_the_space_and_asha_stops_laggards(ray_session, tmp
     cfg = load_config(model="tiny", overrides=["sweep.mode=hpo", "sweep.searcher=optuna", "sweep.scheduler=asha",
                                                "sweep.lr_min=1e-5", "sweep.lr_max=1e-1", "sweep.num_samples=8",
                                                "sweep.stage_sets=[[stage1,stage3]]"])
-    search, scheduler, relaxed = build_search(cfg, num_stages=STAGES)
+    search, scheduler, relaxed = build_search(cfg.sweep, num_stages=STAGES, seed=cfg.train.seed)
     assert relaxed and search is not None and scheduler is not None
     monkeypatch.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    space = build_hpo_space(cfg)
+    space = build_hpo_space(cfg.sweep)
     tuner = tune.Tuner(
         tune.with_resources(_make_trial(LOSS_METRIC, STAGES), {"cpu": 1}), param_space={"lr": space["lr"]},
         tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=cfg.sweep.num_samples,

@@ -55,32 +55,32 @@ def test_stage_configs_set_lr_run_names_and_workers_per_model_size(tmp_path):
 def test_ablation_grid_and_hpo_space_validate_stage_sets():
     cfg = load_config(overrides=["sweep.stage_sets=[[stage3],[stage1,stage3],[stage1,stage2,stage2_5,stage3]]",
                                  "sweep.model_sizes=[tiny,0.5b]", "sweep.lrs=[1e-3,1e-4]"])
-    space = build_param_space(cfg)
+    space = build_param_space(cfg.sweep)
     assert space["stages"]["grid_search"] == ["stage3", "stage1+stage3", "stage1+stage2+stage2_5+stage3"]
     assert space["model_size"]["grid_search"] == ["tiny", "0.5b"]
     assert space["lr"]["grid_search"] == [1e-3, 1e-4]
-    hpo = build_hpo_space(load_config(overrides=["sweep.lr_min=1e-5", "sweep.lr_max=1e-3"]))
+    hpo = build_hpo_space(load_config(overrides=["sweep.lr_min=1e-5", "sweep.lr_max=1e-3"]).sweep)
     assert hpo["stages"] == "stage3" and 1e-5 <= hpo["lr"].sample() <= 1e-3
     with pytest.raises(ConfigError, match="pipeline order"):
         stage_key(["stage3", "stage1"])
     with pytest.raises(ConfigError, match="stage4"):
         stage_key(["stage4"])
     with pytest.raises(ConfigError, match="sweep.model_sizes"):
-        build_param_space(load_config(overrides=["sweep.model_sizes=[13b]"]))
+        build_param_space(load_config(overrides=["sweep.model_sizes=[13b]"]).sweep)
 
 
 def test_hpo_search_is_optuna_tpe_on_eval_metric_with_asha_on_train_loss():
     cfg = load_config(overrides=["sweep.mode=hpo", "sweep.stage_sets=[[stage1,stage3]]"])
-    search, sched, relaxed = build_search(cfg, num_stages=2)
+    search, sched, relaxed = build_search(cfg.sweep, num_stages=2)
     assert isinstance(search, FinalMetricOptunaSearch) and relaxed
     assert search.metric == "uniad/L2_avg" and search.mode == "min"
     assert sched.metric == "train_loss" and sched._max_t == 3  # two stage reports + the evaluation report
     s2, sched2, relaxed2 = build_search(load_config(overrides=["sweep.mode=hpo", "sweep.searcher=random",
-                                                               "sweep.scheduler=none"]), 1)
+                                                               "sweep.scheduler=none"]).sweep, 1)
     assert s2 is None and sched2 is None and not relaxed2
-    assert build_search(load_config(), 2) == (None, None, False)  # ablation: plain grid, FIFO
+    assert build_search(load_config().sweep, 2) == (None, None, False)  # ablation: plain grid, FIFO
     with pytest.raises(ConfigError, match="sweep.searcher"):
-        build_search(load_config(overrides=["sweep.mode=hpo", "sweep.searcher=bohb"]), 1)
+        build_search(load_config(overrides=["sweep.mode=hpo", "sweep.searcher=bohb"]).sweep, 1)
     assert metric_mode("uniad/L2_avg") == "min" and metric_mode("qa/CIDEr") == "max"
 
 
@@ -100,11 +100,11 @@ def test_optuna_searcher_learns_only_from_final_reports():
 
 def test_max_concurrent_trials_auto_fits_the_largest_trial_in_the_cluster_gpus():
     cfg = load_config(overrides=["sweep.max_concurrent_trials=0", "sweep.model_sizes=[0.5b,3b]"])
-    assert max_concurrent_trials(cfg, 16, {"0.5b": True, "3b": True}) == 4  # 3b takes 4 GPUs
-    assert max_concurrent_trials(cfg, 2, {"0.5b": True, "3b": True}) == 1
-    assert max_concurrent_trials(cfg, 0, {"0.5b": False, "3b": False}) == 1  # CPU: one at a time
+    assert max_concurrent_trials(cfg.sweep, 16, {"0.5b": True, "3b": True}) == 4  # 3b takes 4 GPUs
+    assert max_concurrent_trials(cfg.sweep, 2, {"0.5b": True, "3b": True}) == 1
+    assert max_concurrent_trials(cfg.sweep, 0, {"0.5b": False, "3b": False}) == 1  # CPU: one at a time
     cfg.sweep.max_concurrent_trials = 3
-    assert max_concurrent_trials(cfg, 16, {"0.5b": True, "3b": True}) == 3
+    assert max_concurrent_trials(cfg.sweep, 16, {"0.5b": True, "3b": True}) == 3
 
 
 def test_results_table_shows_both_conventions_failures_and_notes(tmp_path):

@@ -16,7 +16,8 @@ from __future__ import annotations
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from odvla.platform.config import Config, ConfigError
+from odvla.platform.config import ConfigError
+from odvla.platform.config.schema import SweepConfig
 
 LOSS_METRIC = "train_loss"
 
@@ -34,15 +35,15 @@ def metric_mode(metric: str) -> str:
     return "max" if any(k in metric.lower() for k in ("bleu", "meteor", "cider")) else "min"
 
 
-def build_search(cfg: Config, num_stages: int):
-    """(search_alg or None, scheduler or None, needs_relaxed_metric_check) for ``cfg.sweep``."""
-    sw = cfg.sweep
+def build_search(sw: SweepConfig, num_stages: int, seed: int = 0):
+    """(search_alg or None, scheduler or None, needs_relaxed_metric_check) for the ``sweep`` section ``sw``; ``seed``
+    seeds the TPE sampler (``train.seed``)."""
     if sw.mode != "hpo":
         return None, None, False
     if sw.searcher == "optuna":
         mode = metric_mode(sw.metric)
         search = FinalMetricOptunaSearch(metric=sw.metric, mode=mode,
-                                         sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
+                                         sampler=optuna.samplers.TPESampler(seed=seed))
         relaxed = True
     elif sw.searcher == "random":
         search, relaxed = None, False

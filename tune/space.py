@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from ray import tune
 
-from odvla.platform.config import Config, ConfigError, check_pipeline_order
-from odvla.platform.config.schema import MODEL_PRESETS
+from odvla.platform.config import ConfigError, check_pipeline_order
+from odvla.platform.config.schema import MODEL_PRESETS, SweepConfig
 
 PAPER_ABLATION = [["stage3"], ["stage1", "stage3"], ["stage1", "stage2", "stage3"],
                   ["stage1", "stage2", "stage2_5", "stage3"]]
@@ -25,9 +25,9 @@ def stage_key(stages: list[str]) -> str:
     return "+".join(check_pipeline_order(stages, what="sweep.stage_sets"))
 
 
-def build_param_space(cfg: Config) -> dict:
-    """Grid over stage sets x model sizes; learning rate from ``sweep.lrs`` (grid) or log-uniform for HPO."""
-    sw = cfg.sweep
+def build_param_space(sw: SweepConfig) -> dict:
+    """Grid over stage sets x model sizes (``sw`` = the ``sweep`` section); learning rate from ``sweep.lrs`` (grid)
+    or the stage presets' own."""
     for size in sw.model_sizes:
         if size not in MODEL_PRESETS:
             raise ConfigError(f"sweep.model_sizes: unknown size {size!r} (known: {', '.join(MODEL_PRESETS)})")
@@ -40,9 +40,9 @@ def build_param_space(cfg: Config) -> dict:
     return space
 
 
-def build_hpo_space(cfg: Config) -> dict:
-    """Learning-rate HPO for one stage set and size: the searcher samples ``lr`` log-uniformly."""
-    sw = cfg.sweep
+def build_hpo_space(sw: SweepConfig) -> dict:
+    """Learning-rate HPO for one stage set and size (``sw`` = the ``sweep`` section): the searcher samples ``lr``
+    log-uniformly."""
     return {
         "stages": stage_key(sw.stage_sets[0]),
         "model_size": sw.model_sizes[0],
@@ -61,15 +61,15 @@ def trial_gpus(size: str, use_gpu: bool) -> int:
     return workers * gpus
 
 
-def max_concurrent_trials(cfg: Config, cluster_gpus: float, use_gpu_by_size: dict) -> int:
+def max_concurrent_trials(sw: SweepConfig, cluster_gpus: float, use_gpu_by_size: dict) -> int:
     """``sweep.max_concurrent_trials``, or (0 = auto) as many of the largest trial as the cluster's GPUs hold.
 
     Tune does not know that a trial's TorchTrainer will ask for GPUs (the trial driver itself holds 1 CPU), so
     without a cap it would start every trial at once and they would wait on each other's GPUs.
     """
-    if cfg.sweep.max_concurrent_trials > 0:
-        return cfg.sweep.max_concurrent_trials
-    need = max(trial_gpus(s, use_gpu_by_size[s]) for s in cfg.sweep.model_sizes)
+    if sw.max_concurrent_trials > 0:
+        return sw.max_concurrent_trials
+    need = max(trial_gpus(s, use_gpu_by_size[s]) for s in sw.model_sizes)
     if need == 0:
         return 1
     return max(1, int(cluster_gpus // need))

@@ -129,7 +129,7 @@ def run_sweep(cfg: Config, recipe: SweepRecipe, restore: bool = False) -> dict:
     plan = _restored_plan(cfg) if restore else _new_plan(cfg, recipe)
     cfg, sw = plan.cfg, plan.cfg.sweep
     stage_count = max(len(s) for s in sw.stage_sets) if sw.mode == "ablation" else len(sw.stage_sets[0])
-    search, scheduler, relaxed = build_search(cfg, stage_count)
+    search, scheduler, relaxed = build_search(cfg.sweep, stage_count, seed=cfg.train.seed)
 
     ctx = TrialContext(recipe=plan.recipe, sweep_name=plan.name, sweep_dir=plan.loc.uri,
                        tracking_uri=plan.tracking_uri, experiment=cfg.tracking.experiment,
@@ -146,8 +146,8 @@ def run_sweep(cfg: Config, recipe: SweepRecipe, restore: bool = False) -> dict:
         if not ray.is_initialized():
             ray.init()
         gpus = ray.cluster_resources().get("GPU", 0.0)
-        concurrent = max_concurrent_trials(cfg, gpus, use_gpu)
-        space = build_param_space(cfg) if sw.mode == "ablation" else build_hpo_space(cfg)
+        concurrent = max_concurrent_trials(cfg.sweep, gpus, use_gpu)
+        space = build_param_space(cfg.sweep) if sw.mode == "ablation" else build_hpo_space(cfg.sweep)
         tuner = tune.Tuner(
             trainable,
             param_space=space,
