@@ -23,7 +23,8 @@ def multinode_cluster(workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1
     import ray
     from ray.cluster_utils import Cluster
 
-    if ray.is_initialized():  # the session's shared single-node instance: this test needs its own cluster
+    had_shared = ray.is_initialized()
+    if had_shared:  # the session's shared single-node instance: this test needs its own cluster
         ray.shutdown()
     old = os.environ.get(START_TIMEOUT_ENV)
     os.environ[START_TIMEOUT_ENV] = str(start_timeout_s)
@@ -41,6 +42,10 @@ def multinode_cluster(workers: int = 2, head_cpus: int = 2, worker_cpus: int = 1
             os.environ.pop(START_TIMEOUT_ENV, None)
         else:
             os.environ[START_TIMEOUT_ENV] = old
+        if had_shared:  # give the rest of the session its shared instance back
+            from local_ray import ensure_local_ray
+
+            ensure_local_ray()
 
 
 def add_train_node(cluster, cpus: int = 1):

@@ -43,14 +43,23 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray instance shared by the whole session (4 logical CPUs so data + train workers fit)."""
-    import ray
+    from local_ray import ensure_local_ray
 
     if FAST_TIER:
         pytest.fail("the fast tier (ODVLA_TEST_TIER=fast) starts no Ray cluster; mark this test `integration`")
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray = ensure_local_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _shared_ray_is_up(request):
+    """A multi-node test stops the shared instance while it runs its own cluster; tests after it that use
+    ``ray_session`` get it back (module fixtures are restored by ``cluster_helpers.multinode_cluster`` itself)."""
+    if "ray_session" in request.fixturenames:
+        from local_ray import ensure_local_ray
+
+        ensure_local_ray()
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,6 @@ def test_training_survives_tracking_server_loss(ray_session, shards_dir, mlflow_
 
     os.killpg(proc.pid, signal.SIGKILL)  # the tracking server goes away mid-run
     proc.wait(30)
-    started = time.monotonic()
     (hook / "go").touch()
     res = bg.result(600)
 
@@ -104,4 +103,6 @@ def test_training_survives_tracking_server_loss(ray_session, shards_dir, mlflow_
     assert (res.export_dir / "model.safetensors").exists()
     assert res.run_id == run.info.run_id
     assert any("failed" in m and "training continues" in m for m in res.tracking_messages)
-    assert time.monotonic() - started >= 0  # the run returned (no hang on the dead server)
+    # no hang on the dead server: bg.result(600) bounds the run, and records after the first failure were dropped
+    # without a network call (a tracker that retried every call would have as many failures as drops)
+    assert 1 <= res.metrics["tracking_failures"] < res.metrics["tracking_dropped"]

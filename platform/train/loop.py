@@ -232,7 +232,8 @@ def report_checkpoint(w: Worker, final: bool = False) -> None:
     s, t = w.state, w.tracker
     metrics = {**w.last, "global_step": s.global_step, "epoch": s.epoch, "samples_seen": s.samples_seen,
                "tokens_seen": s.tokens_seen, "restarts": s.restarts, "final": final,
-               "tracking_dropped": t.dropped if t else 0, "tracking_lost": bool(t and t.lost)}
+               "tracking_dropped": t.dropped if t else 0, "tracking_failures": t.failures if t else 0,
+               "tracking_lost": bool(t and t.lost)}
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)),
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
     for hook in w.hooks:
