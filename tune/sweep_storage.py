@@ -16,6 +16,9 @@ from typing import Optional
 from odvla.platform.durable_paths import resolve_storage_path
 
 
+URI_SCHEMES = {"file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"}
+"""URI schemes of pyarrow's file systems; checked before any trial runs (a typo fails at once, naming the key)."""
+
 DEFAULT_STORAGE = "runs/sweeps"
 """``sweep.storage_path``'s default; on a cluster ``$ODVLA_STORAGE_PATH/sweeps`` replaces it."""
 
@@ -45,6 +48,12 @@ class SweepLocation:
         if storage_path == DEFAULT_STORAGE and os.environ.get(STORAGE_ENV):  # the cluster's shared storage
             storage_path = f"{os.environ[STORAGE_ENV].rstrip('/')}/sweeps"
         base = resolve_storage_path(storage_path, key="sweep.storage_path", default=DEFAULT_STORAGE)
+        scheme = base.split("://", 1)[0].lower() if "://" in base else ""
+        if scheme and scheme not in URI_SCHEMES:
+            from odvla.platform.config import ConfigError
+
+            raise ConfigError(f"sweep.storage_path={storage_path!r}: unknown storage URI scheme {scheme!r} "
+                              f"(pyarrow file systems: {', '.join(sorted(URI_SCHEMES))}, or a folder)")
         return cls(f"{base.rstrip('/')}/{name}")
 
     @property
