@@ -26,6 +26,7 @@ from typing import Optional
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
@@ -35,22 +36,45 @@ from odvla.serve.auth import TOKEN_ENV, make_auth_dependency, token_from_env
 from odvla.serve.body_limit import install_body_limit
 from odvla.serve.deployment import Planner
 from odvla.serve.schemas import (
+    ChatForm,
     ChatRequest,
     ChatResponse,
     ErrorResponse,
     Health,
     ModelInfo,
+    PlanForm,
     PlanRequest,
     PlanResponse,
     SessionInfo,
     Timings,
 )
+from odvla.serve.upload import BodyError, Scene, body_schema, component_schemas, read_scene
 
 log = logging.getLogger("ray.serve")
 
 API_TITLE = "OpenDriveVLA planner"
-ERRORS = {401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-          503: {"model": ErrorResponse}, 504: {"model": ErrorResponse}}
+ERROR_STATUSES = {
+    400: "the body cannot be parsed (malformed JSON or multipart/form-data)",
+    413: "the body is larger than serve.max_body_bytes",
+    415: "Content-Type is neither application/json nor multipart/form-data",
+    422: "the body breaks the schema, or a camera image or part is missing, duplicated or not a JPEG "
+         "(the message names the field or part)",
+    503: "no model replica ready, overloaded or being updated (Retry-After says when to retry)",
+    504: "the planner did not answer within serve.request_timeout_s",
+}
+AUTH_ERROR = {401: "missing or wrong bearer token"}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+def error_responses(codes, auth: bool) -> dict:
+    """OpenAPI ``responses`` of the error statuses ``codes`` an endpoint returns (401 only with auth on)."""
+    table = {**ERROR_STATUSES, **(AUTH_ERROR if auth else {})}
+    out = {}
+    for code in sorted(set(codes) | (set(AUTH_ERROR) if auth else set())):
+        out[code] = {"model": ErrorResponse, "description": table[code]}
+        if code == 503:
+            out[code]["headers"] = RETRY_AFTER
+    return out
 RETRYABLE_REPLICA_ERRORS = 3
 
 
@@ -134,22 +158,32 @@ class PlannerAPI:
         raise ApiError(503, f"planner replicas kept failing ({type(last).__name__}); retry later",
                        {"Retry-After": "5"})
 
-    async def run(self, req, task: str, question: str, command: str, request: Request) -> tuple[dict, dict, list]:
+    async def run(self, scene: Scene, task: str, question: str, command: str,
+                  request: Request) -> tuple[dict, dict, list]:
+        """Decode and resize the JPEGs (a worker thread of the ingress), run the request on a ``Planner`` replica;
+        -> (the replica's answer, ``Timings`` fields, warnings)."""
         from odvla.serve.preprocess import RequestError, scene_item
 
-        t0 = time.perf_counter()
+        req = scene.req
         try:
             info = await self.model_info()
         except Exception as e:
             raise ApiError(503, f"no model replica ready yet ({type(e).__name__}); retry later",
                            {"Retry-After": "5"}) from None
+
+        def prepare(hw):
+            t, c = time.perf_counter(), time.thread_time()
+            item = scene_item(req, scene.jpegs, scene.part_names, command, task, question, hw)
+            return item, (time.perf_counter() - t) * 1e3, (time.thread_time() - c) * 1e3
+
         for _ in range(2):
             try:
-                item = await asyncio.to_thread(scene_item, req, command, task, question, tuple(info["image_hw"]))
+                item, decode_ms, decode_cpu = await asyncio.to_thread(prepare, tuple(info["image_hw"]))
             except RequestError as e:
                 raise ApiError(422, str(e)) from None
             t1 = time.perf_counter()
             out = await self.call_planner(item, req.session_id)
+            roundtrip_ms = (time.perf_counter() - t1) * 1e3
             if "stale_image_hw" not in out:
                 break
             self._info = None  # the model deployment changed under this ingress: refresh what it needs
@@ -169,11 +203,15 @@ class PlannerAPI:
             self._session_replica[req.session_id] = session["replica"]
             if len(self._session_replica) > 100_000:
                 self._session_replica.pop(next(iter(self._session_replica)))
+        t_received = getattr(request.state, "t_received", None) or t1
         timings = {
-            "preprocess_ms": (t1 - t0) * 1e3,
-            "queue_ms": out["queue_ms"],
-            "inference_ms": out["inference_ms"],
-            "total_ms": (time.perf_counter() - t0) * 1e3,
+            **scene.stages,
+            "decode_ms": decode_ms,
+            "queue_ms": max(0.0, roundtrip_ms - out["batch_ms"] - out["generate_ms"]),
+            "batch_ms": out["batch_ms"],
+            "generate_ms": out["generate_ms"],
+            "total_ms": (time.perf_counter() - t_received) * 1e3,
+            "cpu_ms": {**scene.cpu, "decode_ms": decode_cpu, **out["cpu_ms"]},
             "batch_size": out["batch_size"],
             "generated_tokens": out["generated_tokens"],
         }
@@ -197,8 +235,25 @@ def create_api(owner: PlannerAPI) -> FastAPI:
         title=API_TITLE, version="1",
         description="Six-camera end-to-end planner: waypoints in the nuScenes ego frame (x forward, y left, m).",
     )
-    auth = make_auth_dependency(owner.token)
+    auth_on = owner.token is not None
+    deps = [Depends(make_auth_dependency(owner.token))] if auth_on else []  # no security scheme without a token
     install_body_limit(app, owner.max_body_bytes)
+    v1_errors = error_responses((400, 413, 415, 422, 503, 504), auth_on)
+
+    def openapi() -> dict:
+        """FastAPI's document plus the request bodies the v1 routes read themselves (JSON or multipart)."""
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(
+                component_schemas(PlanRequest, PlanForm, ChatRequest, ChatForm))
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.exception_handler(BodyError)
+    async def _body_error(request: Request, exc: BodyError):
+        return JSONResponse({"message": exc.message}, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -214,7 +269,8 @@ def create_api(owner: PlannerAPI) -> FastAPI:
     async def healthz() -> Health:
         return Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}}, tags=["ops"])
+    @app.get("/readyz", response_model=Health, responses={503: {"model": Health, "description": "no model replica "
+                                                                   "answered"}}, tags=["ops"])
     async def readyz():
         try:  # readiness means a model replica answers now (not a cached answer)
             info = await asyncio.wait_for(_await(owner.planner.model_info.remote()), 5.0)
@@ -224,7 +280,8 @@ def create_api(owner: PlannerAPI) -> FastAPI:
         owner._info = info
         return Health(status="ready", detail=info["ref"])
 
-    @app.get("/v1/model", response_model=ModelInfo, responses=ERRORS, dependencies=[Depends(auth)], tags=["v1"])
+    @app.get("/v1/model", response_model=ModelInfo, responses=error_responses((503,), auth_on), dependencies=deps,
+             tags=["v1"])
     async def model():
         try:
             info = await owner.model_info()
@@ -232,11 +289,15 @@ def create_api(owner: PlannerAPI) -> FastAPI:
             raise ApiError(503, f"no model replica ready yet ({type(e).__name__})", {"Retry-After": "5"}) from None
         return owner.model_block(info)
 
-    @app.post("/v1/plan", response_model=PlanResponse, responses=ERRORS, dependencies=[Depends(auth)],
-              tags=["v1"])
-    async def plan(req: PlanRequest, request: Request) -> PlanResponse:
+    @app.post("/v1/plan", response_model=PlanResponse, responses=v1_errors, dependencies=deps, tags=["v1"],
+              openapi_extra={"requestBody": body_schema(PlanRequest, PlanForm)})
+    async def plan(request: Request) -> PlanResponse:
+        """Six waypoints for a scene: JSON (base64 JPEGs) or multipart/form-data (one JPEG part per camera and
+        a ``request`` JSON part)."""
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        out, timings, warnings = await owner.run(req, "planning", req.question or "", req.command, request)
+        scene = await read_scene(request, PlanRequest, PlanForm)
+        req = scene.req
+        out, timings, warnings = await owner.run(scene, "planning", req.question or "", req.command, request)
         wp = out["waypoints"]
         return PlanResponse(
             waypoints=wp,
@@ -246,11 +307,14 @@ def create_api(owner: PlannerAPI) -> FastAPI:
             session=SessionInfo(**out["session"]) if out.get("session") else None,
             warnings=warnings, request_id=rid)
 
-    @app.post("/v1/chat", response_model=ChatResponse, responses=ERRORS, dependencies=[Depends(auth)],
-              tags=["v1"])
-    async def chat(req: ChatRequest, request: Request) -> ChatResponse:
+    @app.post("/v1/chat", response_model=ChatResponse, responses=v1_errors, dependencies=deps, tags=["v1"],
+              openapi_extra={"requestBody": body_schema(ChatRequest, ChatForm)})
+    async def chat(request: Request) -> ChatResponse:
+        """Scene question answering on the same inputs as ``/v1/plan`` (JSON or multipart/form-data)."""
         rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        out, timings, warnings = await owner.run(req, "qa", req.question, req.command, request)
+        scene = await read_scene(request, ChatRequest, ChatForm)
+        req = scene.req
+        out, timings, warnings = await owner.run(scene, "qa", req.question, req.command, request)
         return ChatResponse(
             answer=out["answer"], model=owner.model_block(out["model"]), timings=Timings(**timings),
             session=SessionInfo(**out["session"]) if out.get("session") else None,
@@ -275,7 +339,9 @@ def planner_options(s) -> dict:
     from odvla.serve.routing import SessionAffinityRouter
 
     opts = dict(
-        max_ongoing_requests=max(int(s.max_ongoing_requests), int(s.max_batch_size)),
+        # one batch running and the next one filling at the replica: requests that wait in the caller's router
+        # instead arrive one by one and the batcher (waiting only batch_wait_timeout_s) starts small batches
+        max_ongoing_requests=max(int(s.max_ongoing_requests), 2 * int(s.max_batch_size)),
         max_queued_requests=int(s.max_queued_requests),
         user_config={"max_batch_size": int(s.max_batch_size), "batch_wait_timeout_s": float(s.batch_wait_timeout_s)},
         ray_actor_options={"num_cpus": float(s.num_cpus), "num_gpus": float(s.num_gpus)},

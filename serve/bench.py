@@ -5,7 +5,11 @@ export built on the fly), measures it with dynamic batching on (``serve.max_batc
 same replicas to ``max_batch_size=1`` (a ``user_config`` change, no restart) and measures again, and prints the
 throughput ratio batched/unbatched per concurrency. With ``--url`` it only measures the running app.
 
-Closed loop: ``c`` clients each send a /v1/plan request, wait for the answer, and send the next.
+Closed loop: ``c`` clients each send a /v1/plan request, wait for the answer, and send the next. Bodies are
+``multipart/form-data`` (``--upload json``: base64 JPEGs in JSON), encoded once. Batch settings, CPUs and torch
+threads default to ``ServeConfig``. Besides latency and throughput the bench prints where a request's time goes
+(the ``timings`` of the answers, mean per stage: wall ms and CPU ms), and ``proxy`` = client latency - the
+ingress's ``total_ms`` (HTTP proxy, loopback and the client itself).
 """
 from __future__ import annotations
 
@@ -24,12 +28,16 @@ def add_args(p) -> None:
     p.add_argument("--requests", type=int, default=48, help="requests per concurrency level (after warm-up)")
     p.add_argument("--port", type=int, default=8124)
     p.add_argument("--replicas", type=int, default=1)
-    p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--batch-wait-ms", type=float, default=5.0)
+    p.add_argument("--max-batch-size", type=int, default=None, help="default: serve.max_batch_size")
+    p.add_argument("--batch-wait-ms", type=float, default=None, help="default: serve.batch_wait_timeout_s")
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap generated tokens per request")
-    p.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per model replica")
-    p.add_argument("--torch-threads", type=int, default=0, help="torch threads per replica (0: torch default)")
+    p.add_argument("--num-cpus", type=float, default=None, help="CPUs per model replica (default: serve.num_cpus)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch threads per replica (0: torch default; default: serve.torch_threads)")
     p.add_argument("--num-gpus", type=float, default=0.0)
+    p.add_argument("--upload", choices=["multipart", "json"], default="multipart", help="request body encoding")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="other serve.* overrides of the served app")
 
 
 def synthetic_request(image_hw=(225, 400), seed: int = 0) -> dict:
@@ -63,16 +71,23 @@ def synthetic_request(image_hw=(225, 400), seed: int = 0) -> dict:
             "command": "keep forward", "history": [[-10.0, 0.0], [-7.5, 0.0], [-5.0, 0.0], [-2.5, 0.0]]}
 
 
-async def _closed_loop(url: str, body: dict, concurrency: int, total: int, headers: dict) -> dict:
+STAGES = ("http_ms", "parse_ms", "decode_ms", "queue_ms", "batch_ms", "generate_ms", "total_ms")
+CPU_STAGES = ("parse_ms", "decode_ms", "batch_ms", "generate_ms")
+
+
+async def _closed_loop(url: str, body: dict, concurrency: int, total: int, headers: dict,
+                       upload: str = "multipart") -> dict:
     import httpx
 
-    import json
+    from odvla.serve.client import encode_body
 
-    payload = json.dumps(body).encode()  # encoded once: the clients should not be what limits the load
-    headers = {**headers, "Content-Type": "application/json"}
+    payload, ctype = encode_body(body, upload)  # encoded once: the clients should not be what limits the load
+    headers = {**headers, "Content-Type": ctype}
     lat: list[float] = []
     batch_sizes: list[int] = []
     model_ms: list[float] = []
+    stages: dict[str, list[float]] = {k: [] for k in (*STAGES, "proxy_ms")}
+    cpu: dict[str, list[float]] = {k: [] for k in CPU_STAGES}
     errors: dict[int, int] = {}
     remaining = total
 
@@ -86,7 +101,12 @@ async def _closed_loop(url: str, body: dict, concurrency: int, total: int, heade
                 lat.append(time.perf_counter() - t0)
                 timings = r.json()["timings"]
                 batch_sizes.append(timings["batch_size"])
-                model_ms.append(timings["inference_ms"])
+                model_ms.append(timings["batch_ms"] + timings["generate_ms"])
+                for k in STAGES:
+                    stages[k].append(timings[k])
+                stages["proxy_ms"].append(lat[-1] * 1e3 - timings["total_ms"])
+                for k in CPU_STAGES:
+                    cpu[k].append(timings["cpu_ms"][k])
             else:
                 errors[r.status_code] = errors.get(r.status_code, 0) + 1
 
@@ -102,11 +122,29 @@ async def _closed_loop(url: str, body: dict, concurrency: int, total: int, heade
     return {"concurrency": concurrency, "ok": len(lat), "errors": errors, "p50_ms": q(0.5), "p99_ms": q(0.99),
             "rps": len(lat) / wall if wall > 0 else 0.0,
             "mean_batch": statistics.fmean(batch_sizes) if batch_sizes else 0.0,
-            "model_ms": statistics.median(model_ms) if model_ms else float("nan")}
+            "model_ms": statistics.median(model_ms) if model_ms else float("nan"),
+            "stages": {k: statistics.fmean(v) if v else float("nan") for k, v in stages.items()},
+            "cpu": {k: statistics.fmean(v) if v else float("nan") for k, v in cpu.items()}}
 
 
-def measure(url: str, body: dict, levels: list[int], total: int, headers: dict) -> list[dict]:
-    return [asyncio.run(_closed_loop(url, body, c, max(total, c), headers)) for c in levels]
+def measure(url: str, body: dict, levels: list[int], total: int, headers: dict,
+            upload: str = "multipart") -> list[dict]:
+    return [asyncio.run(_closed_loop(url, body, c, max(total, c), headers, upload)) for c in levels]
+
+
+def _stage_table(rows: list[dict]) -> str:
+    """Mean per stage and clients: wall ms (CPU ms where the stage computes; batch stages per whole batch)."""
+    names = [k.removesuffix("_ms") for k in (*STAGES, "proxy_ms")]
+    out = ["| clients | " + " | ".join(names) + " |", "|---:|" + "---:|" * len(names)]
+    for r in rows:
+        cells = []
+        for k in (*STAGES, "proxy_ms"):
+            cell = f"{r['stages'][k]:.1f}"
+            if k in r["cpu"]:
+                cell += f" ({r['cpu'][k]:.1f})"
+            cells.append(cell)
+        out.append(f"| {r['concurrency']} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def _table(title: str, rows: list[dict]) -> str:
@@ -139,9 +177,16 @@ def run(args) -> int:
     if args.max_new_tokens:
         body["max_new_tokens"] = args.max_new_tokens
     if args.url:
-        rows = measure(args.url, body, levels, args.requests, headers)
-        print(_table(f"{args.url}", rows))
+        rows = measure(args.url, body, levels, args.requests, headers, args.upload)
+        print(_table(f"{args.url}", rows), "", "per stage, wall ms (CPU ms):", _stage_table(rows), sep="\n")
         return 0
+    from odvla.platform.config.schema import ServeConfig
+
+    d = ServeConfig()
+    mbs_on = args.max_batch_size if args.max_batch_size is not None else d.max_batch_size
+    wait_ms = args.batch_wait_ms if args.batch_wait_ms is not None else d.batch_wait_timeout_s * 1e3
+    num_cpus = args.num_cpus if args.num_cpus is not None else d.num_cpus
+    threads = args.torch_threads if args.torch_threads is not None else d.torch_threads
 
     import ray
     from ray import serve
@@ -152,26 +197,27 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="odvla-bench-serve-") as tmp:
         model = args.model or _tiny_export(args.preset, Path(tmp))
         if not ray.is_initialized():
-            ray.init(num_cpus=max(4, int(args.replicas * args.num_cpus) + 1), include_dashboard=False,
+            ray.init(num_cpus=max(4, int(args.replicas * num_cpus) + 1), include_dashboard=False,
                      configure_logging=False, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         url = f"http://127.0.0.1:{args.port}"
         results = {}
         try:
-            for label, mbs in (("batched", args.max_batch_size), ("unbatched", 1)):
+            for label, mbs in (("batched", mbs_on), ("unbatched", 1)):
                 cfg = load_config(model=None, overrides=[
-                    f"serve.max_batch_size={mbs}", f"serve.max_ongoing_requests={args.max_batch_size}",
-                    f"serve.batch_wait_timeout_s={args.batch_wait_ms / 1e3}", f"serve.num_replicas={args.replicas}",
-                    f"serve.num_cpus={args.num_cpus}", f"serve.num_gpus={args.num_gpus}",
-                    f"serve.torch_threads={args.torch_threads}", "serve.max_queued_requests=1000"])
+                    f"serve.max_batch_size={mbs}", f"serve.batch_wait_timeout_s={wait_ms / 1e3}",
+                    f"serve.num_replicas={args.replicas}", f"serve.num_cpus={num_cpus}",
+                    f"serve.num_gpus={args.num_gpus}", f"serve.torch_threads={threads}",
+                    "serve.max_queued_requests=1000", *args.overrides])
                 serve.run(build_app_from_config(AppArgs(model=model), cfg), name="odvla-bench", route_prefix="/")
                 from odvla.serve.client import PlannerClient
 
                 PlannerClient(url).wait_ready(300)
-                results[label] = measure(url, body, levels, args.requests, headers)
-                print(_table(f"{label} (max_batch_size={mbs}, wait {args.batch_wait_ms:g} ms, "
-                             f"{args.replicas} replica(s), model {Path(model).name})", results[label]), flush=True)
-                print()
+                results[label] = measure(url, body, levels, args.requests, headers, args.upload)
+                print(_table(f"{label} (max_batch_size={mbs}, wait {wait_ms:g} ms, {args.replicas} replica(s), "
+                             f"{threads} torch thread(s), {args.upload} upload, model {Path(model).name})",
+                             results[label]), "", "per stage, mean wall ms (CPU ms):", _stage_table(results[label]),
+                      "", sep="\n", flush=True)
         finally:
             serve.shutdown()
     print("### batched / unbatched throughput", "", "| clients | ratio | p50 batched ms | p50 unbatched ms |",

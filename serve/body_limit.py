@@ -11,6 +11,8 @@ shapes. This ASGI middleware does the same two checks and always answers JSON:
 """
 from __future__ import annotations
 
+import time
+
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,6 +41,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope.setdefault("state", {})["t_received"] = time.perf_counter()  # request.state.t_received: stage timings
         declared = None
         for k, v in scope.get("headers") or ():
             if k == b"content-length":

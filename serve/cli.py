@@ -43,6 +43,8 @@ def register_plan(sub) -> None:
     p.add_argument("--session", help="session id (keeps tracking state across frames of a scene)")
     p.add_argument("--save-dir", help="also write the sample as an --image-dir folder")
     p.add_argument("--json", action="store_true", help="print the whole JSON answer")
+    p.add_argument("--upload", choices=["multipart", "json"], default="multipart",
+                   help="multipart/form-data with JPEG parts (default) or JSON with base64 images")
     p.set_defaults(func=run_plan)
 
 
@@ -101,7 +103,7 @@ def run_plan(args) -> int:
     if args.session:
         req["session_id"] = args.session
     try:
-        with PlannerClient(args.url) as client:
+        with PlannerClient(args.url, upload=args.upload) as client:
             if args.question:
                 req.pop("question", None)
                 out = client.chat(**{**req, "question": args.question})
@@ -129,8 +131,9 @@ def run_plan(args) -> int:
                 print(f"  t+{0.5 * (i + 1):.1f}s  x={x:7.2f}  y={y:7.2f}")
     print(f"answer: {out['answer']}")
     t = out["timings"]
-    print(f"timings: total {t['total_ms']:.1f} ms (preprocess {t['preprocess_ms']:.1f}, queue {t['queue_ms']:.1f}, "
-          f"inference {t['inference_ms']:.1f}, batch {t['batch_size']})")
+    print(f"timings: total {t['total_ms']:.1f} ms (http {t['http_ms']:.1f}, parse {t['parse_ms']:.1f}, decode "
+          f"{t['decode_ms']:.1f}, queue {t['queue_ms']:.1f}, batch {t['batch_ms']:.1f}, generate "
+          f"{t['generate_ms']:.1f}; batch of {t['batch_size']})")
     for w in out.get("warnings", []):
         print(f"warning: {w}")
     return 0

@@ -5,6 +5,10 @@
     plan = client.plan(**request_from_image_dir("sample_dir"))
     plan["waypoints"]    # [[x, y] * 6] metres, ego frame (x forward, y left), t+0.5 .. t+3.0 s
 
+The client sends ``multipart/form-data`` by default (the JPEGs as bytes, one part per camera, and a ``request``
+JSON part; see ``odvla.serve.upload``); ``upload="json"`` sends the JSON body with base64 images instead.
+A camera dict's ``image`` is JPEG bytes or base64 text.
+
 An image directory holds one JPEG per camera named ``<CAMERA>.jpg`` (``CAMERAS``) and ``sample.json`` with
 ``intrinsics`` (per camera [3x3] pixels of those JPEGs), ``sensor2ego`` (per camera [4x4]), ``ego_state`` (a dict
 of ``EGO_STATE_FIELDS``), ``command`` and optionally ``history`` ([4x2]), ``scene_token``, ``frame_index``.
@@ -40,9 +44,42 @@ def encode_image(image: bytes | str | os.PathLike) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def jpeg_bytes(image: bytes | str) -> bytes:
+    """A camera's ``image`` (JPEG bytes or base64 text) -> JPEG bytes."""
+    return bytes(image) if isinstance(image, (bytes, bytearray)) else base64.b64decode(image)
+
+
+UPLOADS = ("multipart", "json")
+
+
+def encode_body(body: dict, upload: str = "multipart") -> tuple[bytes, str]:
+    """A request body (cameras with ``image``) -> (bytes, Content-Type) for ``upload`` 'multipart' (one JPEG part
+    per camera named after it, plus the ``request`` JSON part without images) or 'json' (base64 images)."""
+    if upload not in UPLOADS:
+        raise ValueError(f"upload={upload!r}: expected one of {UPLOADS}")
+    if upload == "json":
+        cams = [{**c, "image": c["image"] if isinstance(c["image"], str) else encode_image(c["image"])}
+                for c in body["cameras"]]
+        return json.dumps({**body, "cameras": cams}).encode(), "application/json"
+    boundary = "odvla-" + os.urandom(12).hex()
+    meta = {**body, "cameras": [{k: v for k, v in c.items() if k != "image"} for c in body["cameras"]]}
+    chunks = []
+    for name, filename, ctype, data in (
+            [("request", "request.json", "application/json", json.dumps(meta).encode())]
+            + [(c["name"], f"{c['name']}.jpg", "image/jpeg", jpeg_bytes(c["image"])) for c in body["cameras"]]):
+        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                      f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
 class PlannerClient:
-    def __init__(self, url: str = "http://127.0.0.1:8000", token: Optional[str] = None, timeout_s: float = 60.0):
+    def __init__(self, url: str = "http://127.0.0.1:8000", token: Optional[str] = None, timeout_s: float = 60.0,
+                 upload: str = "multipart"):
+        if upload not in UPLOADS:
+            raise ValueError(f"upload={upload!r}: expected one of {UPLOADS}")
         self.url = url.rstrip("/")
+        self.upload = upload
         token = token if token is not None else os.environ.get(TOKEN_ENV) or None
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
@@ -92,14 +129,18 @@ class PlannerClient:
         body["command"] = command
         if question:
             body["question"] = question
-        return self._check(self._http.post("/v1/plan", json=body))
+        return self._post("/v1/plan", body)
 
     def chat(self, cameras: list[dict], ego_state: dict, question: str, command: str = "keep forward",
              history=None, session_id: Optional[str] = None, scene_token: Optional[str] = None,
              frame_index: Optional[int] = None, **extra: Any) -> dict:
         body = _scene_body(cameras, ego_state, history, session_id, scene_token, frame_index, extra)
         body.update(question=question, command=command)
-        return self._check(self._http.post("/v1/chat", json=body))
+        return self._post("/v1/chat", body)
+
+    def _post(self, path: str, body: dict) -> dict:
+        content, ctype = encode_body(body, self.upload)
+        return self._check(self._http.post(path, content=content, headers={"Content-Type": ctype}))
 
 
 def _scene_body(cameras, ego_state, history, session_id, scene_token, frame_index, extra) -> dict:
@@ -114,11 +155,13 @@ def _scene_body(cameras, ego_state, history, session_id, scene_token, frame_inde
 
 
 # ---------------------------------------------------------------------- request bodies from data
-def cameras_payload(jpegs: list[bytes], intrinsics, sensor2ego) -> list[dict]:
+def cameras_payload(jpegs: list[bytes], intrinsics, sensor2ego, base64_images: bool = True) -> list[dict]:
+    """The ``cameras`` of a request: name, image (base64 text, or the JPEG bytes with ``base64_images=False``),
+    intrinsics [3x3] and extrinsics [4x4]."""
     k = np.asarray(intrinsics, dtype=float).reshape(len(CAMERAS), 3, 3)
     t = np.asarray(sensor2ego, dtype=float).reshape(len(CAMERAS), 4, 4)
-    return [{"name": cam, "image": encode_image(jpegs[i]), "intrinsics": k[i].tolist(), "extrinsics": t[i].tolist()}
-            for i, cam in enumerate(CAMERAS)]
+    return [{"name": cam, "image": encode_image(jpegs[i]) if base64_images else bytes(jpegs[i]),
+             "intrinsics": k[i].tolist(), "extrinsics": t[i].tolist()} for i, cam in enumerate(CAMERAS)]
 
 
 def request_from_image_dir(directory: str | os.PathLike) -> dict:
@@ -201,7 +244,7 @@ def write_image_dir(request: dict, directory: str | os.PathLike) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     for cam in request["cameras"]:
-        (d / f"{cam['name']}.jpg").write_bytes(base64.b64decode(cam["image"]))
+        (d / f"{cam['name']}.jpg").write_bytes(jpeg_bytes(cam["image"]))
     meta = {"intrinsics": [c["intrinsics"] for c in request["cameras"]],
             "sensor2ego": [c["extrinsics"] for c in request["cameras"]]}
     meta.update({k: v for k, v in request.items() if k != "cameras"})

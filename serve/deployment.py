@@ -22,7 +22,11 @@ from typing import Any, Optional
 import numpy as np
 from ray import serve
 
+from odvla.platform.config.schema import ServeConfig
 from odvla.serve.sessions import SessionStore
+
+_DEFAULTS = ServeConfig()
+"""Batch settings until ``reconfigure`` applies the deployment's ``user_config`` (from ``ServeConfig``)."""
 
 log = logging.getLogger("ray.serve")
 
@@ -86,7 +90,8 @@ def collate_items(items: list[dict], normalize) -> dict:
     return batch
 
 
-@serve.deployment(name="Planner", max_ongoing_requests=8, health_check_period_s=10, health_check_timeout_s=30)
+@serve.deployment(name="Planner", max_ongoing_requests=_DEFAULTS.max_ongoing_requests,
+                  health_check_period_s=_DEFAULTS.health_check_period_s, health_check_timeout_s=30)
 class Planner:
     def __init__(self, model_ref: str, session_idle_s: float = 300.0, torch_threads: int = 1,
                  device: str = "auto", tracking_uri: Optional[str] = None):
@@ -107,8 +112,11 @@ class Planner:
         self.sessions = SessionStore(session_idle_s)
         ctx = serve.get_replica_context()
         self.replica = ctx.replica_id.to_full_id_str()
-        self.max_batch_size = 8
-        self.batch_wait_timeout_s = 0.005
+        self.max_batch_size = _DEFAULTS.max_batch_size
+        self.batch_wait_timeout_s = _DEFAULTS.batch_wait_timeout_s
+        from odvla.model.constrained_decoding import PRE
+
+        self.min_plan_tokens = int(self.model.grammar.min_to_finish(PRE)) + 1  # a whole trajectory + end of answer
         self._fatal: Optional[str] = None
         self.info = {
             "ref": str(model_ref),
@@ -177,19 +185,26 @@ class Planner:
             out["warnings"].append(co.warning)
         return out
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s)
     async def _run_batch(self, requests: list[tuple[dict, Any, float]]) -> list[dict]:
         start = time.perf_counter()
         items = [r[0] for r in requests]
         states = [r[1] for r in requests]
         max_new = max((it.get("max_new_tokens") or 0) for it in items) or None
-        gen = await asyncio.to_thread(self._generate, items, states, max_new)
-        inference_ms = (time.perf_counter() - start) * 1e3
+        raised = max_new is not None and max_new < self.min_plan_tokens and any(
+            it["task"] == "planning" for it in items)
+        if raised:
+            max_new = self.min_plan_tokens
+        gen, stages = await asyncio.to_thread(self._generate, items, states, max_new)
         outs = []
         for i, (item, _state, t0) in enumerate(requests):
             traj = np.asarray(gen.trajectories[i], dtype=np.float64)
             ok = bool(gen.parsed[i]) and bool(np.isfinite(traj).all())
             warnings = []
+            asked = item.get("max_new_tokens")
+            if item["task"] == "planning" and asked is not None and asked < self.min_plan_tokens:
+                warnings.append(f"max_new_tokens={asked} cannot hold a trajectory; raised to "
+                                f"{self.min_plan_tokens} for this model")
             if item["task"] == "planning" and not ok:
                 warnings.append(f"the answer did not parse as a trajectory: {gen.errors[i]}")
             outs.append({
@@ -199,7 +214,7 @@ class Planner:
                 "state": gen.states[i] if gen.states is not None else None,
                 "warnings": warnings,
                 "queue_ms": (start - t0) * 1e3,
-                "inference_ms": inference_ms,
+                **stages,
                 "batch_size": len(requests),
                 "generated_tokens": int(gen.num_generated_tokens[i]),
                 "replica": self.replica,
@@ -209,13 +224,21 @@ class Planner:
         return outs
 
     def _generate(self, items: list[dict], states: list, max_new_tokens: Optional[int]):
+        """-> (``GenerateOutput``, stage times: ``batch_ms``/``generate_ms`` wall and ``cpu_ms`` process CPU)."""
         import torch
 
+        t0, c0 = time.perf_counter(), time.process_time()
         batch = collate_items(items, self._normalize)
         batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        t1, c1 = time.perf_counter(), time.process_time()
         try:
             with torch.inference_mode():
-                return self.model.generate(batch, states=states, max_new_tokens=max_new_tokens)
+                gen = self.model.generate(batch, states=states, max_new_tokens=max_new_tokens)
+            if self.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t2, c2 = time.perf_counter(), time.process_time()
+            return gen, {"batch_ms": (t1 - t0) * 1e3, "generate_ms": (t2 - t1) * 1e3,
+                         "cpu_ms": {"batch_ms": (c1 - c0) * 1e3, "generate_ms": (c2 - c1) * 1e3}}
         except RuntimeError as e:
             msg = str(e)
             if "CUDA" in msg or "out of memory" in msg:

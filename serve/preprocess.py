@@ -14,7 +14,7 @@ from PIL import Image
 
 from odvla.model.constants import COMMANDS, PAST_STEPS
 from odvla.platform.data.image_ops import decode_resize, normalize, scale_intrinsics
-from odvla.serve.schemas import SceneInput
+from odvla.serve.schemas import SceneFields
 
 MAX_IMAGE_PIXELS = 40_000_000
 """Largest decoded camera image (pixels) accepted: guards the replica against decompression bombs."""
@@ -29,13 +29,13 @@ class RequestError(ValueError):
         self.message = message
 
 
-def decode_cameras(req: SceneInput, out_hw: tuple[int, int]) -> dict:
-    """-> ``images`` uint8 [6,H,W,3], ``intrinsics`` float32 [6,3,3] (pixels of the resized image),
-    ``sensor2ego`` float32 [6,4,4]."""
+def decode_cameras(jpegs: list[bytes], cameras, out_hw: tuple[int, int], part_names: list[str]) -> dict:
+    """Six JPEGs (``CAMERAS`` order) and their ``CameraCalibration`` -> ``images`` uint8 [6,H,W,3],
+    ``intrinsics`` float32 [6,3,3] (pixels of the resized image), ``sensor2ego`` float32 [6,4,4].
+    ``part_names[i]`` is what an error about image ``i`` names (``cameras.2.image`` or the multipart part)."""
     images, intrinsics = [], []
-    for i, cam in enumerate(req.cameras):
-        field = f"cameras.{i}.image"
-        raw = base64.b64decode(cam.image)
+    for i, (raw, cam) in enumerate(zip(jpegs, cameras)):
+        field = part_names[i]
         try:
             with Image.open(io.BytesIO(raw)) as im:
                 fmt, (w, h) = im.format, im.size
@@ -55,13 +55,21 @@ def decode_cameras(req: SceneInput, out_hw: tuple[int, int]) -> dict:
     return {
         "images": np.stack(images).astype(np.uint8),
         "intrinsics": np.stack(intrinsics).astype(np.float32),
-        "sensor2ego": np.asarray([c.sensor2ego for c in req.cameras], dtype=np.float32),
+        "sensor2ego": np.asarray([c.sensor2ego for c in cameras], dtype=np.float32),
     }
 
 
-def scene_item(req: SceneInput, command: str, task: str, question: str, out_hw: tuple[int, int]) -> dict:
-    """One request as a row of the model batch (numpy, no batch dim) plus text fields; see model/batch.py."""
-    item = decode_cameras(req, out_hw)
+def json_jpegs(req) -> list[bytes]:
+    """The base64 images of a JSON request (already checked by the schema) as JPEG bytes."""
+    return [base64.b64decode(cam.image) for cam in req.cameras]
+
+
+def scene_item(req: SceneFields, jpegs: list[bytes], part_names: list[str], command: str, task: str,
+               question: str, out_hw: tuple[int, int]) -> dict:
+    """One request as a row of the model batch (numpy, no batch dim) plus text fields; see model/batch.py.
+    ``req``: a JSON request or the ``request`` part of a multipart one (its ``cameras`` hold the calibration);
+    ``jpegs``: the six images in ``CAMERAS`` order."""
+    item = decode_cameras(jpegs, req.cameras, out_hw, part_names)
     past = np.zeros((PAST_STEPS, 2), np.float32)
     mask = np.zeros((PAST_STEPS,), np.float32)
     for i, point in enumerate(req.history or ()):

@@ -15,7 +15,8 @@ import binascii
 import math
 from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, field_validator
 
 from odvla.model.constants import CAMERAS, COMMANDS, EGO_STATE_FIELDS, FUTURE_STEPS, PAST_STEPS
 
@@ -40,74 +41,49 @@ POSITION_LIMIT_M = 200.0
 """Largest |coordinate| of a history waypoint (2 s of history at 70 m/s is 140 m)."""
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-Row3 = Annotated[list[Finite], Field(min_length=3, max_length=3)]
-Row4 = Annotated[list[Finite], Field(min_length=4, max_length=4)]
-Point = Annotated[list[Annotated[float, Field(allow_inf_nan=False, ge=-POSITION_LIMIT_M, le=POSITION_LIMIT_M)]],
-                  Field(min_length=2, max_length=2, description="[x, y] metres, ego frame (x forward, y left)")]
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
+IMAGE_B64_PATTERN = r"^/9j/(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+"""A base64 JPEG: the encoding of the FF D8 FF start-of-image bytes (``/9j/``) followed by padded base64."""
+MAX_PIXELS_COORD = 1e6
+"""Largest |entry| of an intrinsics matrix (pixels)."""
+EPS = 1e-6
+"""Tolerance of the fixed entries of the calibration matrices (the last rows)."""
 
-class Camera(BaseModel):
-    """One camera: a JPEG (base64) with its calibration. ``intrinsics`` are in pixels of the image sent."""
 
-    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True)
+def _num(lo: float, hi: float, gt: bool = False, **kw):
+    """A finite float in [lo, hi] (or (lo, hi] with ``gt``): stated as minimum/maximum in the OpenAPI schema."""
+    bounds = {"gt": lo} if gt else {"ge": lo}
+    return Annotated[float, Strict(), Field(le=hi, allow_inf_nan=False, **bounds, **kw)]
 
-    name: Optional[str] = Field(None, description=f"camera name; when given it must match CAMERAS order {CAMERAS}")
-    image: str = Field(..., min_length=4, max_length=MAX_IMAGE_B64_CHARS, description="base64-encoded JPEG")
-    intrinsics: Annotated[list[Row3], Field(min_length=3, max_length=3, description="[3x3] pixels")]
-    sensor2ego: Annotated[list[Row4], Field(
-        min_length=4, max_length=4, alias="extrinsics",
-        description="[4x4] camera -> ego transform (metres); also accepted as 'sensor2ego'")]
 
-    @field_validator("image")
-    @classmethod
-    def _base64(cls, v: str) -> str:
-        try:
-            raw = base64.b64decode(v, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise ValueError(f"not valid base64 ({e})") from None
-        if raw[:2] != b"\xff\xd8":
-            raise ValueError("not a JPEG image (missing the FFD8 start-of-image marker)")
-        return v
-
-    @field_validator("intrinsics")
-    @classmethod
-    def _intrinsics(cls, k: list) -> list:
-        fx, fy = k[0][0], k[1][1]
-        if not (fx > 0 and fy > 0):
-            raise ValueError(f"focal lengths must be positive, got fx={fx}, fy={fy}")
-        if any(abs(a - b) > 1e-6 for a, b in zip(k[2], (0.0, 0.0, 1.0))):
-            raise ValueError(f"last row must be [0, 0, 1], got {k[2]}")
-        if max(abs(x) for row in k for x in row) > 1e6:
-            raise ValueError("values above 1e6 pixels")
-        return k
-
-    @field_validator("sensor2ego")
-    @classmethod
-    def _extrinsics(cls, t: list) -> list:
-        if any(abs(a - b) > 1e-6 for a, b in zip(t[3], (0.0, 0.0, 0.0, 1.0))):
-            raise ValueError(f"last row must be [0, 0, 0, 1], got {t[3]}")
-        if max(abs(t[i][3]) for i in range(3)) > 100.0:
-            raise ValueError("camera position more than 100 m from the ego origin")
-        rot = [row[:3] for row in t[:3]]
-        det = (rot[0][0] * (rot[1][1] * rot[2][2] - rot[1][2] * rot[2][1])
-               - rot[0][1] * (rot[1][0] * rot[2][2] - rot[1][2] * rot[2][0])
-               + rot[0][2] * (rot[1][0] * rot[2][1] - rot[1][1] * rot[2][0]))
-        if not math.isfinite(det) or abs(det - 1.0) > 0.05:
-            raise ValueError(f"rotation part is not a rotation (determinant {det:.3f}, expected 1)")
-        return t
+_Px = _num(-MAX_PIXELS_COORD, MAX_PIXELS_COORD)
+_Focal = _num(0.0, MAX_PIXELS_COORD, gt=True, description="focal length (pixels), > 0")
+_Zero = _num(-EPS, EPS)
+_One = _num(1.0 - EPS, 1.0 + EPS)
+_Rot = _num(-1.001, 1.001, description="rotation entry")
+_Trans = _num(-100.0, 100.0, description="camera position (m, ego frame)")
+Intrinsics = tuple[tuple[_Focal, _Px, _Px], tuple[_Px, _Focal, _Px], tuple[_Zero, _Zero, _One]]
+"""[[fx, s, cx], [0, fy, cy], [0, 0, 1]] in pixels of the image sent (fixed entries within ``EPS``)."""
+Sensor2Ego = tuple[tuple[_Rot, _Rot, _Rot, _Trans], tuple[_Rot, _Rot, _Rot, _Trans],
+                   tuple[_Rot, _Rot, _Rot, _Trans], tuple[_Zero, _Zero, _Zero, _One]]
+"""[4x4] camera -> ego transform: a rotation (determinant 1, checked) and a translation in metres."""
+Point = Annotated[tuple[_num(-POSITION_LIMIT_M, POSITION_LIMIT_M), _num(-POSITION_LIMIT_M, POSITION_LIMIT_M)],
+                  Field(description="[x, y] metres, ego frame (x forward, y left)")]
+STRICT = ConfigDict(extra="forbid")
+"""Request models: no unknown fields; numbers are ``Strict`` (no "5" for 5), as the OpenAPI schema states."""
 
 
 def _bounded(name: str):
     lo, hi = EGO_STATE_BOUNDS[name]
-    return Field(..., ge=lo, le=hi, allow_inf_nan=False)
+    return Field(..., ge=lo, le=hi, allow_inf_nan=False, strict=True)
 
 
 class EgoState(BaseModel):
     """Ego state at the keyframe (``EGO_STATE_FIELDS``): ego-frame velocity m/s, acceleration m/s^2, yaw rate
     rad/s, speed m/s, steering rad. Non-finite or out-of-range values are rejected."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     vx: float = _bounded("vx")
     vy: float = _bounded("vy")
@@ -116,7 +92,7 @@ class EgoState(BaseModel):
     yaw_rate: float = _bounded("yaw_rate")
     speed: float = _bounded("speed")
     steering: float = Field(0.0, ge=EGO_STATE_BOUNDS["steering"][0], le=EGO_STATE_BOUNDS["steering"][1],
-                            allow_inf_nan=False)
+                            allow_inf_nan=False, strict=True)
 
     def as_list(self) -> list[float]:
         return [float(getattr(self, f)) for f in EGO_STATE_FIELDS]
@@ -125,12 +101,66 @@ class EgoState(BaseModel):
 assert tuple(EgoState.model_fields) == EGO_STATE_FIELDS
 
 
-class SceneInput(BaseModel):
-    """What both endpoints need: the six cameras, ego state, optional history and the session of the scene."""
+class CameraCalibration(BaseModel):
+    """One camera's calibration (the multipart ``request`` part; the JPEG is the part named after the camera).
+    ``intrinsics`` are in pixels of the image sent; the rotation of ``extrinsics`` must have determinant 1."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    cameras: Annotated[list[Camera], Field(description=f"exactly {len(CAMERAS)} cameras in order {list(CAMERAS)}")]
+    name: str
+    intrinsics: Intrinsics
+    sensor2ego: Sensor2Ego = Field(..., alias="extrinsics",
+                                   description="[4x4] camera -> ego transform (metres)")
+
+    @field_validator("sensor2ego")
+    @classmethod
+    def _rotation(cls, t: tuple) -> tuple:
+        det = float(np.linalg.det(np.asarray([row[:3] for row in t[:3]], dtype=np.float64)))
+        if not math.isfinite(det) or abs(det - 1.0) > 0.05:
+            raise ValueError(f"rotation part is not a rotation (determinant {det:.3f}, expected 1)")
+        return t
+
+
+class Camera(CameraCalibration):
+    """One camera of a JSON request: the calibration and a base64 JPEG."""
+
+    image: str = Field(..., min_length=8, max_length=MAX_IMAGE_B64_CHARS, description="base64-encoded JPEG",
+                       json_schema_extra={"pattern": IMAGE_B64_PATTERN, "contentEncoding": "base64",
+                                          "contentMediaType": "image/jpeg"})
+
+    @field_validator("image")
+    @classmethod
+    def _base64(cls, v: str) -> str:  # the pattern above, with a message that says what is wrong
+        if not v.startswith("/9j/"):
+            raise ValueError("not a base64 JPEG (a JPEG starts with FF D8 FF, base64 '/9j/')")
+        try:
+            base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise ValueError(f"not valid base64 ({e})") from None
+        return v
+
+
+def _positional(base: type[BaseModel]):
+    """``base`` once per camera, each with ``name`` fixed to that camera: the tuple type of ``cameras`` (the
+    OpenAPI schema gets ``prefixItems`` with one ``const`` name per position, in ``CAMERAS`` order)."""
+    models = []
+    for i, cam in enumerate(CAMERAS):
+        title = "".join(part.title() for part in cam.split("_"))
+        models.append(create_model(
+            f"{base.__name__}{title.removeprefix('Cam')}", __base__=base,
+            name=(Literal[cam], Field(..., description=f"camera {i} is {cam}"))))
+    return tuple[tuple(models)]
+
+
+CameraTuple = _positional(Camera)
+CalibrationTuple = _positional(CameraCalibration)
+
+
+class SceneFields(BaseModel):
+    """What both endpoints need besides the cameras: ego state, optional history and the session of the scene."""
+
+    model_config = STRICT
+
     ego_state: EgoState
     history: Optional[Annotated[list[Optional[Point]], Field(min_length=PAST_STEPS, max_length=PAST_STEPS)]] = Field(
         None, description=f"{PAST_STEPS} past ego positions at 0.5 s steps (t-2.0 .. t-0.5 s), oldest first, in the "
@@ -139,30 +169,58 @@ class SceneInput(BaseModel):
         None, description="scene session: requests with the same id go to the replica holding its tracking state")
     scene_token: Optional[str] = Field(None, max_length=128,
                                        description="scene of the frame; a new token resets the session state")
-    frame_index: Optional[int] = Field(None, ge=0, le=100_000,
+    frame_index: Optional[int] = Field(None, ge=0, le=100_000, strict=True,
                                        description="keyframe index inside the scene (0 = first)")
-    max_new_tokens: Optional[int] = Field(None, ge=1, le=512)
-
-    @field_validator("cameras")
-    @classmethod
-    def _cameras(cls, cams: list[Camera]) -> list[Camera]:
-        if len(cams) != len(CAMERAS):
-            raise ValueError(f"expected {len(CAMERAS)} cameras in order {list(CAMERAS)}, got {len(cams)}")
-        for i, (cam, want) in enumerate(zip(cams, CAMERAS)):
-            if cam.name is not None and cam.name != want:
-                raise ValueError(f"camera {i} is named {cam.name!r}; expected {want!r} (CAMERAS order)")
-        return cams
+    max_new_tokens: Optional[int] = Field(
+        None, ge=1, le=512, strict=True, description="cap on generated tokens; /v1/plan raises it to what one trajectory needs "
+                                        "(with a warning)")
 
 
-class PlanRequest(SceneInput):
+class _PlanFields(BaseModel):
     command: CommandText = Field(..., description=f"high-level command, one of {list(COMMANDS)}")
     question: Optional[str] = Field(None, max_length=MAX_QUESTION_CHARS,
                                     description="optional text added to the planning turn")
 
 
-class ChatRequest(SceneInput):
+class _ChatFields(BaseModel):
     question: str = Field(..., min_length=1, max_length=MAX_QUESTION_CHARS)
     command: CommandText = Field("keep forward", description="command shown to the model as context")
+
+
+_CAMERAS_DOC = f"exactly {len(CAMERAS)} cameras in the order {list(CAMERAS)}"
+
+
+def _six_cameras(cams):
+    """Before the per-position checks: a list of the wrong length gets one message instead of six."""
+    if isinstance(cams, list) and len(cams) != len(CAMERAS):
+        raise ValueError(f"expected {len(CAMERAS)} cameras in order {list(CAMERAS)}, got {len(cams)}")
+    return cams
+
+
+class SceneInput(SceneFields):
+    cameras: CameraTuple = Field(..., description=_CAMERAS_DOC)
+    _count = field_validator("cameras", mode="before")(_six_cameras)
+
+
+class PlanRequest(SceneInput, _PlanFields):
+    """``/v1/plan`` as ``application/json``: six cameras with base64 JPEGs, ego state, command."""
+
+
+class ChatRequest(SceneInput, _ChatFields):
+    """``/v1/chat`` as ``application/json``."""
+
+
+class SceneForm(SceneFields):
+    cameras: CalibrationTuple = Field(..., description=_CAMERAS_DOC + " (calibration only; the JPEGs are parts)")
+    _count = field_validator("cameras", mode="before")(_six_cameras)
+
+
+class PlanForm(SceneForm, _PlanFields):
+    """The ``request`` part of a multipart ``/v1/plan``: the JSON body without the images."""
+
+
+class ChatForm(SceneForm, _ChatFields):
+    """The ``request`` part of a multipart ``/v1/chat``."""
 
 
 class ModelInfo(BaseModel):
@@ -174,11 +232,30 @@ class ModelInfo(BaseModel):
     batch_wait_timeout_s: float
 
 
+class StageCpu(BaseModel):
+    """CPU time (ms) of the stages that compute: ``parse`` and ``decode`` are the ingress worker thread's CPU time
+    for this request; ``batch`` and ``generate`` the model replica's process CPU time (all torch threads) for the
+    whole batch this request ran in."""
+
+    parse_ms: float
+    decode_ms: float
+    batch_ms: float
+    generate_ms: float
+
+
 class Timings(BaseModel):
-    preprocess_ms: float = Field(..., description="base64 + JPEG decode + resize in the ingress")
-    queue_ms: float = Field(..., description="waiting in the replica's batch queue")
-    inference_ms: float = Field(..., description="model.generate of the batch")
-    total_ms: float = Field(..., description="ingress receive to response")
+    """Where a request's time went (wall ms). total = http + parse + decode + queue + batch + generate + the
+    ingress's own bookkeeping; the HTTP proxy in front of the ingress is outside (a client sees it as the
+    difference between its latency and ``total_ms``)."""
+
+    http_ms: float = Field(..., description="ingress received the request -> body read")
+    parse_ms: float = Field(..., description="JSON parse + validation + base64 decode (multipart: part split)")
+    decode_ms: float = Field(..., description="JPEG decode + resize to the network input (ingress worker thread)")
+    queue_ms: float = Field(..., description="Ray hop to the model replica and back + waiting for a batch")
+    batch_ms: float = Field(..., description="forming the model batch (stack, normalise, to device)")
+    generate_ms: float = Field(..., description="model.generate of the batch (vision + language model)")
+    total_ms: float = Field(..., description="ingress received the request -> response built")
+    cpu_ms: StageCpu
     batch_size: int = Field(..., description="requests in the batch this one ran in")
     generated_tokens: int
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -24,21 +25,27 @@ def body() -> dict:
     return synthetic_request(image_hw=(45, 80))
 
 
+def _parse(data: dict, model=PlanRequest):
+    """As the ingress parses a body: JSON, strict (no coercion, arrays for the fixed-size tuples)."""
+    return model.model_validate_json(json.dumps(data))
+
+
 def _errors(data: dict, model=PlanRequest) -> str:
     with pytest.raises(ValidationError) as ei:
-        model.model_validate(data)
+        _parse(data, model)
     return validation_message(ei.value.errors())
 
 
 def test_valid_request_parses(body):
-    req = PlanRequest.model_validate(body)
-    assert len(req.cameras) == len(CAMERAS)
+    req = _parse(body)
+    assert [c.name for c in req.cameras] == list(CAMERAS)
     assert req.command == "keep forward"
     assert req.ego_state.as_list()[5] == 5.0
-    # the camera transform is accepted under both names
+    # only what the OpenAPI schema shows: 'extrinsics' (no second name), numbers as numbers
     alt = copy.deepcopy(body)
     alt["cameras"][0]["sensor2ego"] = alt["cameras"][0].pop("extrinsics")
-    assert PlanRequest.model_validate(alt).cameras[0].sensor2ego == body["cameras"][0]["extrinsics"]
+    assert "cameras.0.extrinsics: Field required" in _errors(alt)
+    assert "ego_state.vx" in _errors(dict(body, ego_state=dict(body["ego_state"], vx="5.0")))
 
 
 def test_wrong_camera_count_names_field(body):
@@ -51,12 +58,13 @@ def test_wrong_camera_count_names_field(body):
 def test_camera_order_is_checked(body):
     bad = copy.deepcopy(body)
     bad["cameras"][0]["name"], bad["cameras"][1]["name"] = bad["cameras"][1]["name"], bad["cameras"][0]["name"]
-    assert "camera 0 is named 'CAM_FRONT_RIGHT'" in _errors(bad)
+    msg = _errors(bad)
+    assert "cameras.0.name: Input should be 'CAM_FRONT'" in msg and "cameras.1.name" in msg
 
 
 @pytest.mark.parametrize("image, expect", [
-    ("not base64 at all!", "not valid base64"),
-    (base64.b64encode(b"\x89PNG\r\n\x1a\n....").decode(), "not a JPEG"),
+    ("/9j/not base64 at all!", "not valid base64"),
+    (base64.b64encode(b"\x89PNG\r\n\x1a\n....").decode(), "not a base64 JPEG"),
 ])
 def test_bad_image_names_camera(body, image, expect):
     bad = copy.deepcopy(body)
@@ -95,8 +103,13 @@ def test_geometry_checks(body):
     bad["cameras"][2]["intrinsics"][0][0] = -5.0
     assert "cameras.2.intrinsics" in _errors(bad)
     bad = copy.deepcopy(body)
-    bad["cameras"][1]["extrinsics"][0][0] = 3.0  # not a rotation any more
-    assert "cameras.1.extrinsics" in _errors(bad) and "determinant" in _errors(bad)
+    bad["cameras"][1]["extrinsics"][0][0] = 3.0  # outside what a rotation entry can be: the schema's bound
+    assert "cameras.1.extrinsics.0.0: Input should be less than or equal to 1.001" in _errors(bad)
+    bad["cameras"][1]["extrinsics"][0][:3] = [0.0, 0.0, 0.0]  # within the bounds, but not a rotation
+    assert "cameras.1.extrinsics" in _errors(bad) and "determinant 0.000" in _errors(bad)
+    bad = copy.deepcopy(body)
+    bad["cameras"][4]["intrinsics"][2] = [0.0, 0.5, 1.0]
+    assert "cameras.4.intrinsics.2.1: Input should be less than or equal to 0.000001" in _errors(bad)
     bad = copy.deepcopy(body)
     bad["history"] = [[0.0, 0.0]] * 3
     assert "history" in _errors(bad)
@@ -105,7 +118,7 @@ def test_geometry_checks(body):
 def test_chat_needs_question(body):
     data = {k: v for k, v in body.items() if k not in ("command", "history")}
     assert "question: Field required" in _errors(data, ChatRequest)
-    assert ChatRequest.model_validate(dict(data, question="what is ahead?")).command == "keep forward"
+    assert _parse(dict(data, question="what is ahead?"), ChatRequest).command == "keep forward"
 
 
 def test_malformed_json_message():
@@ -170,9 +183,15 @@ def test_serve_config_file_is_valid():
     assert schema.http_options.host == "127.0.0.1"
     app = schema.applications[0]
     assert app.import_path == "odvla.serve.app:build_app"
-    planner = next(d for d in app.deployments if d.name == "Planner")
-    assert planner.max_ongoing_requests >= planner.user_config["max_batch_size"]
-    assert planner.max_queued_requests > 0 and planner.autoscaling_config["max_replicas"] >= 1
+    assert not app.deployments  # deployment settings come from ServeConfig only (through args.set)
+    from odvla.platform.config import load_config
+    from odvla.serve.app import planner_options
+
+    s = load_config(overrides=app.args["set"]).serve
+    opts = planner_options(s)
+    assert opts["user_config"] == {"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s}
+    assert opts["max_ongoing_requests"] >= 2 * s.max_batch_size
+    assert opts["autoscaling_config"]["max_replicas"] == s.max_replicas
 
 
 def test_planner_options_couple_batch_and_ongoing():
@@ -182,7 +201,7 @@ def test_planner_options_couple_batch_and_ongoing():
     s = load_config(overrides=["serve.max_batch_size=16", "serve.max_ongoing_requests=4",
                                "serve.autoscaling=true"]).serve
     opts = planner_options(s)
-    assert opts["max_ongoing_requests"] == 16 and opts["user_config"]["max_batch_size"] == 16
+    assert opts["max_ongoing_requests"] == 32 and opts["user_config"]["max_batch_size"] == 16  # 2 batches
     assert opts["autoscaling_config"]["min_replicas"] == 1 and opts["num_replicas"] is None
     assert opts["request_router_config"].request_router_kwargs == {"session_idle_s": 300.0}
 
@@ -223,17 +242,18 @@ def test_request_from_shards_matches_training_inputs(shards_dir, synth_root):
     from odvla.platform.data.image_ops import normalize
     from odvla.platform.data.shards import read_split
     from odvla.serve.client import request_from_shards
-    from odvla.serve.preprocess import scene_item
+    from odvla.serve.preprocess import json_jpegs, scene_item
 
     cfg = load_config(model="tiny")
     table = read_split(shards_dir, "val").slice(1, 1)  # frame 1: part of the history is missing
     token = table.column("sample_token")[0].as_py()
     train_row = rows_from_table(table, synth_root, cfg)[0]
 
-    req = PlanRequest.model_validate(request_from_shards(shards_dir, token))
+    req = _parse(request_from_shards(shards_dir, token))
     assert req.frame_index == 1 and req.scene_token == table.column("scene_token")[0].as_py()
     hw = (cfg.model.vision.image_height, cfg.model.vision.image_width)
-    item = scene_item(req, req.command, "planning", "", hw)
+    item = scene_item(req, json_jpegs(req), [f"cameras.{i}.image" for i in range(6)], req.command, "planning", "",
+                      hw)
     import numpy as np
 
     np.testing.assert_array_equal(normalize(item["images"]), np.asarray(train_row["images"]))

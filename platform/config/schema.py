@@ -122,7 +122,9 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     num_replicas: int = 1
-    max_ongoing_requests: int = 8
+    max_ongoing_requests: int = 16
+    """Requests a model replica holds at once (running + waiting for a batch); raised to 2 x max_batch_size so
+    the next batch fills while one runs."""
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.005
     max_queued_requests: int = 32
