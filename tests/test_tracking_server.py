@@ -71,7 +71,7 @@ def test_resilient_tracker_outlives_server(mlflow_server):
 
 
 @pytest.mark.integration
-def test_training_survives_tracking_server_loss(ray_session, shards_dir, mlflow_server, tmp_path, monkeypatch):
+def test_training_survives_tracking_server_loss(ray_session, shards_dir, mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from odvla.platform.tracking import find_run
