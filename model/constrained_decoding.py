@@ -55,6 +55,7 @@ class TrajectoryGrammar:
         self.end_id = self._tid(tokenizer, TRAJ_END)
         self._cache: dict[tuple, dict[int, tuple]] = {}
         self._min_cache: dict[tuple, int] = {}
+        self._arrays: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         if codec.compact:
             toks = compact_number_tokens(self.d)
             ints = [t for t in toks if t[1] in "+-"]
@@ -197,6 +198,16 @@ class TrajectoryGrammar:
         self._cache[state] = t
         return t
 
+    def allowed_arrays(self, state) -> tuple[torch.Tensor, torch.Tensor]:
+        """``transitions(state)`` as tensors (cached): token ids [K] int64 and the fewest tokens to finish after
+        each [K] int64, so a step selects the ids that still fit the budget without a Python loop over them."""
+        a = self._arrays.get(state)
+        if a is None:
+            t = self.transitions(state)
+            a = self._arrays[state] = (torch.tensor(list(t), dtype=torch.long),
+                                       torch.tensor([self.min_to_finish(n) for n in t.values()], dtype=torch.long))
+        return a
+
     def ids_by_value(self, state) -> Optional[list[int]]:
         """Compact grammar, inside a number: the slot's token ids in order of value; otherwise None."""
         if not self.codec.compact or state in (PRE, DONE) or state[1] >= self.length:
@@ -259,30 +270,41 @@ class TrajectoryLogitsProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         gen = input_ids[:, self.prompt_len:]
-        for pos in range(self.seen, gen.shape[1]):
-            for b in range(gen.shape[0]):
-                self._feed(b, int(gen[b, pos]))
+        if gen.shape[1] > self.seen:  # one device->host copy for the new tokens of every row
+            for pos, row in enumerate(gen[:, self.seen:].T.tolist()):
+                for b, tok in enumerate(row):
+                    self._feed(b, tok)
         self.seen = gen.shape[1]
         remaining = self.max_new - gen.shape[1]  # tokens left including the one chosen now
-        mask = torch.zeros_like(scores, dtype=torch.bool)
+        # rows left unconstrained ('free' rows that may still start a trajectory) keep every logit; the others get
+        # their allowed ids as (row, id) pairs, gathered on the host and scattered into the mask in one call
+        mask = torch.zeros(scores.shape, dtype=torch.bool)
+        rows, cols = [], []
         for b in range(scores.shape[0]):
             mode = self.mode[b]
             if mode == "traj":
                 ordered = self.g.ids_by_value(self.state[b]) if self.median else None
                 if ordered is not None and remaining - 1 >= self.g.min_to_finish(self.g.advance(self.state[b],
                                                                                              ordered[0])):
-                    mask[b, _median_token(scores[b], ordered)] = True
+                    rows.append(torch.tensor([b]))
+                    cols.append(torch.tensor([_median_token(scores[b], ordered)]))
                     continue
-                ids = [t for t, nxt in self.g.transitions(self.state[b]).items()
-                       if self.g.min_to_finish(nxt) <= remaining - 1]
-                mask[b, ids if ids else [self.eos]] = True
+                ids, mins = self.g.allowed_arrays(self.state[b])
+                ids = ids[mins <= remaining - 1]
+                if not len(ids):
+                    ids = torch.tensor([self.eos])
+                rows.append(torch.full((len(ids),), b))
+                cols.append(ids)
             elif mode == "end":
-                mask[b, self.eos] = True
+                rows.append(torch.tensor([b]))
+                cols.append(torch.tensor([self.eos]))
             else:
                 mask[b] = True
                 if mode == "free" and self.g.min_to_finish(PRE) > remaining:
                     mask[b, self.g.start_id] = False
-        return scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        if rows:
+            mask[torch.cat(rows), torch.cat(cols)] = True
+        return scores.masked_fill(~mask.to(scores.device), torch.finfo(scores.dtype).min)
 
 
 def _median_token(scores: torch.Tensor, ordered_ids: list[int]) -> int:
