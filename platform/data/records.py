@@ -15,7 +15,9 @@ Rules (documented here because the model learns from them):
   thresholds the 3 s lateral offset at 2 m).
 - Agents: every sample_annotation of the keyframe, boxes moved into the ego frame; velocity from
   ``NuScenes.box_velocity`` rotated into the ego frame (0 where the devkit cannot estimate it); futures from the
-  instance's annotations at the next 6 keyframes. ``future_boxes``: every annotation of the next 6 keyframes.
+  instance's annotations at the next 6 keyframes (centres and yaws). ``future_boxes``: every annotation of the next
+  6 keyframes. ``lidar2ego``: the keyframe's LIDAR_TOP calibration (the evaluation moves into UniAD's / VAD's LiDAR
+  planning frame with it); ``agent_num_pts``: lidar + radar points per box (VAD's ``valid_flag``).
 - Map: ``map_polylines.MapIndex`` around the ego pose, ``map_range`` = (half length along x, half width along y).
 """
 from __future__ import annotations
@@ -77,6 +79,8 @@ class _Ann:
         self.category = [a["category_name"] for a in anns]
         self.cls = np.array([detection_class(c) for c in self.category], dtype=np.int8)
         self.vis = np.array([int(a["visibility_token"] or 0) for a in anns], dtype=np.int8)
+        self.num_pts = np.array([int(a.get("num_lidar_pts", 0) or 0) + int(a.get("num_radar_pts", 0) or 0)
+                                 for a in anns], dtype=np.int32)  # VAD's valid_flag: > 0
         self.centre = np.array([a["translation"] for a in anns], dtype=np.float64).reshape(-1, 3)
         self.wlh = np.array([a["size"] for a in anns], dtype=np.float64).reshape(-1, 3)
         self.yaw = np.array([quat_yaw(a["rotation"]) for a in anns], dtype=np.float64)
@@ -162,10 +166,13 @@ def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, 
         tok = s["next"]
     n = len(samples)
     ego = []  # keyframe ego2global
+    lidar2ego = []  # keyframe LIDAR_TOP -> ego (the planning frame of UniAD / VAD)
     for s in samples:
         sd = nusc.get("sample_data", s["data"]["LIDAR_TOP"])
         pose = nusc.get("ego_pose", sd["ego_pose_token"])
         ego.append(pose_matrix(pose["rotation"], pose["translation"]))
+        lcs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        lidar2ego.append(pose_matrix(lcs["rotation"], lcs["translation"]))
     ego = np.array(ego)
     pos = ego[:, :3, 3]
     yaw = np.array([np.arctan2(E[1, 0], E[0, 0]) for E in ego])
@@ -243,6 +250,7 @@ def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, 
         boxes = np.concatenate([centre, A.wlh, ayaw[:, None], avel], 1) if len(A.tokens) else np.zeros((0, 9))
         a_fut = np.zeros((len(A.tokens), FUTURE_STEPS, 2))
         a_fut_mask = np.zeros((len(A.tokens), FUTURE_STEPS))
+        a_fut_yaw = np.zeros((len(A.tokens), FUTURE_STEPS))
         fb, fb_step, fb_cls, fb_vis = [], [], [], []
         for i in range(FUTURE_STEPS):
             j = k + 1 + i
@@ -256,6 +264,7 @@ def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, 
                 fi = F.by_instance.get(inst)
                 if fi is not None:
                     a_fut[ai, i] = fc[fi, :2]
+                    a_fut_yaw[ai, i] = wrap_angle(F.yaw[fi] - yaw[k])
                     a_fut_mask[ai, i] = 1
             fb.append(np.concatenate([fc[:, :2], F.wlh[:, :2], wrap_angle(F.yaw - yaw[k])[:, None]], 1))
             fb_step.append(np.full(len(F.tokens), i, dtype=np.int8))
@@ -269,12 +278,13 @@ def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, 
             "log_location": log["location"], "timestamp": int(ts[k]), "frame_index": k, "split": split,
             "prev_sample_token": s["prev"],
             "cam_paths": paths, "cam_intrinsics": _flat(Ks), "cam_sensor2ego": _flat(s2es),
-            "cam_ego2global": _flat(e2gs), "image_hw": hw, "ego2global": _flat(E),
+            "cam_ego2global": _flat(e2gs), "image_hw": hw, "ego2global": _flat(E), "lidar2ego": _flat(lidar2ego[k]),
             "ego_state": _flat(state), "command": command, "past_traj": _flat(past), "past_mask": _flat(past_mask),
             "future_traj": _flat(fut), "future_yaw": _flat(fut_yaw), "future_mask": _flat(fut_mask),
             "agent_boxes": _flat(boxes), "agent_class": A.cls.tolist(), "agent_category": list(A.category),
             "agent_instance": list(A.instance), "agent_visibility": A.vis.tolist(),
             "agent_future": _flat(a_fut), "agent_future_mask": _flat(a_fut_mask),
+            "agent_future_yaw": _flat(a_fut_yaw), "agent_num_pts": A.num_pts.tolist(),
             "future_boxes": _flat(fb), "future_box_step": np.concatenate(fb_step).tolist() if fb_step else [],
             "future_box_class": np.concatenate(fb_cls).tolist() if fb_cls else [],
             "future_box_visibility": np.concatenate(fb_vis).tolist() if fb_vis else [],

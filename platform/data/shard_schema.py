@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 META_VERSION_KEY = b"odvla.schema_version"
 
 from odvla.model.constants import (  # noqa: F401  (re-exported: the contract's vocabulary)
@@ -46,6 +46,7 @@ SCHEMA = pa.schema(
         ("cam_ego2global", f32),  # [6,4,4] ego at the camera's timestamp -> global
         ("image_hw", pa.list_(pa.int32())),  # [2] full-size image height, width
         ("ego2global", f32),  # [4,4] keyframe ego (LIDAR_TOP sample_data pose) -> global
+        ("lidar2ego", f32),  # [4,4] LIDAR_TOP sensor -> keyframe ego (calibrated_sensor; UniAD/VAD planning frame)
         # ego
         ("ego_state", f32),  # [7] EGO_STATE_FIELDS
         ("command", pa.int8()),  # index into COMMANDS
@@ -62,6 +63,8 @@ SCHEMA = pa.schema(
         ("agent_visibility", pa.list_(pa.int8())),  # [N] nuScenes visibility level 1..4 (4 = 80-100 %)
         ("agent_future", f32),  # [N,6,2] agent centres at t+0.5..t+3.0 s
         ("agent_future_mask", f32),  # [N,6]
+        ("agent_future_yaw", f32),  # [N,6] agent yaw at t+0.5..t+3.0 s (ego frame of this keyframe), 0 where masked
+        ("agent_num_pts", pa.list_(pa.int32())),  # [N] num_lidar_pts + num_radar_pts (VAD's valid_flag: > 0)
         # future boxes for collision checks: every annotated box at each future keyframe
         ("future_boxes", f32),  # [M,5] x, y, w, l, yaw
         ("future_box_step", pa.list_(pa.int8())),  # [M] 0..5 (0 = t+0.5 s)
