@@ -271,3 +271,28 @@ def test_resolve_version_of_refs():
 
     assert resolve_version("models:/odvla-planner/7") == "7"
     assert resolve_version("/exports/stage3") is None and resolve_version("runs:/abc/export") is None
+
+
+def test_openapi_states_auth_only_with_a_token():
+    """Without a token the document has no security scheme and no 401; with one, both (no Ray: the document
+    comes from the routes, which the owner does not take part in)."""
+    from types import SimpleNamespace
+
+    from odvla.serve.app import create_api
+
+    for token, auth in ((None, False), ("t", True)):
+        spec = create_api(SimpleNamespace(token=token, max_body_bytes=1000, planner=None)).openapi()
+        for path, method in (("/v1/plan", "post"), ("/v1/chat", "post"), ("/v1/model", "get")):
+            op = spec["paths"][path][method]
+            assert ("401" in op["responses"]) is auth and ("security" in op) is auth, (path, token)
+        assert ("securitySchemes" in spec.get("components", {})) is auth
+        plan = spec["paths"]["/v1/plan"]["post"]
+        assert {"400", "413", "415", "422", "503", "504"} <= set(plan["responses"])
+        assert plan["responses"]["503"]["headers"]["Retry-After"]["schema"] == {"type": "integer"}
+        assert set(plan["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+        form = plan["requestBody"]["content"]["multipart/form-data"]["schema"]
+        assert form["required"] == ["request", *CAMERAS] and form["additionalProperties"] is False
+        cams = spec["components"]["schemas"]["PlanRequest"]["properties"]["cameras"]
+        names = [spec["components"]["schemas"][c["$ref"].rsplit("/", 1)[1]]["properties"]["name"]["const"]
+                 for c in cams["prefixItems"]]
+        assert names == list(CAMERAS) and cams["minItems"] == cams["maxItems"] == 6
