@@ -24,6 +24,8 @@ Tensors:
 Optional tensors (used when present):
     ego2global        float32 [B, 4, 4]        keyframe ego -> global; the vision encoder warps the previous
                                                frame's BEV by the ego motion before fusing it
+    gt_instance       int64   [B, Na]          stable id of each target's nuScenes instance (-1 padding): in
+                                               training a tracked query keeps following its instance
 Python lists (length B):
     sample_token, scene_token : str
     task     : str   'planning', 'qa', 'caption_scene', 'caption_agent', 'caption_map', 'interaction', 'external'
@@ -44,4 +46,4 @@ TENSOR_KEYS = (
     "gt_map_labels", "frame_index",
 )
 TEXT_KEYS = ("sample_token", "scene_token", "task", "question", "answer")
-OPTIONAL_TENSOR_KEYS = ("ego2global",)
+OPTIONAL_TENSOR_KEYS = ("ego2global", "gt_instance")

@@ -60,6 +60,14 @@ class VisionConfig:
     decoder_heads: int = 4
     fuse_prev_bev: bool = True
     agent_future_steps: int = 6
+    track_birth_score: float = 0.4
+    """Inference tracker (UniAD ``RuntimeTrackerBase`` ``score_thresh``): an untracked slot scoring at least this
+    starts a new track (new id) that is carried to the next keyframe; a tracked slot scoring at least this is
+    confirmed (its miss count resets)."""
+    track_keep_score: float = 0.35
+    """UniAD's ``filter_score_thresh``: a tracked slot scoring below this counts one miss."""
+    track_miss_tolerance: int = 5
+    """UniAD's ``miss_tolerance``: a track with this many consecutive misses ends (its slot is freed)."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ from .constants import CAMERAS, DETECTION_CLASSES, MAP_CLASSES
 from .map_queries import MapQueryTransformer
 from .scene_sampler import GlobalSceneSampler
 from .scene_state import SceneState
+from .track_policy import TrackPolicy, fixed_assignments, runtime_update, training_update
 from .vision_losses import AgentCriterion, MapCriterion
 
 LOSS_KEYS = ("det", "map", "motion")
@@ -68,7 +69,8 @@ class VisionEncoder(nn.Module):
     forward(batch, states=None, compute_losses=True) -> VisionOutput. ``batch`` follows ``odvla.model.batch``:
     needs images [B, 6, 3, H, W] (H, W = ``vision.image_height/width``), intrinsics [B, 6, 3, 3], sensor2ego
     [B, 6, 4, 4]; the gt_* tensors for losses; scene_token (list) and frame_index [B] for tracking; optional
-    ego2global [B, 4, 4] (keyframe ego pose) to warp the previous BEV by the ego motion before fusing it.
+    ego2global [B, 4, 4] (keyframe ego pose) to warp the previous BEV by the ego motion before fusing it; optional
+    gt_instance [B, Na] (instance ids of the targets): in training a tracked slot stays bound to its instance.
     ``states`` is None or a list of B ``SceneState | None``: a state continues only when its scene_token equals the
     sample's and frame_index != 0, otherwise the sample starts fresh (reset).
     """
@@ -93,6 +95,7 @@ class VisionEncoder(nn.Module):
         self.agent_criterion = AgentCriterion(self.agent_queries.coder, len(DETECTION_CLASSES))
         self.map_criterion = MapCriterion(self.grid, len(MAP_CLASSES))
         self.num_agent_tokens = int(v.num_agent_tokens)
+        self.track_policy = TrackPolicy.from_config(v)
 
     # ------------------------------------------------------------------ parameter groups
     def agent_motion_parameters(self) -> list[nn.Parameter]:
@@ -153,35 +156,56 @@ class VisionEncoder(nn.Module):
             mask[b] = s.track_mask.to(device=device, dtype=torch.bool)
         return embed, mask
 
-    def _new_states(self, active, scenes, frames, samples, agent, token_idx, matched, lifted, ego2global
+    def _new_states(self, active, scenes, frames, samples, agent, matches, gt_instance, lifted, ego2global
                     ) -> tuple[list, torch.Tensor]:
-        """One new SceneState per sample. Carried slots: the agent-token slots (top-k confident), plus in training
-        the slots matched to a target (``matched[b]``: slot indices or None), as in MOTR-style track training."""
+        """One new SceneState per sample (``track_policy``). ``matches``: per sample (slots, target columns) in
+        training with targets — the matched slots carry, following their instance (``gt_instance`` [B, Na] or None);
+        None at inference — the runtime tracker carries confident slots (births) until they miss too often."""
         B, Q = agent["scores"].shape
+        dev = lifted.device
         states, all_ids = [], []
         for b in range(B):
             prev = active[b]
-            carry = torch.zeros(Q, dtype=torch.bool, device=lifted.device)
-            carry[token_idx[b]] = True  # the agent-token slots carry over as track queries
-            if matched[b] is not None:
-                carry[matched[b]] = True
-            ids = torch.full((Q,), -1, dtype=torch.long, device=lifted.device)
+            prev_ids = (prev.track_ids.to(dev).long() if prev is not None and prev.track_ids is not None
+                        else torch.full((Q,), -1, dtype=torch.long, device=dev))
             next_id = 0 if prev is None else prev.next_track_id
-            if prev is not None and prev.track_ids is not None:  # a slot tracked before keeps its id
-                prev_ids = prev.track_ids.to(lifted.device)
-                keep = carry & (prev_ids >= 0)
-                ids[keep] = prev_ids[keep]
-            fresh = carry & (ids < 0)
-            n = int(fresh.sum())
-            ids[fresh] = torch.arange(next_id, next_id + n, device=lifted.device)
+            track_gt = None
+            if matches is not None:
+                rows, cols = matches[b]
+                gt_ids = (gt_instance[b, cols.to(gt_instance.device)].to(dev) if gt_instance is not None
+                          else torch.full((len(rows),), -1, dtype=torch.long, device=dev))
+                ids, track_gt, next_id = training_update(prev_ids, rows, gt_ids, Q, next_id)
+                misses = torch.zeros(Q, dtype=torch.long, device=dev)
+            else:
+                prev_m = (prev.track_misses.to(dev).long() if prev is not None and prev.track_misses is not None
+                          else torch.zeros(Q, dtype=torch.long, device=dev))
+                ids, misses, next_id = runtime_update(prev_ids, prev_m, agent["scores"][b].detach().to(dev),
+                                                      next_id, self.track_policy)
+            carry = ids >= 0
             all_ids.append(ids)
             embed = agent["embed"][b].detach() * carry[:, None].to(agent["embed"].dtype)
             states.append(SceneState(
                 scene_token=scenes[b], frame_index=frames[b], sample_token=samples[b], track_embed=embed,
                 track_mask=carry, track_ids=ids, track_boxes=agent["boxes"][b].detach(),
-                track_scores=agent["scores"][b].detach(), prev_bev=lifted[b].detach(), next_track_id=next_id + n,
-                ego2global=None if ego2global is None else ego2global[b].detach().float()))
+                track_scores=agent["scores"][b].detach(), prev_bev=lifted[b].detach(), next_track_id=next_id,
+                ego2global=None if ego2global is None else ego2global[b].detach().float(), track_misses=misses,
+                track_gt=track_gt))
         return states, torch.stack(all_ids)
+
+    def _fixed_assignments(self, active, batch: dict, samples: list, device) -> Optional[list]:
+        """Training with tracks: per sample the slots bound to their instance in this frame (or None)."""
+        gi = batch.get("gt_instance")
+        if gi is None or all(s is None or s.track_gt is None for s in active):
+            return None
+        gt_boxes, gt_labels, gi = batch["gt_boxes"].to(device), batch["gt_labels"].to(device), gi.to(device)
+        out = []
+        for b, s in enumerate(active):
+            if s is None or s.track_gt is None:
+                out.append(None)
+                continue
+            valid = self.agent_criterion.valid_targets(gt_boxes, gt_labels, b, samples[b])
+            out.append(fixed_assignments(s.track_gt.to(device), gi[b], valid))
+        return out
 
     def _prev_bev(self, active: list[Optional[SceneState]], ego2global: Optional[torch.Tensor]
                   ) -> list[Optional[torch.Tensor]]:
@@ -231,19 +255,20 @@ class VisionEncoder(nn.Module):
         losses = {k: zero for k in LOSS_KEYS}
         matches = None
         if compute_losses and all(k in batch for k in _AGENT_GT):
+            fixed = self._fixed_assignments(active, batch, samples, memory.device) if self.training else None
             agent_losses, matches = self.agent_criterion(
                 agent, batch["gt_boxes"].to(memory.device), batch["gt_labels"].to(memory.device),
                 _opt(batch, "gt_agent_future", memory.device), _opt(batch, "gt_agent_future_mask", memory.device),
-                samples)
+                samples, fixed)
             losses.update({k: l + zero for k, l in agent_losses.items()})
         if compute_losses and all(k in batch for k in _MAP_GT):
             map_losses, _ = self.map_criterion(mp, batch["gt_map_pts"].to(memory.device),
                                                batch["gt_map_labels"].to(memory.device), samples)
             losses.update({k: l + zero for k, l in map_losses.items()})
 
-        carried = [None] * B if not (self.training and matches) else [rows for rows, _ in matches]
-        new_states, track_ids = self._new_states(active, scenes, frames, samples, agent, token_idx, carried,
-                                                 lifted, ego2global)
+        new_states, track_ids = self._new_states(active, scenes, frames, samples, agent,
+                                                 matches if self.training else None,
+                                                 _opt(batch, "gt_instance", memory.device), lifted, ego2global)
         predictions = {
             "boxes": agent["boxes"], "scores": agent["scores"], "labels": agent["labels"],
             "agent_future": agent["agent_future"], "track_ids": track_ids, "agent_token_index": token_idx,

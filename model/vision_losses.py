@@ -57,28 +57,49 @@ class AgentCriterion:
         self.eos_coef = eos_coef
         self.cls_cost = cls_cost
 
-    def match(self, out: dict, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, names: Sequence[str]
-              ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per sample (pred_idx [M], gt_idx [M]) with gt_idx indexing the padded target axis Na."""
+    def valid_targets(self, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, b: int, name: str) -> torch.Tensor:
+        """[Na] bool: real targets (label >= 0) of sample ``b`` whose centre lies inside the BEV grid."""
+        _check_labels(gt_labels[b], self.num_classes, "gt_labels", name)
+        valid = gt_labels[b] >= 0
+        _check_finite(gt_boxes[b][valid], "gt_boxes", name)
+        return valid & self.coder.in_range(gt_boxes[b])
+
+    def match(self, out: dict, gt_boxes: torch.Tensor, gt_labels: torch.Tensor, names: Sequence[str],
+              fixed: Optional[Sequence] = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per sample (pred_idx [M], gt_idx [M]) with gt_idx indexing the padded target axis Na, sorted by pred_idx.
+
+        ``fixed``: None or per sample None | (slots [F], cols [F], ended [Q] bool) from
+        ``track_policy.fixed_assignments``: tracked slots keep their instance, ended slots take none, and Hungarian
+        matches the remaining targets to the remaining slots (MOTR / UniAD track training)."""
         matches = []
         with torch.no_grad():
             for b, name in enumerate(names):
-                _check_labels(gt_labels[b], self.num_classes, "gt_labels", name)
-                valid = gt_labels[b] >= 0
-                _check_finite(gt_boxes[b][valid], "gt_boxes", name)
-                valid = valid & self.coder.in_range(gt_boxes[b])
+                valid = self.valid_targets(gt_boxes, gt_labels, b, name)
+                Q = out["cls_logits"].shape[1]
+                free_q = torch.ones(Q, dtype=torch.bool, device=valid.device)
+                pre_rows = pre_cols = torch.zeros(0, dtype=torch.long, device=valid.device)
+                if fixed is not None and fixed[b] is not None:
+                    pre_rows, pre_cols, ended = (t.to(valid.device) for t in fixed[b])
+                    free_q[pre_rows] = False
+                    free_q &= ~ended
+                    valid = valid.clone()
+                    valid[pre_cols] = False
                 idx = valid.nonzero(as_tuple=True)[0]
+                qidx = free_q.nonzero(as_tuple=True)[0]
                 weights = torch.tensor(BoxCoder.CODE_WEIGHTS, device=gt_boxes.device)
-                cost = self.cls_cost * classification_cost(out["cls_logits"][b], gt_labels[b, idx]) \
-                    + weighted_l1_cost(out["box_code"][b], self.coder.encode(gt_boxes[b, idx]), weights)
+                cost = self.cls_cost * classification_cost(out["cls_logits"][b, qidx], gt_labels[b, idx]) \
+                    + weighted_l1_cost(out["box_code"][b, qidx], self.coder.encode(gt_boxes[b, idx]), weights)
                 rows, cols = hungarian(cost, what=f"agent matching of sample {name!r}")
-                matches.append((rows, idx[cols]))
+                rows = torch.cat([pre_rows, qidx[rows]])
+                cols = torch.cat([pre_cols, idx[cols]])
+                order = rows.argsort()
+                matches.append((rows[order], cols[order]))
         return matches
 
     def __call__(self, out: dict, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
-                 gt_future: Optional[torch.Tensor], gt_future_mask: Optional[torch.Tensor], names: Sequence[str]
-                 ) -> tuple[dict, list]:
-        matches = self.match(out, gt_boxes, gt_labels, names)
+                 gt_future: Optional[torch.Tensor], gt_future_mask: Optional[torch.Tensor], names: Sequence[str],
+                 fixed: Optional[Sequence] = None) -> tuple[dict, list]:
+        matches = self.match(out, gt_boxes, gt_labels, names, fixed)
         logits, code, offsets = out["cls_logits"], out["box_code"], out["motion_offsets"]
         loss_cls = matched_classification_loss(logits, gt_labels, matches, self.eos_coef)
 

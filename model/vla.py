@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import LogitsProcessorList
 
+from odvla.model.clip_batch import clip_frames, is_clip, supervised_frames
 from odvla.model.constrained_decoding import TrajectoryGrammar, TrajectoryLogitsProcessor, check_number_choice
 from odvla.model.ego_token import EGO_TOKEN, EgoProjector
 from odvla.model.generate_output import GenerateOutput
@@ -145,10 +146,28 @@ class OpenDriveVLA(nn.Module):
         return self.llm.get_input_embeddings().weight.device
 
     # ---------------------------------------------------------------------------------------------- forward
-    def forward(self, batch: dict) -> dict:
+    def perceive(self, batch: dict, states=None, compute_losses: bool = False):
+        """The per-frame step shared by training, evaluation and serving: one keyframe batch through the vision
+        encoder with each row's ``SceneState`` of its scene's previous keyframe (None: start fresh). Returns the
+        ``VisionOutput`` (tokens, losses, predictions and the new states: identity kept on tracked slots, births,
+        deaths; ``odvla.model.track_policy``)."""
+        return self.vision(batch, states=states, compute_losses=compute_losses)
+
+    def forward(self, batch: dict, states=None) -> dict:
         """Training losses: ``lm`` (mean cross-entropy over answer tokens), ``det``, ``map``, ``motion`` (vision
-        encoder; zeros without ground truth), and ``answer_tokens`` (int64 count of supervised tokens)."""
-        vis = self.vision(batch, states=None, compute_losses=True)
+        encoder; zeros without ground truth) and ``answer_tokens`` (int64 count of supervised tokens). Only tensors
+        come back (distributed engines walk the outputs); the new states of a frame come from ``perceive``.
+
+        ``batch``: a frame batch (``model/batch.py``), with ``states`` the rows' states of the previous keyframe;
+        or a clip batch (``model/clip_batch.py``): its frames run in time order carrying the states, the frames
+        not marked in ``clip_supervised`` without gradients, and the loss terms are the mean over the supervised
+        frames (``answer_tokens`` their sum)."""
+        if is_clip(batch):
+            return self._forward_clip(batch, states)
+        return self._forward_frame(batch, states)[0]
+
+    def _forward_frame(self, batch: dict, states) -> tuple[dict, list]:
+        vis = self.perceive(batch, states, compute_losses=True)
         tb = self.chat.encode(batch, with_answers=True, device=self._device())
         emb = self._embed(batch, tb.input_ids, vis)
         out = self.llm(inputs_embeds=emb, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
@@ -158,7 +177,22 @@ class OpenDriveVLA(nn.Module):
             v = vis.losses.get(k)
             losses[k] = v.float() if v is not None else out.loss.new_zeros(()).float()
         losses["answer_tokens"] = (tb.labels[:, 1:] != -100).sum()
-        return losses
+        return losses, list(vis.states)
+
+    def _forward_clip(self, batch: dict, states) -> dict:
+        frames, supervised = clip_frames(batch), supervised_frames(batch)
+        total: dict = {}
+        n = 0
+        for fb, sup in zip(frames, supervised):
+            if not sup:  # earlier frame: state only (matching still runs, so tracks follow their instances)
+                with torch.no_grad():
+                    states = self.perceive(fb, states, compute_losses=True).states
+                continue
+            out, states = self._forward_frame(fb, states)
+            n += 1
+            for k, v in out.items():
+                total[k] = v if k not in total else total[k] + v
+        return {k: (v if k == "answer_tokens" else v / n) for k, v in total.items()}
 
     # --------------------------------------------------------------------------------------------- generate
     @property
@@ -176,7 +210,7 @@ class OpenDriveVLA(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            vis = self.vision(batch, states=states, compute_losses=False)
+            vis = self.perceive(batch, states, compute_losses=False)
             tb = self.chat.encode(batch, with_answers=False, device=self._device())
             emb = self._embed(batch, tb.input_ids, vis)
             tasks = list(batch["task"])
