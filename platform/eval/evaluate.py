@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 
 from odvla.model.constants import FUTURE_STEPS, PAST_STEPS
 from odvla.platform.eval.baselines import constant_velocity, train_ego_mlp
-from odvla.platform.eval.planning_metrics import compute_planning_metrics, future_boxes_from_row
+from odvla.platform.eval.planning_frame import planning_inputs, prediction_to_planning
+from odvla.platform.eval.planning_metrics import compute_planning_metrics
 from odvla.platform.eval.report import results_table
 
 log = logging.getLogger("odvla.eval")
@@ -39,7 +40,10 @@ log = logging.getLogger("odvla.eval")
 QA_TASKS = ("qa", "caption_scene", "caption_agent", "caption_map", "external")
 """Instruction tasks scored with the caption metrics (planning has its own metrics; interaction is trajectories)."""
 _GT_COLUMNS = ("sample_token", "scene_token", "ego_state", "command", "past_traj", "past_mask", "future_traj",
-               "future_mask", "future_boxes", "future_box_step", "future_box_class", "future_box_visibility")
+               "future_yaw", "future_mask", "future_boxes", "future_box_step", "future_box_class",
+               "future_box_visibility", "lidar2ego", "agent_boxes", "agent_class", "agent_num_pts", "agent_future",
+               "agent_future_mask", "agent_future_yaw")
+_PLANNING_COLUMNS = _GT_COLUMNS[:1] + _GT_COLUMNS[6:]
 
 
 @dataclass
@@ -67,21 +71,49 @@ def _arr(table: pa.Table, name: str, shape: tuple) -> np.ndarray:
                          f"{0 if col[bad] is None else np.size(col[bad])} values, expected {shape}") from e
 
 
-def score_trajectories(pred: np.ndarray, table: pa.Table, prefix: str = "") -> dict:
-    """Planning metrics of ``pred`` [N,6,2] against the rows of ``table`` (same order), keys prefixed."""
-    gt = _arr(table, "future_traj", (FUTURE_STEPS, 2))
-    mask = _arr(table, "future_mask", (FUTURE_STEPS,))
-    fb = [future_boxes_from_row(r) for r in table.select(
-        ["sample_token", "future_boxes", "future_box_step", "future_box_class", "future_box_visibility"]).to_pylist()]
-    m = compute_planning_metrics(pred, gt, mask, fb)
+@dataclass
+class PlanningTruth:
+    """The references' view of a split: per row the LiDAR ``lidar2ego``, GT sensor path [N,6,2] and mask [N,6] in
+    the planning frame (``planning_frame.py``), and the collision inputs (future annotations + VAD's agents)."""
+
+    tokens: list
+    lidar2ego: np.ndarray  # [N,4,4]
+    gt: np.ndarray  # [N,6,2] (forward, left), LiDAR frame
+    mask: np.ndarray  # [N,6]
+    future_boxes: list
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> "PlanningTruth":
+        rows = table.select(list(_PLANNING_COLUMNS)).to_pylist()
+        ins = [planning_inputs(r) for r in rows]
+        return cls([r["sample_token"] for r in rows],
+                   np.asarray([r["lidar2ego"] for r in rows], np.float64).reshape(-1, 4, 4),
+                   np.asarray([i["gt"] for i in ins]).reshape(-1, FUTURE_STEPS, 2),
+                   np.asarray([i["mask"] for i in ins]).reshape(-1, FUTURE_STEPS), [i["future_boxes"] for i in ins])
+
+    def to_planning(self, pred_ego: np.ndarray) -> np.ndarray:
+        """Predicted rear-axle paths [N,6,2] (ego frame) -> sensor paths in the planning frame (NaN rows stay)."""
+        pred_ego = np.asarray(pred_ego, np.float64).reshape(-1, FUTURE_STEPS, 2)
+        return np.stack([prediction_to_planning(p, m) for p, m in zip(pred_ego, self.lidar2ego)]) if len(pred_ego) \
+            else pred_ego
+
+
+def score_trajectories(pred: np.ndarray, truth: "PlanningTruth | pa.Table", prefix: str = "") -> dict:
+    """Planning metrics of ``pred`` [N,6,2] (ego frame, rear axle) against the rows of ``truth`` (same order), in
+    the references' planning frame; keys prefixed."""
+    if isinstance(truth, pa.Table):
+        truth = PlanningTruth.from_table(truth)
+    m = compute_planning_metrics(truth.to_planning(pred), truth.gt, truth.mask, truth.future_boxes)
     return {f"{prefix}{k}": v for k, v in m.items()}
 
 
-def baseline_metrics(cfg, val: pa.Table) -> dict:
-    """Constant velocity and the ego-status MLP (trained on the train split) on the val rows."""
-    out = score_trajectories(constant_velocity(_arr(val, "ego_state", (-1,))), val, "cv/")
+def baseline_metrics(data_cfg, eval_cfg, seed: int, val: pa.Table, truth: Optional[PlanningTruth] = None) -> dict:
+    """Constant velocity and the ego-status MLP (trained on the train split of ``data_cfg.shards``,
+    ``eval_cfg.baseline_mlp_epochs`` epochs) on the val rows."""
+    truth = truth if truth is not None else PlanningTruth.from_table(val)
+    out = score_trajectories(constant_velocity(_arr(val, "ego_state", (-1,))), truth, "cv/")
     try:
-        train = read_split_table(cfg.data.shards, "train", _GT_COLUMNS)
+        train = read_split_table(data_cfg.shards, "train", _GT_COLUMNS)
     except FileNotFoundError as e:
         log.warning("ego MLP baseline skipped: no train split (%s)", e)
         return out
@@ -94,9 +126,9 @@ def baseline_metrics(cfg, val: pa.Table) -> dict:
                 _arr(t, "past_traj", (PAST_STEPS, 2)), _arr(t, "past_mask", (PAST_STEPS,)))
 
     mlp = train_ego_mlp(*inputs(train), _arr(train, "future_traj", (FUTURE_STEPS, 2)),
-                        _arr(train, "future_mask", (FUTURE_STEPS,)), epochs=cfg.eval.baseline_mlp_epochs,
-                        seed=cfg.train.seed)
-    out.update(score_trajectories(mlp.predict(*inputs(val)), val, "mlp/"))
+                        _arr(train, "future_mask", (FUTURE_STEPS,)), epochs=eval_cfg.baseline_mlp_epochs,
+                        seed=seed)
+    out.update(score_trajectories(mlp.predict(*inputs(val)), truth, "mlp/"))
     out["mlp/train_samples"] = float(mlp.train_samples)
     out["mlp/train_l1"] = mlp.train_loss
     return out
@@ -203,8 +235,9 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
         (out / "malformed.txt").write_text("\n".join(bad) + "\n")
     pred = np.asarray(cols["pred_traj"], np.float64).reshape(n, FUTURE_STEPS, 2)
     pred[~parsed] = np.nan
-    metrics.update(score_trajectories(pred, val))
-    metrics.update(baseline_metrics(cfg, val))
+    truth = PlanningTruth.from_table(val)
+    metrics.update(score_trajectories(pred, truth))
+    metrics.update(baseline_metrics(cfg.data, cfg.eval, cfg.train.seed, val, truth))
 
     # 2) QA metrics against the references of each (sample, task, question)
     if qa is not None:

@@ -1,25 +1,47 @@
-"""Per-step BEV occupancy of the ground-truth future boxes and the ego-box collision test, on UniAD's grid.
+"""Per-step BEV occupancy of ground-truth boxes and the ego-box collision test, as each reference code computes them.
 
-Every constant below is UniAD's planning metric
-(``projects/mmdet3d_plugin/uniad/dense_heads/planning_head_plugin/planning_metrics.py``, OpenDriveLab/UniAD), which
-VAD (``VAD/planner/metric_stp3.py``), OmniDrive and OpenDriveVLA's evaluation reuse:
+Shared by the references (UniAD ``planning_metrics.py`` + ``occflow_label.py``, VAD ``metric_stp3.py``,
+OpenDriveVLA ``drivevla/eval_share/metric.py``):
 
-* grid: x and y in [-50, 50] m at 0.5 m -> 200 x 200 cells (``gen_dx_bx([-50, 50, 0.5], ...)``);
-  ``bx = -49.75`` (centre of the first cell).
-* ego box: 4.084 m long, 1.85 m wide (``self.H = 4.084``, ``self.W = 1.85``), centre shifted 0.5 m forward of the
-  trajectory point (``-H/2 + 0.5 .. H/2 + 0.5``), axis-aligned (no yaw), rasterised once at the origin as the cells
-  whose index lies inside it (``skimage.draw.polygon`` on ``(pts - bx) / dx``: 8 x 4 = 32 cells), then translated by
-  ``waypoint / dx`` and truncated to int (``astype(np.int32)``), clipped to the grid (``np.clip``).
-* occupancy: box corners mapped to pixels as ``(corner - bx + dx / 2) / dx`` and rounded, the polygon filled
-  (FIERY / UniAD / VAD ``cv2.fillPoly``). Here the filled set is the integer cells inside or on the rounded-corner
-  quadrilateral (vectorised); on convex boxes this equals ``fillPoly`` up to its edge rasterisation.
+* grid: 200 x 200 cells of 0.5 m over [-50, 50] m (``gen_dx_bx([-50, 50, 0.5], ...)``), ``bx = -49.75`` m (centre of
+  the first cell), ``dx = 0.5`` m.
+* ego box: 4.084 m long, 1.85 m wide, centre 0.5 m forward of the trajectory point, axis-aligned (no yaw). It is
+  rasterised once at the origin as the cells whose centres lie inside it (``skimage.draw.polygon``: 8 rows along
+  the length x 4 columns across = 32 cells, ``EGO_FOOTPRINT``), then moved by ``waypoint / dx`` and truncated with
+  ``astype(np.int32)``, then clipped to the grid (``np.clip``: an ego partly outside still tests the border cells).
+* boxes: corners mapped to pixels as ``(corner - bx + dx / 2) / dx``, rounded (``np.round``: half to even), and
+  filled with ``cv2.fillPoly`` one box at a time. ``fillPoly`` sets the cells inside *and* every cell its 8-connected
+  edge lines pass through, so a box covers more cells than its centre-inside set; this module calls ``cv2.fillPoly``
+  itself, so the raster is the reference's raster bit for bit (``tests/test_eval_parity.py`` checks the corners,
+  orientation and fill against an independent ``cv2.fillPoly`` call).
 
-Frames. Inputs are in the nuScenes ego frame of the keyframe (x forward, y left, metres). The grid is indexed like
-UniAD's LiDAR-frame grid: row from the forward coordinate, column from the rightward one (``right = -y``), so the
-truncation of cell indices matches UniAD's exactly (its trajectories are x right, y forward).
+What differs between them is the raster's orientation and how the ego's cells are indexed (``RASTERS``):
+
+* ``uniad`` (UniAD, and the raster OpenDriveVLA's ``gt/planing_gt_segmentation_val`` holds): row from the forward
+  coordinate, column from the rightward one (UniAD's LiDAR frame: x right, y forward; ``fillPoly`` gets (x, y)
+  pixel pairs, so the row is y). Ego cells ``r = int(fwd/dx + rr)``, ``c = int(right/dx + cc)``: the footprint's
+  position is ``floor`` of the waypoint's cell coordinate.
+* ``vad`` (VAD ``metric_stp3.py``): a forward-up raster. Corners go through ``lidar2cv_rot = [[1, 0], [0, -1]]``
+  first, so the row is ``(-fwd - bx + dx/2) / dx`` and the column ``(right - bx + dx/2) / dx``. Ego cells
+  ``r = int(200 - (fwd/dx + rr))``, ``c = int(right/dx + cc)``. Relative to the boxes this is ``ceil``, not
+  ``floor``, of the forward cell coordinate: the ego box sits one cell (0.5 m) further forward than UniAD's unless
+  the forward position is a multiple of 0.5 m.
+* ``odvla`` (OpenDriveVLA's released ``evaluation.py``/``metric.py``): UniAD's raster with its last axis flipped
+  (``torch.flip(occ, [-1])``), and ``evaluate_coll`` negating x while the matching negation in ``update`` is
+  commented out. Ego cells in the flipped raster ``r = int(fwd/dx + rr)``, ``c' = clip(int(-right/dx + cc))``, i.e.
+  column ``199 - c'`` of UniAD's raster: ``ceil`` of the lateral cell coordinate instead of ``floor``, the ego box
+  0.5 m further right unless the lateral position is a multiple of 0.5 m. This reproduces what the released
+  script computes, not what it seems to intend.
+
+Coordinates here are in the *planning frame* of the protocol, written as (forward, left) metres (``fwd = x``,
+``right = -y``). For UniAD / VAD / OpenDriveVLA that frame is the keyframe's LiDAR frame; the caller moves the
+shard's ego-frame values there (``planning_frame.py``). Hand-built cases may pass ego-frame values directly.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+import cv2
 import numpy as np
 
 GRID_MIN = -50.0  # m, UniAD X_BOUND / Y_BOUND lower edge
@@ -30,10 +52,15 @@ CELL_CENTRE0 = GRID_MIN + CELL / 2.0  # -49.75 m, UniAD bx
 EGO_LENGTH = 4.084  # m, UniAD self.H (nuScenes Renault Zoe)
 EGO_WIDTH = 1.85  # m, UniAD self.W
 EGO_FORWARD_SHIFT = 0.5  # m, UniAD's "+ 0.5" on the box's longitudinal corners
+RASTERS = ("uniad", "vad", "odvla")
+"""Raster / ego-cell conventions (module docstring). ``odvla`` uses the ``uniad`` raster."""
 
 
 def _ego_footprint_cells() -> np.ndarray:
-    """Integer (row, col) cells of the ego box placed at the origin, UniAD style. Returns int64 [K, 2] (K = 32)."""
+    """(rr, cc) of the ego box at the origin: cells whose centres are inside it (skimage ``polygon``). int64 [32, 2].
+
+    rr indexes the forward coordinate, cc the rightward one, both as ``(coord - bx) / dx`` cell indices.
+    """
     lo_f, hi_f = -EGO_LENGTH / 2 + EGO_FORWARD_SHIFT, EGO_LENGTH / 2 + EGO_FORWARD_SHIFT
     lo_r, hi_r = -EGO_WIDTH / 2, EGO_WIDTH / 2
     rows = np.arange(np.ceil((lo_f - CELL_CENTRE0) / CELL), np.floor((hi_f - CELL_CENTRE0) / CELL) + 1)
@@ -57,11 +84,16 @@ def _ego_box_points(spacing: float = 0.25) -> np.ndarray:
 EGO_BOX_POINTS = _ego_box_points()
 
 
-def trajectory_yaw(traj: np.ndarray) -> np.ndarray:
-    """Heading (rad, counter-clockwise from x) of each waypoint from the displacement to it, ego frame.
+def _check_raster(raster: str) -> None:
+    if raster not in RASTERS:
+        raise ValueError(f"occupancy raster must be one of {RASTERS}, not {raster!r}")
 
-    traj [..., T, 2] -> [..., T]. The first step's displacement is from the origin (the ego now); where a step moves
-    less than 1 cm the previous heading is kept (0 at the start), so a stopped car keeps its orientation.
+
+def trajectory_yaw(traj: np.ndarray) -> np.ndarray:
+    """Heading (rad, counter-clockwise from forward) of each waypoint from the displacement to it.
+
+    traj [..., T, 2] (forward, left) -> [..., T]. The first step's displacement is from the origin (the ego now);
+    where a step moves less than 1 cm the previous heading is kept (0 at the start).
     """
     prev = np.concatenate([np.zeros_like(traj[..., :1, :]), traj[..., :-1, :]], axis=-2)
     d = traj - prev
@@ -74,88 +106,57 @@ def trajectory_yaw(traj: np.ndarray) -> np.ndarray:
     return out
 
 
-def ego_cells(traj: np.ndarray, yaw_aligned: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Grid cells (row, col) covered by the ego box at each waypoint: two int64 arrays [B, T, K].
+def ego_cells(traj: np.ndarray, yaw_aligned: bool = False, raster: str = "uniad") -> tuple[np.ndarray, np.ndarray]:
+    """Raster cells (row, col) the ego box covers at each waypoint: two int64 arrays [B, T, K], clipped to the grid.
 
-    traj [B, T, 2] ego frame (x forward, y left), m. ``yaw_aligned=False``: UniAD's axis-aligned box (footprint
-    translated by the waypoint, indices truncated and clipped; K = 32). ``True``: the box is rotated to the
-    trajectory heading (VAD / OmniDrive option), sampled every 0.25 m, and the samples mapped to cells with the
-    same truncation and clipping.
+    traj [B, T, 2] planning frame (forward, left), metres. ``raster`` picks the reference's indexing (module
+    docstring; K = 32). ``yaw_aligned=True`` (an option no reference uses; VAD / OmniDrive variants): the box is
+    turned to the trajectory heading, sampled every 0.25 m, and the samples mapped to ``uniad`` cells.
     """
+    _check_raster(raster)
+    traj = np.asarray(traj, dtype=np.float64)
     fwd, right = traj[..., 0], -traj[..., 1]
-    if not yaw_aligned:
-        r = (fwd[..., None] / CELL + EGO_FOOTPRINT[:, 0]).astype(np.int32)  # truncation like astype(int32)
-        c = (right[..., None] / CELL + EGO_FOOTPRINT[:, 1]).astype(np.int32)
-    else:
+    rr, cc = EGO_FOOTPRINT[:, 0], EGO_FOOTPRINT[:, 1]
+    if yaw_aligned:
+        if raster != "uniad":
+            raise ValueError("yaw_aligned ego boxes are defined on the 'uniad' raster only")
         yaw = trajectory_yaw(traj)  # [B,T]
         cos, sin = np.cos(yaw)[..., None], np.sin(yaw)[..., None]
         pf, pl = EGO_BOX_POINTS[:, 0], EGO_BOX_POINTS[:, 1]
-        x = traj[..., 0:1] + cos * pf - sin * pl  # ego frame points [B,T,P]
+        x = traj[..., 0:1] + cos * pf - sin * pl  # [B,T,P]
         y = traj[..., 1:2] + sin * pf + cos * pl
         r = ((x - CELL_CENTRE0) / CELL).astype(np.int32)
         c = ((-y - CELL_CENTRE0) / CELL).astype(np.int32)
+    elif raster == "uniad":
+        r = (fwd[..., None] / CELL + rr).astype(np.int32)
+        c = (right[..., None] / CELL + cc).astype(np.int32)
+    elif raster == "vad":
+        r = (GRID_SIZE - (fwd[..., None] / CELL + rr)).astype(np.int32)
+        c = (right[..., None] / CELL + cc).astype(np.int32)
+    else:  # odvla: x negated, raster flipped along its last axis -> column 199 - c' of the uniad raster
+        r = (fwd[..., None] / CELL + rr).astype(np.int32)
+        c = (-right[..., None] / CELL + cc).astype(np.int32)
+        c = (GRID_SIZE - 1) - np.clip(c, 0, GRID_SIZE - 1)
     return (np.clip(r, 0, GRID_SIZE - 1).astype(np.int64), np.clip(c, 0, GRID_SIZE - 1).astype(np.int64))
 
 
-def ego_collisions(traj: np.ndarray, occupancy: np.ndarray, yaw_aligned: bool = False) -> np.ndarray:
-    """Whether the ego box at each waypoint overlaps an occupied cell of a raster at that step.
+def ego_collisions(traj: np.ndarray, occupancy: np.ndarray, yaw_aligned: bool = False,
+                   raster: str = "uniad") -> np.ndarray:
+    """Whether the ego box at each waypoint covers an occupied cell of the raster of that step.
 
-    traj [B, T, 2]; occupancy bool [B, T, 200, 200] -> bool [B, T]. (The metrics use ``ego_box_collisions``, the
-    same test evaluated on the ego's cells only; this raster form is for pictures and cross-checks.)
+    traj [B, T, 2] (forward, left); occupancy [B, T, 200, 200] (any non-zero cell is occupied, like the references'
+    ``np.any``) in the layout of ``raster`` (``odvla`` reads a ``uniad`` raster) -> bool [B, T].
     """
+    traj = np.asarray(traj, dtype=np.float64)
     B, T, _ = traj.shape
-    r, c = ego_cells(traj, yaw_aligned)
+    r, c = ego_cells(traj, yaw_aligned, raster)
     b = np.arange(B)[:, None, None]
     t = np.arange(T)[None, :, None]
-    return occupancy[b, t, r, c].any(-1)
-
-
-def box_pixel_corners(boxes: np.ndarray) -> np.ndarray:
-    """Rounded pixel corners (row, col) of BEV boxes [M, 5] -> float [M, 4, 2] (FIERY/UniAD rasterisation)."""
-    corners = box_corners(np.asarray(boxes, dtype=np.float64).reshape(-1, 5))
-    pix = np.stack([(corners[..., 0] - GRID_MIN) / CELL, (-corners[..., 1] - GRID_MIN) / CELL], -1)
-    return np.round(pix)
-
-
-def cells_in_boxes(r: np.ndarray, c: np.ndarray, pix: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Whether cells lie in any box: the raster predicate of ``rasterize_boxes`` evaluated at given cells only.
-
-    r, c int [B, T, K]; pix float [B, T, M, 4, 2] rounded pixel corners; valid bool [B, T, M] -> bool [B, T, K].
-    """
-    out = np.zeros(r.shape, dtype=bool)
-    if pix.shape[2] == 0:
-        return out
-    # cheap pre-filter: only boxes whose pixel bounding box meets the cells' bounding box are tested in detail
-    lo, hi = pix.min(-2), pix.max(-2)  # [B,T,M,2]
-    near = valid & (lo[..., 0] <= r.max(-1)[..., None]) & (hi[..., 0] >= r.min(-1)[..., None]) \
-        & (lo[..., 1] <= c.max(-1)[..., None]) & (hi[..., 1] >= c.min(-1)[..., None])
-    b, t, m = np.nonzero(near)
-    if len(b) == 0:
-        return out
-    rr, cc = r[b, t].astype(np.float64), c[b, t].astype(np.float64)  # [P,K]
-    p = pix[b, t, m]  # [P,4,2]
-    plo, phi = lo[b, t, m][:, None], hi[b, t, m][:, None]  # [P,1,2]
-    inside = (rr >= plo[..., 0]) & (rr <= phi[..., 0]) & (cc >= plo[..., 1]) & (cc <= phi[..., 1])
-    pos = np.ones(inside.shape, bool)
-    neg = np.ones(inside.shape, bool)
-    for k in range(4):  # inside or on the (convex, possibly degenerate) quadrilateral: one sign for all edges
-        p0, p1 = p[:, None, k], p[:, None, (k + 1) % 4]
-        cross = (p1[..., 0] - p0[..., 0]) * (cc - p0[..., 1]) - (p1[..., 1] - p0[..., 1]) * (rr - p0[..., 0])
-        pos &= cross >= -1e-9
-        neg &= cross <= 1e-9
-    inside &= pos | neg
-    np.logical_or.at(out, (b, t), inside)
-    return out
-
-
-def ego_box_collisions(traj: np.ndarray, pix: np.ndarray, valid: np.ndarray, yaw_aligned: bool = False) -> np.ndarray:
-    """``ego_collisions`` without building the raster: traj [B, T, 2], boxes as ``cells_in_boxes`` -> bool [B, T]."""
-    r, c = ego_cells(traj, yaw_aligned)
-    return cells_in_boxes(r, c, pix, valid).any(-1)
+    return occupancy[b, t, r, c].astype(bool).any(-1)
 
 
 def box_corners(boxes: np.ndarray) -> np.ndarray:
-    """Corners of BEV boxes. boxes [M, 5] (x, y, w, l, yaw; w across, l along heading; ego frame) -> [M, 4, 2]."""
+    """Corners of BEV boxes. boxes [M, 5] (x, y, w, l, yaw; w across, l along heading) -> [M, 4, 2] (x, y)."""
     x, y, w, l, yaw = (boxes[:, i] for i in range(5))
     lf = np.array([1, -1, -1, 1])[None] * (l[:, None] / 2)  # along heading
     ls = np.array([1, 1, -1, -1])[None] * (w[:, None] / 2)  # across
@@ -163,43 +164,56 @@ def box_corners(boxes: np.ndarray) -> np.ndarray:
     return np.stack([x[:, None] + c * lf - s * ls, y[:, None] + s * lf + c * ls], -1)
 
 
-def rasterize_boxes(occupancy: np.ndarray, sample_idx: np.ndarray, step: np.ndarray, boxes: np.ndarray) -> None:
-    """Fill boxes into ``occupancy`` (bool [B, T, 200, 200]) in place, vectorised over boxes.
+def box_pixel_corners(boxes: np.ndarray, raster: str = "uniad") -> np.ndarray:
+    """``cv2.fillPoly`` points of BEV boxes [M, 5] (forward, left, w, l, yaw): int32 [M, 4, 2] as (col, row).
 
-    sample_idx [M] (index into B), step [M] (0..T-1), boxes [M, 5] x, y, w, l, yaw in the ego frame.
+    ``uniad``/``odvla``: col from right, row from forward; ``vad``: col from right, row from -forward (module
+    docstring). ``(corner - bx + dx / 2) / dx`` then ``np.round`` and ``astype(np.int32)``, as the references.
+    """
+    _check_raster(raster)
+    corners = box_corners(np.asarray(boxes, dtype=np.float64).reshape(-1, 5))
+    fwd, right = corners[..., 0], -corners[..., 1]
+    row_coord = -fwd if raster == "vad" else fwd
+    pix = np.stack([(right - CELL_CENTRE0 + CELL / 2.0) / CELL, (row_coord - CELL_CENTRE0 + CELL / 2.0) / CELL], -1)
+    return np.round(pix).astype(np.int32)
+
+
+def fill_boxes(grid: np.ndarray, pix: np.ndarray) -> None:
+    """``cv2.fillPoly(grid, [pix[m]], 1)`` for each box, in place. grid uint8 [200, 200] C-contiguous; pix [M,4,2]."""
+    for poly in pix:
+        cv2.fillPoly(grid, [poly], 1)
+
+
+def rasterize_boxes(occupancy: np.ndarray, sample_idx: np.ndarray, step: np.ndarray, boxes: np.ndarray,
+                    raster: str = "uniad") -> None:
+    """Fill boxes into ``occupancy`` (uint8 [B, T, 200, 200], C-contiguous) in place.
+
+    sample_idx [M] (index into B), step [M] (0..T-1), boxes [M, 5] (forward, left, w, l, yaw) planning frame.
     """
     if len(boxes) == 0:
         return
-    # pixel coords: row from forward (x), column from right (-y); (corner - bx + dx/2) / dx, rounded (FIERY/UniAD)
-    pix = box_pixel_corners(boxes)
-    lo = pix.min(1)  # [M,2]
-    hi = pix.max(1)
-    keep = (hi >= 0).all(1) & (lo <= GRID_SIZE - 1).all(1)
-    pix, lo, hi, sample_idx, step = pix[keep], lo[keep], hi[keep], sample_idx[keep], step[keep]
-    extent = (hi - lo).max(1) + 1  # cells per box side (window)
-    sizes = np.array([4, 8, 16, 32, 64, max(128, int(extent.max()) if len(extent) else 128)])
-    bucket = np.searchsorted(sizes, extent)  # smallest dense window that holds the box
-    for k, size in enumerate(sizes):  # size buckets keep the dense window small for most boxes
-        sel = bucket == k
-        if sel.any():
-            _fill_bucket(occupancy, sample_idx[sel], step[sel], pix[sel], lo[sel], hi[sel], int(size))
+    if occupancy.dtype != np.uint8 or not occupancy.flags.c_contiguous:
+        raise ValueError("rasterize_boxes: occupancy must be a C-contiguous uint8 array (cv2.fillPoly draws into it)")
+    pix = box_pixel_corners(boxes, "uniad" if raster == "odvla" else raster)
+    order = np.lexsort((step, sample_idx))
+    sample_idx, step, pix = np.asarray(sample_idx)[order], np.asarray(step)[order], pix[order]
+    keys = sample_idx.astype(np.int64) * occupancy.shape[1] + step
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    for a, b in zip(starts, ends):
+        fill_boxes(occupancy[int(sample_idx[a]), int(step[a])], pix[a:b])
 
 
-def _fill_bucket(occ, sample_idx, step, pix, lo, hi, size):
-    off = np.arange(size)
-    rr = lo[:, 0, None, None] + off[None, :, None]  # [M,S,1]
-    cc = lo[:, 1, None, None] + off[None, None, :]  # [M,1,S]
-    rr, cc = np.broadcast_arrays(rr, cc)  # [M,S,S]
-    inside = (rr <= hi[:, 0, None, None]) & (cc <= hi[:, 1, None, None])
-    p0 = pix  # [M,4,2]
-    p1 = np.roll(pix, -1, axis=1)
-    sign = []
-    for k in range(4):  # edge k: p0[k] -> p1[k]; cross product sign of the cell relative to the edge
-        ex = (p1[:, k, 0] - p0[:, k, 0])[:, None, None]
-        ey = (p1[:, k, 1] - p0[:, k, 1])[:, None, None]
-        sign.append(ex * (cc - p0[:, k, 1, None, None]) - ey * (rr - p0[:, k, 0, None, None]))
-    sign = np.stack(sign, 0)
-    inside &= (sign >= -1e-9).all(0) | (sign <= 1e-9).all(0)
-    inside &= (rr >= 0) & (rr < GRID_SIZE) & (cc >= 0) & (cc < GRID_SIZE)
-    m, i, j = np.nonzero(inside)
-    occ[sample_idx[m], step[m], rr[m, i, j].astype(np.int64), cc[m, i, j].astype(np.int64)] = True
+def occupancy_grids(n: int, steps: int) -> np.ndarray:
+    """Empty rasters uint8 [n, steps, 200, 200]."""
+    return np.zeros((n, steps, GRID_SIZE, GRID_SIZE), dtype=np.uint8)
+
+
+def stack_boxes(per_sample: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[(boxes [M_i,5], step [M_i]), ...] -> (sample_idx [M], step [M], boxes [M,5]) for ``rasterize_boxes``."""
+    if not per_sample:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 5))
+    sidx = np.concatenate([np.full(len(b), i, np.int64) for i, (b, _) in enumerate(per_sample)])
+    step = np.concatenate([np.asarray(s, np.int64).reshape(-1) for _, s in per_sample])
+    boxes = np.concatenate([np.asarray(b, np.float64).reshape(-1, 5) for b, _ in per_sample])
+    return sidx, step, boxes

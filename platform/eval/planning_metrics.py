@@ -3,24 +3,33 @@
 Three protocols are computed from the same predictions (``PROTOCOLS``); each metric key is ``<protocol>/<name>``:
 ``L2_1s, L2_2s, L2_3s, L2_avg`` (metres) and ``col_1s, col_2s, col_3s, col_avg`` (percent), plus ``n`` (samples
 scored) and ``gt_col`` (percent of sample-steps where the logged trajectory itself collides, excluded from ``col``).
+Each protocol reproduces its reference code's per-step collision decisions on the same inputs, quirks included
+(``tests/test_eval_parity.py`` compares them with a re-statement of each reference on randomized cases):
 
-* ``uniad`` — UniAD (``planning_metrics.py``, OpenDriveLab/UniAD): the per-step value at steps 2, 4, 6 (1, 2, 3 s);
-  ``avg`` = mean of those three. Occupancy from vehicle classes only (car, bus, construction_vehicle, bicycle,
-  motorcycle, truck, trailer: UniAD's occupancy labels), boxes of visibility level 1 (0-40 %) dropped (UniAD's
-  ``filter_invisible``). L2 is masked by future validity (``(diff**2 * mask)`` then the sum over all samples is divided
-  by the number of samples, UniAD ``compute_L2`` / ``update``).
-* ``stp3`` — ST-P3 / VAD (``VAD/planner/metric_stp3.py``): the mean over all steps up to the horizon (steps 1-2,
-  1-4, 1-6); ``avg`` = mean of those three. Occupancy from vehicles and pedestrians, no visibility filter; only
-  samples whose whole 3 s future is valid are scored (VAD's ``fut_valid_flag``).
+* ``uniad`` — UniAD (``planning_metrics.py`` + ``occflow_label.py``, OpenDriveLab/UniAD, config
+  ``stage2_e2e/base_e2e.py``): the per-step value at steps 2, 4, 6 (1, 2, 3 s); ``avg`` = mean of those three.
+  Occupancy (``occupancy='future_annotations'``): every annotated box of the future keyframe t+k of the vehicle
+  classes (car, bus, construction_vehicle, bicycle, motorcycle, truck, trailer), visibility-1 boxes *kept* (the
+  released config sets ``filter_invisible=False``), ``uniad`` raster. L2 is masked by future validity
+  (``(diff**2 * mask)`` inside the sqrt, summed over all samples and divided by their number).
+* ``stp3`` — ST-P3 / VAD (``VAD/planner/metric_stp3.py``, ``VAD.py compute_planner_metric_stp3``): the mean over all
+  steps up to the horizon (steps 1-2, 1-4, 1-6); ``avg`` = mean of those three. Occupancy
+  (``occupancy='current_agents'``): only agents annotated in the *current* keyframe, with lidar or radar points
+  (``valid_flag``), centre inside VAD's range (|x| < 15 m lateral, |y| < 30 m forward, LiDAR frame), of the ten
+  detection classes, drawn at their annotated future pose where the instance has one (current size), vehicles and
+  pedestrians; ``vad`` raster (ego one cell further forward, ``occupancy.py``). Only samples whose whole 3 s future
+  is valid are scored (``fut_valid_flag``); L2 is the plain mean over steps.
 * ``odvla`` — OpenDriveVLA's published table (``drivevla/eval_share/evaluation.py`` with ``only_vehicle=True``, its
-  "ST-P3 metrics" columns, e.g. 0.5B: 0.35 m / 0.09 %): ST-P3 averaging on UniAD's vehicle-only occupancy, over all
-  val samples with masked L2 (UniAD's accumulation).
+  "STP-3 evaluation" print, e.g. 0.5B: 0.35 m / 0.09 %): ST-P3 averaging on UniAD's vehicle-only occupancy, over all
+  val samples with masked L2 (UniAD's accumulation), ``odvla`` raster indexing (the released script's flipped
+  occupancy and negated x: the ego box one cell further right, ``occupancy.py``).
 
-Shared (UniAD): 200 x 200 grid at 0.5 m, ego box 4.084 x 1.85 m shifted 0.5 m forward, axis-aligned, truncated cell
-indices (``occupancy.py``); a step's collision is counted only where the ground-truth trajectory's own box does not
-collide at that step (``m2 = ~gt_box_coll``); the rate divides by the number of scored samples.
-Options (``Protocol`` fields): ``yaw_aligned`` ego box (VAD / OmniDrive) and ``collision='any'`` — a sample counts
-at horizon h when it collides at any step up to h (OmniDrive).
+Shared: the planning frame is the keyframe's LiDAR frame (UniAD's ``sdc_planning`` and VAD's ``ego_fut_trajs`` are
+the LIDAR_TOP sensor's future positions there; ``planning_frame.py`` moves the shard's ego-frame values into it);
+trajectories and boxes reach this module as (forward, left) metres in that frame. A step's collision is counted only
+where the ground-truth trajectory's own box does not collide at that step (``m2 = ~gt_box_coll``); the rate divides
+by the number of scored samples. Options (``Protocol`` fields, no reference uses them): ``yaw_aligned`` ego box and
+``collision='any'`` — a sample counts at horizon h when it collides at any step up to h (OmniDrive).
 
 Predictions that are NaN (the model's output did not parse) are not scored; the caller reports how many.
 """
@@ -35,38 +44,58 @@ from odvla.model.constants import DETECTION_CLASSES, FUTURE_STEPS
 from odvla.platform.eval import occupancy as occ
 
 VEHICLE_CLASSES = ("car", "bus", "construction_vehicle", "bicycle", "motorcycle", "truck", "trailer")
-"""UniAD's vehicle occupancy classes (issue: planning GT occupancy from vehicle classes only)."""
+"""UniAD's vehicle occupancy classes (``occflow_label.py`` ``vehicle_classes``); VAD's 'vehicle' categories that
+survive its ten-class name filter are the same seven."""
 PEDESTRIAN_CLASSES = ("pedestrian",)
-"""ST-P3 / VAD add the 'human' categories to the occupancy."""
+"""VAD adds the 'human' categories (those that map to the detection class pedestrian)."""
 MIN_VISIBILITY = 2
-"""nuScenes visibility tokens: 1 = 0-40 %, 2 = 40-60 %, 3 = 60-80 %, 4 = 80-100 %; UniAD drops level 1."""
+"""nuScenes visibility tokens: 1 = 0-40 %, 2 = 40-60 %, 3 = 60-80 %, 4 = 80-100 %. Only the option
+``drop_low_visibility`` uses it: UniAD's released config keeps level 1 (``filter_invisible=False``)."""
 HORIZON_STEPS = (2, 4, 6)
 """1 s, 2 s, 3 s at 0.5 s per step (nuScenes keyframes at 2 Hz)."""
+OCCUPANCY_SOURCES = ("future_annotations", "current_agents")
 
 
 @dataclass(frozen=True)
 class Protocol:
-    """How one published table computes L2 and collision (see the module docstring)."""
+    """How one published table computes L2 and collision (see the module docstring).
+
+    ``family``: the published column family its numbers sit in (``uniad``: value at the horizon; ``stp3``: mean up
+    to it); the results table groups by it, so a protocol cannot be left out. ``frame`` and ``occupancy_text`` say
+    in words what the table states for it.
+    """
 
     name: str
+    family: str  # 'uniad' | 'stp3'
     reduce: str = "at"  # 'at': value at the horizon step (UniAD) | 'mean': mean over steps up to it (ST-P3)
     classes: tuple = VEHICLE_CLASSES
-    drop_low_visibility: bool = True
+    drop_low_visibility: bool = False
     samples: str = "all"  # 'all': every sample, masked L2 (UniAD) | 'full_future': only fully valid futures (VAD)
+    occupancy: str = "future_annotations"  # OCCUPANCY_SOURCES
+    raster: str = "uniad"  # occupancy.RASTERS
     yaw_aligned: bool = False
     collision: str = "step"  # 'step': at each step | 'any': any collision up to the horizon (OmniDrive)
     label: str = ""
+    frame: str = "keyframe LiDAR frame, LIDAR_TOP sensor path"
+    occupancy_text: str = ""
 
 
 PROTOCOLS = {
-    "uniad": Protocol("uniad", "at", VEHICLE_CLASSES, True, "all",
-                      label="UniAD: value at 1/2/3 s, vehicle occupancy, masked L2 over all samples"),
-    "stp3": Protocol("stp3", "mean", VEHICLE_CLASSES + PEDESTRIAN_CLASSES, False, "full_future",
-                     label="ST-P3/VAD: mean up to 1/2/3 s, vehicle+pedestrian occupancy, full-future samples"),
-    "odvla": Protocol("odvla", "mean", VEHICLE_CLASSES, True, "all",
-                      label="OpenDriveVLA table: ST-P3 averaging, vehicle-only occupancy, masked L2 over all samples"),
+    "uniad": Protocol("uniad", "uniad", "at", VEHICLE_CLASSES, False, "all", "future_annotations", "uniad",
+                      label="UniAD: value at 1/2/3 s, masked L2 over all samples",
+                      occupancy_text="future keyframes' annotations, vehicles, all visibilities, UniAD raster"),
+    "stp3": Protocol("stp3", "stp3", "mean", VEHICLE_CLASSES + PEDESTRIAN_CLASSES, False, "full_future",
+                     "current_agents", "vad",
+                     label="ST-P3/VAD: mean up to 1/2/3 s, full-future samples only",
+                     occupancy_text="current agents (points > 0, |x|<15 m, |y|<30 m) at their future poses, "
+                                    "vehicles + pedestrians, VAD raster (ego row ceil)"),
+    "odvla": Protocol("odvla", "stp3", "mean", VEHICLE_CLASSES, False, "all", "future_annotations", "odvla",
+                      label="OpenDriveVLA table: ST-P3 averaging, masked L2 over all samples",
+                      occupancy_text="UniAD's vehicle occupancy, released script's indexing (ego column ceil)"),
 }
 DEFAULT_PROTOCOLS = tuple(PROTOCOLS.values())
+FAMILIES = ("stp3", "uniad")
+"""Published column families, in table order."""
 
 _CLASS_INDEX = {c: i for i, c in enumerate(DETECTION_CLASSES)}
 
@@ -75,83 +104,75 @@ def _class_ids(classes: Iterable[str]) -> np.ndarray:
     return np.array([_CLASS_INDEX[c] for c in classes], dtype=np.int64)
 
 
-def future_boxes_from_row(row: Mapping) -> dict:
-    """The collision inputs of one shard row (or a dict with the same keys) as arrays.
-
-    Returns {'boxes' [M,5] x, y, w, l, yaw (ego frame), 'step' [M] 0..5, 'cls' [M], 'vis' [M]}; raises ValueError
-    naming the sample when the lengths disagree.
-    """
-    boxes = np.asarray(row["future_boxes"], dtype=np.float64).reshape(-1, 5)
-    out = {
-        "boxes": boxes,
-        "step": np.asarray(row["future_box_step"], dtype=np.int64).reshape(-1),
-        "cls": np.asarray(row["future_box_class"], dtype=np.int64).reshape(-1),
-        "vis": np.asarray(row["future_box_visibility"], dtype=np.int64).reshape(-1),
-    }
-    m = len(boxes)
+def _box_set(boxes, step, cls, vis=None, token="?", what="future_boxes") -> dict:
+    out = {"boxes": np.asarray(boxes, dtype=np.float64).reshape(-1, 5),
+           "step": np.asarray(step, dtype=np.int64).reshape(-1),
+           "cls": np.asarray(cls, dtype=np.int64).reshape(-1)}
+    m = len(out["boxes"])
+    out["vis"] = np.full(m, 4, np.int64) if vis is None else np.asarray(vis, dtype=np.int64).reshape(-1)
     if not (len(out["step"]) == len(out["cls"]) == len(out["vis"]) == m):
-        raise ValueError(f"sample {row.get('sample_token', '?')}: future_boxes has {m} boxes but "
-                         "future_box_step/class/visibility have "
+        raise ValueError(f"sample {token}: {what} has {m} boxes but its step/class/visibility lists have "
                          f"{len(out['step'])}/{len(out['cls'])}/{len(out['vis'])}")
     if m and (out["step"].min() < 0 or out["step"].max() >= FUTURE_STEPS):
-        raise ValueError(f"sample {row.get('sample_token', '?')}: future_box_step outside 0..{FUTURE_STEPS - 1}")
+        raise ValueError(f"sample {token}: {what} step outside 0..{FUTURE_STEPS - 1}")
     return out
 
 
-def build_occupancy(future_boxes: Sequence[Mapping], classes: Sequence[str], drop_low_visibility: bool,
-                    steps: int = FUTURE_STEPS) -> np.ndarray:
-    """Per-step occupancy of each sample's future boxes of ``classes``: bool [N, steps, 200, 200]."""
-    n = len(future_boxes)
-    grid = np.zeros((n, steps, occ.GRID_SIZE, occ.GRID_SIZE), dtype=bool)
-    if n == 0:
-        return grid
-    ids = _class_ids(classes)
-    parts = [(np.full(len(fb["boxes"]), i), fb) for i, fb in enumerate(future_boxes)]
-    sidx = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    boxes = np.concatenate([p[1]["boxes"].reshape(-1, 5) for p in parts])
-    step = np.concatenate([p[1]["step"] for p in parts]).astype(np.int64)
-    cls = np.concatenate([p[1]["cls"] for p in parts]).astype(np.int64)
-    vis = np.concatenate([p[1]["vis"] for p in parts]).astype(np.int64)
-    keep = np.isin(cls, ids)
-    if drop_low_visibility:
-        keep &= vis >= MIN_VISIBILITY
-    occ.rasterize_boxes(grid, sidx[keep], step[keep], boxes[keep])
+def future_boxes_from_row(row: Mapping) -> dict:
+    """The collision inputs of one sample as arrays, in the frame the values are given in.
+
+    ``row``: a shard row or a dict with its keys ``future_boxes`` [M*5] (forward, left, w, l, yaw),
+    ``future_box_step``/``future_box_class``/``future_box_visibility`` [M], and optionally ``agent_occupancy``:
+    {'boxes' [A,5], 'step' [A], 'cls' [A]} (the current agents at their future poses, already filtered by VAD's
+    rules; ``planning_frame.planning_inputs`` builds it). Returns {'boxes', 'step', 'cls', 'vis', 'agents': {...}};
+    raises ValueError naming the sample when lengths disagree.
+    """
+    tok = row.get("sample_token", "?")
+    out = _box_set(row["future_boxes"], row["future_box_step"], row["future_box_class"],
+                   row["future_box_visibility"], tok)
+    ag = row.get("agent_occupancy")
+    out["agents"] = _box_set(ag["boxes"], ag["step"], ag["cls"], None, tok, "agent_occupancy") if ag is not None \
+        else _box_set(np.zeros((0, 5)), [], [], None, tok)
+    return out
+
+
+def _selected(fb: Mapping, p: Protocol) -> tuple[np.ndarray, np.ndarray]:
+    src = fb if p.occupancy == "future_annotations" else fb["agents"]
+    keep = np.isin(src["cls"], _class_ids(p.classes))
+    if p.drop_low_visibility:
+        keep &= src["vis"] >= MIN_VISIBILITY
+    return src["boxes"][keep], src["step"][keep]
+
+
+def build_occupancy(future_boxes: Sequence[Mapping], classes: Sequence[str], drop_low_visibility: bool = False,
+                    steps: int = FUTURE_STEPS, raster: str = "uniad",
+                    occupancy: str = "future_annotations") -> np.ndarray:
+    """Per-step occupancy of each sample's boxes of ``classes``: uint8 [N, steps, 200, 200] in ``raster``'s layout."""
+    p = Protocol("raster", "uniad", classes=tuple(classes), drop_low_visibility=drop_low_visibility,
+                 occupancy=occupancy, raster=raster)
+    return protocol_occupancy(future_boxes, p, steps)
+
+
+def protocol_occupancy(future_boxes: Sequence[Mapping], p: Protocol, steps: int = FUTURE_STEPS) -> np.ndarray:
+    """The reference raster of protocol ``p`` for each sample: uint8 [N, steps, 200, 200] (cv2.fillPoly)."""
+    if p.occupancy not in OCCUPANCY_SOURCES:
+        raise ValueError(f"protocol {p.name}: occupancy must be one of {OCCUPANCY_SOURCES}, not {p.occupancy!r}")
+    fb = [b if "boxes" in b else future_boxes_from_row(b) for b in future_boxes]
+    grid = occ.occupancy_grids(len(fb), steps)
+    sidx, step, boxes = occ.stack_boxes([_selected(b, p) for b in fb])
+    occ.rasterize_boxes(grid, sidx, step, boxes, p.raster)
     return grid
 
 
-def pack_boxes(future_boxes: Sequence[Mapping], classes: Sequence[str], drop_low_visibility: bool,
-               steps: int = FUTURE_STEPS) -> tuple[np.ndarray, np.ndarray]:
-    """Each sample-step's boxes of ``classes`` as rounded pixel corners, padded.
+def collision_decisions(pred, gt, occupancy: np.ndarray, p: Protocol) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step decisions of protocol ``p``: (counted collision of ``pred`` [N,6] bool, gt collision [N,6] bool).
 
-    Returns pix float [N, steps, M, 4, 2] (``occupancy.box_pixel_corners``) and valid bool [N, steps, M], M the
-    most boxes any sample-step has. The collision test evaluates the raster predicate at the ego's cells only,
-    which is the same as rasterising the occupancy (``build_occupancy``) and reading it there, without the
-    200 x 200 grids.
+    pred, gt [N, 6, 2] planning frame (forward, left); occupancy from ``protocol_occupancy``. A pred collision is
+    counted only where the GT box does not collide (the references' ``m2``).
     """
-    n = len(future_boxes)
-    ids = _class_ids(classes)
-    sel = []
-    for i, fb in enumerate(future_boxes):
-        keep = np.isin(fb["cls"], ids)
-        if drop_low_visibility:
-            keep &= fb["vis"] >= MIN_VISIBILITY
-        sel.append((np.full(int(keep.sum()), i), fb["step"][keep], fb["boxes"].reshape(-1, 5)[keep]))
-    sidx = np.concatenate([x[0] for x in sel]).astype(np.int64) if sel else np.zeros(0, np.int64)
-    step = np.concatenate([x[1] for x in sel]).astype(np.int64) if sel else np.zeros(0, np.int64)
-    boxes = np.concatenate([x[2] for x in sel]) if sel else np.zeros((0, 5))
-    group = sidx * steps + step
-    counts = np.bincount(group, minlength=n * steps) if len(group) else np.zeros(n * steps, np.int64)
-    m = int(counts.max()) if len(counts) else 0
-    pix = np.zeros((n * steps, m, 4, 2))
-    valid = np.zeros((n * steps, m), dtype=bool)
-    if len(group):
-        order = np.argsort(group, kind="stable")
-        g = group[order]
-        first = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        slot = np.arange(len(g)) - first[g]
-        pix[g, slot] = occ.box_pixel_corners(boxes[order])
-        valid[g, slot] = True
-    return pix.reshape(n, steps, m, 4, 2), valid.reshape(n, steps, m)
+    gt_hit = occ.ego_collisions(gt, occupancy, p.yaw_aligned, p.raster)
+    hit = occ.ego_collisions(pred, occupancy, p.yaw_aligned, p.raster) & ~gt_hit
+    return hit, gt_hit
 
 
 class PlanningMetricAccumulator:
@@ -164,7 +185,6 @@ class PlanningMetricAccumulator:
         self.protocols = tuple(protocols)
         z = lambda: np.zeros(FUTURE_STEPS)  # noqa: E731
         self.l2 = {p.name: z() for p in self.protocols}
-        self.l2_count = {p.name: z() for p in self.protocols}
         self.col = {p.name: z() for p in self.protocols}
         self.gt_col = {p.name: z() for p in self.protocols}
         self.n = {p.name: 0 for p in self.protocols}
@@ -181,29 +201,27 @@ class PlanningMetricAccumulator:
         fb = [b if "boxes" in b else future_boxes_from_row(b) for b in future_boxes]
         scored = np.isfinite(pred).all(axis=(1, 2))
         gt = np.where(np.isfinite(gt), gt, 0.0)
-        packed: dict = {}
+        grids: dict = {}
         for p in self.protocols:
             sel = scored.copy()
             if p.samples == "full_future":
                 sel &= (gt_mask > 0.5).all(1)
             elif p.samples != "all":
                 raise ValueError(f"protocol {p.name}: samples must be 'all' or 'full_future', not {p.samples!r}")
+            if p.collision not in ("step", "any"):
+                raise ValueError(f"protocol {p.name}: collision must be 'step' or 'any', not {p.collision!r}")
             if not sel.any():
                 continue
             idx = np.nonzero(sel)[0]
-            key = (tuple(p.classes), p.drop_low_visibility)
-            if key not in packed:
-                packed[key] = pack_boxes(fb, p.classes, p.drop_low_visibility)
-            pix, valid = packed[key][0][idx], packed[key][1][idx]
+            fill = "uniad" if p.raster == "odvla" else p.raster
+            key = (p.occupancy, tuple(p.classes), p.drop_low_visibility, fill)
+            if key not in grids:  # one raster per occupancy definition, shared by the protocols that read it
+                grids[key] = protocol_occupancy(fb, p)
             d = (pred[idx] - gt[idx]) ** 2 * gt_mask[idx, :, None]  # UniAD compute_L2: mask inside the sqrt
             self.l2[p.name] += np.sqrt(d.sum(-1)).sum(0)
-            self.l2_count[p.name] += len(idx)
-            gt_hit = occ.ego_box_collisions(gt[idx], pix, valid, p.yaw_aligned)
-            hit = occ.ego_box_collisions(pred[idx], pix, valid, p.yaw_aligned) & ~gt_hit
+            hit, gt_hit = collision_decisions(pred[idx], gt[idx], grids[key][idx], p)
             if p.collision == "any":
                 hit = np.maximum.accumulate(hit, axis=1)
-            elif p.collision != "step":
-                raise ValueError(f"protocol {p.name}: collision must be 'step' or 'any', not {p.collision!r}")
             self.col[p.name] += hit.sum(0)
             self.gt_col[p.name] += gt_hit.sum(0)
             self.n[p.name] += len(idx)
@@ -240,10 +258,10 @@ def compute_planning_metrics(pred, gt, gt_mask, future_boxes: Sequence[Mapping],
                              protocols: Sequence[Protocol] = DEFAULT_PROTOCOLS, chunk: int = 256) -> dict:
     """Planning metrics of ``pred`` against the logged future, every protocol side by side.
 
-    pred, gt: [N, 6, 2] ego frame (x forward, y left), metres, t+0.5 .. t+3.0 s; NaN rows of ``pred`` are skipped
+    pred, gt: [N, 6, 2] planning frame (forward, left), metres, t+0.5 .. t+3.0 s; NaN rows of ``pred`` are skipped
     (counted in ``<protocol>/n``). gt_mask: [N, 6] future validity. future_boxes: N dicts, either
-    ``future_boxes_from_row`` output or shard rows (keys future_boxes, future_box_step, future_box_class,
-    future_box_visibility). Returns {'uniad/L2_1s': m, ..., 'uniad/col_avg': %, 'stp3/...', 'odvla/...'}.
+    ``future_boxes_from_row`` output or rows with its keys. Returns {'uniad/L2_1s': m, ..., 'uniad/col_avg': %,
+    'stp3/...', 'odvla/...'}.
     """
     pred = np.asarray(pred, dtype=np.float64)
     acc = PlanningMetricAccumulator(protocols)
