@@ -136,8 +136,9 @@ class PlannerAPI:
         return self._info
 
     async def call_planner(self, item: dict, session_id: Optional[str]) -> dict:
-        import ray.exceptions as rex
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        from odvla.serve.failures import lost_replica_response, replica_lost
 
         last: Exception | None = None
         for attempt in range(RETRYABLE_REPLICA_ERRORS):
@@ -151,12 +152,14 @@ class PlannerAPI:
             except asyncio.TimeoutError:
                 raise ApiError(504, f"the planner did not answer within {self.timeout_s:g} s "
                                     f"(serve.request_timeout_s)") from None
-            except (rex.ActorDiedError, rex.ActorUnavailableError, rex.RayActorError) as e:
-                last = e  # the replica died under this request: the router drops it, try another one
-                log.warning("planner replica failed under a request (attempt %d): %s", attempt + 1, e)
+            except Exception as e:
+                if not replica_lost(e):  # the model's own error: not retried
+                    raise
+                last = e  # the replica (or its node) died under this request: the router drops it, try another
+                log.warning("planner replica lost under a request (attempt %d): %s", attempt + 1,
+                            type(e).__name__)
                 await asyncio.sleep(0.2 * (attempt + 1))
-        raise ApiError(503, f"planner replicas kept failing ({type(last).__name__}); retry later",
-                       {"Retry-After": "5"})
+        raise ApiError(*lost_replica_response(last, RETRYABLE_REPLICA_ERRORS)) from None
 
     async def run(self, scene: Scene, task: str, question: str, command: str,
                   request: Request) -> tuple[dict, dict, list]:
@@ -344,7 +347,9 @@ def planner_options(s) -> dict:
         max_ongoing_requests=max(int(s.max_ongoing_requests), 2 * int(s.max_batch_size)),
         max_queued_requests=int(s.max_queued_requests),
         user_config={"max_batch_size": int(s.max_batch_size), "batch_wait_timeout_s": float(s.batch_wait_timeout_s)},
-        ray_actor_options={"num_cpus": float(s.num_cpus), "num_gpus": float(s.num_gpus)},
+        ray_actor_options={"num_cpus": float(s.num_cpus), "num_gpus": float(s.num_gpus),
+                           **({"resources": {k: float(v) for k, v in dict(s.replica_resources).items()}}
+                              if s.replica_resources else {})},
         health_check_period_s=float(s.health_check_period_s),
         health_check_timeout_s=30.0,
         request_router_config=RequestRouterConfig(

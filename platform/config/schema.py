@@ -97,6 +97,10 @@ class TrainConfig:
     (RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, default 60 s, set on the cluster's nodes) is the granularity."""
     worker_resources: dict = field(default_factory=dict)
     """Extra (custom) resources each train worker requests, e.g. {"h100_node": 1} to keep workers off the head."""
+    preemption_grace_s: float = 30.0
+    """On a preemption notice (a node drain, as ``ray start`` sends on SIGTERM), workers checkpoint at once if the
+    last checkpoint's save time fits before the notice's deadline plus this many seconds (also Ray Train's
+    ``FailureConfig.preemption_grace_s``: how long survivors run past the deadline); -1: no check."""
     log_every: int = 1
     seed: int = 0
 
@@ -134,6 +138,9 @@ class ServeConfig:
     num_gpus: float = 0.0
     num_cpus: float = 1.0
     """CPUs reserved per model replica."""
+    replica_resources: dict = field(default_factory=dict)
+    """Extra (custom) resources each model replica requests, e.g. {"h100_node": 1}: one replica per GPU node, off
+    the head, so that losing a node loses one replica."""
     torch_threads: int = 1
     """torch intra-op threads per model replica (0: torch's default)."""
     device: str = "auto"

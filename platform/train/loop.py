@@ -52,6 +52,8 @@ class Worker:
     num_tensors: int
     state: TrainState = field(default_factory=TrainState)
     resumed: bool = False
+    preemption: Any = None
+    """``PreemptionCheck``: a just-in-time checkpoint on a preemption notice (set in ``train``)."""
     tracker: Any = None
     monitor: Any = None
     sample_log: Optional[SampleLog] = None
@@ -276,17 +278,30 @@ def train_epoch(w: Worker, shard) -> bool:
         if state.global_step >= w.total_steps:
             return True
         if every > 0 and state.global_step % every == 0:
-            report_checkpoint(w)
+            timed_checkpoint(w)
+        elif w.preemption is not None and w.preemption.checkpoint_now():
+            timed_checkpoint(w)  # a node of this run is about to be reclaimed
     if seen == 0:
         raise RuntimeError(f"rank {w.rank}: the training data shard yielded no batch in epoch {state.epoch} "
                            f"({cfg.data.shards}, mixture {cfg.stage.mixture})")
     return False
 
 
+def timed_checkpoint(w: Worker) -> None:
+    """``report_checkpoint``, its save time kept for the preemption check (does the next one fit the notice?)."""
+    t = time.perf_counter()
+    report_checkpoint(w)
+    if w.preemption is not None:
+        w.preemption.saved(time.perf_counter() - t)
+
+
 def train(w: Worker) -> None:
     """Epochs until ``total_steps`` optimiser steps (``train.max_steps``) or ``train.epochs`` are done."""
     import ray.train
 
+    from odvla.platform.train.preemption import PreemptionCheck
+
+    w.preemption = PreemptionCheck(w.cfg.train.preemption_grace_s, w.rank, w.world)
     shard = ray.train.get_dataset_shard("train")
     by_steps = w.cfg.train.max_steps > 0
     epochs = 10**9 if by_steps else w.cfg.train.epochs

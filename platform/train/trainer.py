@@ -163,7 +163,9 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
                                  max_failures=t.max_failures,
                                  # Ray's default retries a worker group that cannot start forever, silently.
                                  controller_failure_limit=controller_failure_limit(t.capacity_timeout_s,
-                                                                                   start_timeout)),
+                                                                                   start_timeout),
+                                 # survivors may finish a just-in-time checkpoint past a preemption deadline
+                                 preemption_grace_s=max(float(t.preemption_grace_s), 0.0)),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
         datasets={"train": dataset},
         # Deterministic block order, so the batches a resumed run skips are the ones it already trained on.
