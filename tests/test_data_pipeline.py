@@ -56,7 +56,7 @@ def test_worker_shards_follow_the_contract(cfg, ray_session):
     assert sorted(got[0] + got[1]) == sorted(read_split(cfg.data.shards, "train")["sample_token"].to_pylist())
     for b in batches:
         B = len(b["sample_token"])
-        assert set(b) == set(TENSOR_KEYS) | set(TEXT_KEYS)
+        assert set(b) == set(TENSOR_KEYS) | set(TEXT_KEYS) | {"ego2global", "gt_instance", "vad_ego"}
         shapes = {"images": (B, 6, 3, H, W), "intrinsics": (B, 6, 3, 3), "sensor2ego": (B, 6, 4, 4),
                   "ego_state": (B, 7), "command": (B,), "past_traj": (B, 4, 2), "past_mask": (B, 4),
                   "future_traj": (B, 6, 2), "future_mask": (B, 6), "gt_boxes": (B, Na, 9), "gt_labels": (B, Na),

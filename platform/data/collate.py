@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from odvla.model.batch import TENSOR_KEYS, TEXT_KEYS
+from odvla.model.batch import OPTIONAL_TENSOR_KEYS, TENSOR_KEYS, TEXT_KEYS
+from odvla.model.clip_batch import CLIP_KEY
 from odvla.platform.data.rows import RowSpec, build_rows
 
-INT_KEYS = {"command", "gt_labels", "gt_map_labels", "frame_index"}
+INT_KEYS = {"command", "gt_labels", "gt_map_labels", "frame_index", "gt_instance"}
 
 
 def _columns(rows) -> dict:
@@ -37,7 +38,8 @@ class Collate(NumpyBatchCollateFn):
         if missing:
             raise KeyError(f"collate: batch lacks field(s) {', '.join(missing)}")
         out = {}
-        for k in TENSOR_KEYS:
+        clip = CLIP_KEY in cols  # clip rows (odvla.model.clip_batch): tensors [T, ...], text [T] per row
+        for k in TENSOR_KEYS + tuple(k for k in OPTIONAL_TENSOR_KEYS if k in cols):
             v = cols[k]
             if isinstance(v, np.ndarray) and v.dtype != object:
                 arr = v
@@ -49,7 +51,9 @@ class Collate(NumpyBatchCollateFn):
                 arr = arr.copy()
             out[k] = torch.as_tensor(arr, dtype=torch.int64 if k in INT_KEYS else torch.float32)
         for k in TEXT_KEYS:
-            out[k] = [str(x) for x in cols[k]]
+            out[k] = [[str(y) for y in x] for x in cols[k]] if clip else [str(x) for x in cols[k]]
+        if clip:
+            out[CLIP_KEY] = torch.as_tensor(np.stack([np.asarray(x, dtype=bool) for x in cols[CLIP_KEY]]))
         return out
 
 

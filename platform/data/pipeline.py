@@ -99,6 +99,10 @@ def build_dataset(cfg, split: str, examples: pa.Table | None = None):
         check_version(f)
     dataroot = resolve_dataroot(cfg)
     by_sample = _examples_by_sample(cfg, split, examples) if examples is not None else None
+    if int(cfg.data.clip_len) != 1:  # rows are scene clips (odvla.platform.data.clips)
+        from odvla.platform.data.clips import build_clip_dataset
+
+        return build_clip_dataset(cfg, split, by_sample, dataroot)
     # streaming repartition into blocks of one decode batch, so the decode stage runs as many small tasks in
     # parallel (a shard file is read as one block, which one task would otherwise decode before any batch leaves)
     bs = max(int(cfg.data.decode_batch_size), 1)

@@ -3,10 +3,12 @@
 Used by the Ray Data pipeline (inside ``map_batches`` on CPU workers) and by the single-process path
 (``collate.rows_from_table``) so both produce identical arrays. Padding: agents of a detection class, nearest
 first, up to ``max_agents``; map elements nearest first up to ``max_map_elements``, each resampled uniformly by
-arc length to ``map_points`` points. Padding rows carry label -1 and zero masks.
+arc length to ``map_points`` points. Padding rows carry label -1 and zero masks. ``vad_ego`` [7] (the released
+prompt's ego state) is carried when the table has the column (every shard of schema 2).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -20,8 +22,14 @@ TEXT_FIELDS = ("sample_token", "scene_token", "task", "question", "answer")
 SHARD_COLUMNS = [
     "sample_token", "scene_token", "frame_index", "cam_paths", "cam_intrinsics", "cam_sensor2ego", "image_hw",
     "ego_state", "command", "past_traj", "past_mask", "future_traj", "future_mask", "agent_boxes", "agent_class",
-    "agent_future", "agent_future_mask", "map_points", "map_lengths", "map_class",
+    "agent_future", "agent_future_mask", "map_points", "map_lengths", "map_class", "agent_instance",
+    "ego2global", "vad_ego",
 ]
+
+
+def instance_id(token: str) -> int:
+    """Stable non-negative int64 id of a nuScenes instance token (BLAKE2b, 62 bits): the batch's ``gt_instance``."""
+    return int.from_bytes(hashlib.blake2b(str(token).encode(), digest_size=8).digest(), "little") & ((1 << 62) - 1)
 
 
 @dataclass(frozen=True)
@@ -75,12 +83,16 @@ def build_rows(batch: pa.Table, dataroot: str, spec: RowSpec) -> dict[str, np.nd
         "future_mask": np.zeros((B, FUTURE_STEPS), np.float32),
         "gt_boxes": np.zeros((B, Na, 9), np.float32),
         "gt_labels": np.full((B, Na), -1, np.int64),
+        "gt_instance": np.full((B, Na), -1, np.int64),
         "gt_agent_future": np.zeros((B, Na, FUTURE_STEPS, 2), np.float32),
         "gt_agent_future_mask": np.zeros((B, Na, FUTURE_STEPS), np.float32),
         "gt_map_pts": np.zeros((B, Nm, P, 2), np.float32),
         "gt_map_labels": np.full((B, Nm), -1, np.int64),
         "frame_index": np.zeros((B,), np.int64),
     }
+    if "ego2global" in cols:  # keyframe ego pose: the previous BEV is warped by the ego motion before fusion
+        out["ego2global"] = np.stack([_arr(e, (4, 4)) for e in cols["ego2global"]]) if B else \
+            np.zeros((0, 4, 4), np.float32)
     for i in range(B):
         tok = cols["sample_token"][i]
         src_hw = tuple(cols["image_hw"][i])
@@ -103,6 +115,9 @@ def build_rows(batch: pa.Table, dataroot: str, spec: RowSpec) -> dict[str, np.nd
         n = len(keep)
         out["gt_boxes"][i, :n] = boxes[keep]
         out["gt_labels"][i, :n] = cls[keep]
+        if "agent_instance" in cols:
+            insts = cols["agent_instance"][i] or []
+            out["gt_instance"][i, :n] = [instance_id(insts[k]) for k in keep]
         out["gt_agent_future"][i, :n] = _arr(cols["agent_future"][i], (-1, FUTURE_STEPS, 2))[keep]
         out["gt_agent_future_mask"][i, :n] = _arr(cols["agent_future_mask"][i], (-1, FUTURE_STEPS))[keep]
         lengths = np.asarray(cols["map_lengths"][i], dtype=np.int64)
@@ -115,6 +130,8 @@ def build_rows(batch: pa.Table, dataroot: str, spec: RowSpec) -> dict[str, np.nd
             for j, e in enumerate(np.argsort(dist, kind="stable")[:Nm]):
                 out["gt_map_pts"][i, j] = resample_polyline(elems[e], P)
                 out["gt_map_labels"][i, j] = mcls[e]
+    if "vad_ego" in cols:
+        out["vad_ego"] = np.stack([_arr(v, (7,)) for v in cols["vad_ego"]]) if B else np.zeros((0, 7), np.float32)
     for k in TEXT_FIELDS:
         out[k] = np.array([str(x) for x in cols[k]], dtype=object)
     return out

@@ -42,7 +42,7 @@ QA_TASKS = ("qa", "caption_scene", "caption_agent", "caption_map", "external")
 _GT_COLUMNS = ("sample_token", "scene_token", "ego_state", "command", "past_traj", "past_mask", "future_traj",
                "future_yaw", "future_mask", "future_boxes", "future_box_step", "future_box_class",
                "future_box_visibility", "lidar2ego", "agent_boxes", "agent_class", "agent_num_pts", "agent_future",
-               "agent_future_mask", "agent_future_yaw")
+               "agent_future_mask", "agent_future_yaw", "agent_visibility")
 _PLANNING_COLUMNS = _GT_COLUMNS[:1] + _GT_COLUMNS[6:]
 
 
@@ -172,8 +172,13 @@ def _concat(a: dict, b: dict) -> dict:
     return {k: np.concatenate([a[k], b[k]]) for k in a}
 
 
-def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: Optional[str] = None) -> EvalResult:
-    """Evaluate the export ``model_ref`` on ``cfg.eval.split`` of ``cfg.data.shards``; see the module docstring."""
+def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: Optional[str] = None,
+             official_out: Optional[str | Path] = None, force: bool = False) -> EvalResult:
+    """Evaluate the export ``model_ref`` on ``cfg.eval.split`` of ``cfg.data.shards``; see the module docstring.
+
+    ``official_out``: also write the released OpenDriveVLA evaluation's input files there
+    (``official_export.py``); a non-empty folder is an error unless ``force``.
+    """
     from odvla.platform.data.pipeline import build_dataset
     from odvla.platform.eval.predict import predict_dataset
     from odvla.platform.tracking.store import resolve_tracking_uri
@@ -182,6 +187,10 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     if not cfg.data.shards:
         raise ValueError("eval: data.shards is not set (run `odvla prepare` and pass --set data.shards=DIR)")
     split = cfg.eval.split
+    if official_out is not None:
+        from odvla.platform.eval.official_export import check_out_dir
+
+        check_out_dir(official_out, force)  # before the model runs: fail fast
     out = Path(out_dir or cfg.eval.out or Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     export_dir, export_cfg = load_export_config(model_ref, cfg.tracking.tracking_uri)
@@ -238,6 +247,14 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     truth = PlanningTruth.from_table(val)
     metrics.update(score_trajectories(pred, truth))
     metrics.update(baseline_metrics(cfg.data, cfg.eval, cfg.train.seed, val, truth))
+    if official_out is not None:
+        from odvla.platform.eval.official_export import write_official
+
+        rows = val.select(["sample_token", "command", "ego_state", "agent_boxes", "agent_class", "agent_visibility",
+                           "lidar2ego"]).to_pylist()
+        summary = write_official(official_out, rows, truth, pred, parsed, force=force)
+        metrics["official/samples"] = float(summary["samples"])
+        metrics["official/fallback_constant_velocity"] = float(summary["fallback_constant_velocity"])
 
     # 2) QA metrics against the references of each (sample, task, question)
     if qa is not None:

@@ -270,7 +270,8 @@ def train_epoch(w: Worker, shard) -> bool:
         state.batches_in_epoch += 1
         window.samples += len(batch["sample_token"])
         window.tokens += _count_tokens(batch, out)
-        window.sample_tokens.extend(map(str, batch["sample_token"]))
+        # a clip row (data.clip_len > 1) is logged by the keyframe it ends at
+        window.sample_tokens.extend(str(t[-1]) if isinstance(t, list) else str(t) for t in batch["sample_token"])
         if state.batches_in_epoch % accum:
             continue
         finish_step(w, loss, out, window)
