@@ -43,6 +43,12 @@ class DataConfig:
     decode_concurrency: int = 1
     max_agents: int = 32
     max_map_elements: int = 24
+    clip_len: int = 1
+    """Keyframes per training row (``odvla.platform.data.clips``): the row of keyframe f is the clip of its scene's
+    keyframes f-clip_len+1 .. f; the earlier ones run without gradients and hand the previous BEV and the tracked
+    queries on (UniAD's queue_length is 3). 1: single keyframes."""
+    clip_loss: str = "last"
+    """Which frames of a clip carry the loss: 'last' or 'all' (each frame's losses, averaged)."""
     instructions: Optional[str] = None
     """Folder of conversation Parquet files (``odvla prepare --instructions``)."""
 
@@ -117,6 +123,9 @@ class EvalConfig:
     baseline_mlp_epochs: int = 200
     qa_max_examples: int = 200
     """QA examples of the split scored with BLEU/METEOR/CIDEr/ROUGE-L (0 = all)."""
+    temporal: bool = False
+    """Plan each val scene in keyframe order carrying the model's SceneState (tracked queries, previous BEV), as
+    UniAD's test does; scenes run in parallel on the replica pool. False: every keyframe from an empty state."""
 
 
 @dataclass
