@@ -160,18 +160,27 @@ def test_constant_velocity_and_ego_mlp():
     cv = constant_velocity(ego)
     assert np.allclose(cv[0, :, 0], T) and np.allclose(cv[0, :, 1], 0)
     assert np.allclose(cv[1, -1], [0.0, -3.0])
+    # The future depends strongly on the command (turn left / right: 3 m lateral at 3 s), not only on the speed:
+    # a command-blind predictor cannot tell the three apart and pays ~2 m on average.
     rng = np.random.default_rng(0)
-    n = 256
+    n = 384
     ego = np.zeros((n, 7), np.float32)
     ego[:, 0] = rng.uniform(0, 10, n)
     command = rng.integers(0, 3, n)
     past = -ego[:, None, :2] * (0.5 * np.arange(4, 0, -1))[None, :, None]
-    fut = constant_velocity(ego) + (command == 1)[:, None, None] * np.array([0.0, 0.5])  # "turn left": drift left
-    base = train_ego_mlp(ego, command, past, np.ones((n, 4)), fut, np.ones((n, 6)), epochs=300)
-    pred = base.predict(ego, command, past, np.ones((n, 4)))
-    err_mlp = np.linalg.norm(pred - fut, axis=-1).mean()
-    err_zero = np.linalg.norm(fut, axis=-1).mean()
-    assert err_mlp < 0.1 * err_zero
+    lateral = np.select([command == 1, command == 2], [1.0, -1.0], 0.0)  # COMMANDS: keep forward, turn left, right
+    fut = constant_velocity(ego) + lateral[:, None, None] * np.stack([np.zeros(6), 0.5 * (T / 6) ** 2 * 6], -1)
+    ones4, ones6 = np.ones((n, 4)), np.ones((n, 6))
+    base = train_ego_mlp(ego, command, past, ones4, fut, ones6, epochs=300)
+    err_mlp = np.linalg.norm(base.predict(ego, command, past, ones4) - fut, axis=-1).mean()
+    blind = train_ego_mlp(ego, np.zeros(n, int), past, ones4, fut, ones6, epochs=300)  # same MLP, no command
+    err_blind = np.linalg.norm(blind.predict(ego, np.zeros(n, int), past, ones4) - fut, axis=-1).mean()
+    assert err_blind > 0.8  # the command carries metres of information here
+    assert err_mlp < 0.25 * err_blind
+    # the same ego state with each command: left ends left of straight, right ends right of it
+    one = [np.repeat(x[:1], 3, 0) for x in (ego, past, ones4)]
+    ends = base.predict(one[0], np.arange(3), one[1], one[2])[:, -1, 1]
+    assert ends[1] > ends[0] + 1.5 and ends[2] < ends[0] - 1.5
     with pytest.raises(ValueError, match="no sample"):
         train_ego_mlp(ego[:2], command[:2], past[:2], np.ones((2, 4)), fut[:2], np.zeros((2, 6)))
 
@@ -185,6 +194,13 @@ def test_results_table_has_measured_and_published_rows():
     assert "| OpenDriveVLA-0.5B | published | stp3 | 0.15 | 0.32 | 0.57 | 0.35 | 0.01 | 0.06 | 0.20 | 0.09 |" in md
     assert "| EMMA | published | stp3 | 0.14 | 0.29 | 0.54 | 0.32 | — |" in md
     assert "ego-status MLP" not in md  # no mlp/ keys -> no row
+    # every protocol sits in its family's table and states its frame and occupancy
+    from odvla.platform.eval.report import FAMILY_PROTOCOLS
+
+    assert sorted(sum(FAMILY_PROTOCOLS.values(), ())) == sorted(PROTOCOLS)
+    for p in PROTOCOLS.values():
+        assert f"| `{p.name}` | {p.label} | {p.frame} | {p.occupancy_text} |" in md
+    assert "LiDAR" in PROTOCOLS["uniad"].frame and "current agents" in PROTOCOLS["stp3"].occupancy_text
 
 
 def test_ground_point_projects_below_the_principal_point(tmp_path):
@@ -199,5 +215,18 @@ def test_ground_point_projects_below_the_principal_point(tmp_path):
     row = {"sample_token": "t", "future_traj": straight(1.0).ravel().tolist(), "future_mask": [1.0] * 6,
            "agent_boxes": [5, 1, 0, 1.9, 4.5, 1.6, 0.3, 0, 0], "map_points": [0, 2, 20, 2, 0, -2, 20, -2],
            "map_lengths": [2, 2], "map_class": [0, 1]}
-    png = bev_plot(row, straight(1.1), tmp_path / "bev.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    def red_pixels(path):
+        img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        return img, (img[..., 0] > 180) & (img[..., 1] < 90) & (img[..., 2] < 90)  # the prediction's #d62828
+
+    img, red = red_pixels(bev_plot(row, straight(4.0), tmp_path / "bev.png"))  # 24 m ahead, past the GT
+    assert 500 <= img.shape[0] <= 700 and 500 <= img.shape[1] <= 700  # 6 x 6 in at 100 dpi, tight box
+    assert (img.std(axis=(0, 1)) > 10).all() and red.sum() > 50  # not blank; the predicted path is drawn
+    ys, xs = np.nonzero(red)
+    col = np.median(xs)  # a straight path ahead is a vertical red line (forward is up); the legend adds a stub
+    on_line = np.abs(xs - col) <= 4
+    assert on_line.mean() > 0.7 and np.ptp(ys[on_line]) > 100
+    _, red_none = red_pixels(bev_plot(row, None, tmp_path / "bev_none.png"))
+    assert red_none.sum() < 0.1 * red.sum()  # without a prediction the red path is gone

@@ -105,10 +105,23 @@ def test_odvla_eval_command_on_a_runs_uri(ray_session, shards_dir, export_dir, t
     rc = main(["eval", "--model", f"runs:/{run_id}/export", "--shards", str(shards_dir), "--out",
                str(tmp_path / "cli"), "--set", f"tracking.tracking_uri={uri}", "--set", "eval.plots=0",
                "--set", "eval.max_new_tokens=120", "--set", "eval.baseline_mlp_epochs=5",
-               "--set", f"data.instructions={tmp_path / 'none'}"])
+               "--set", f"data.instructions={tmp_path / 'none'}", "--official-out", str(tmp_path / "official")])
     out = capsys.readouterr().out
     assert rc == 0
     assert "| constant velocity | measured" in out and "malformed answers" in out
     assert (tmp_path / "cli" / "predictions.parquet").is_file()
+    summary = json.loads((tmp_path / "official" / "summary.json").read_text())
+    n_val = sum(pq.read_table(f, columns=["sample_token"]).num_rows for f in sorted((shards_dir / "val").glob("*.parquet")))
+    assert summary["samples"] == n_val and "official evaluation files" in out
+    assert len((tmp_path / "official" / "outputs.jsonl").read_text().splitlines()) == n_val
+    assert {p.name for p in (tmp_path / "official" / "gt").iterdir()} == {
+        "gt_traj.pkl", "gt_traj_mask.pkl", "planing_gt_segmentation_val", "vad_gt_seg.pkl"}
+    malformed = int(pq.read_table(tmp_path / "cli" / "predictions.parquet", columns=["parsed"]).column(0)
+                    .to_numpy(zero_copy_only=False).__invert__().sum())
+    assert summary["fallback_constant_velocity"] == malformed
+    # a non-empty --official-out is refused before the model runs
+    assert main(["eval", "--model", f"runs:/{run_id}/export", "--shards", str(shards_dir), "--set",
+                 f"tracking.tracking_uri={uri}", "--official-out", str(tmp_path / "official")]) == 2
+    assert "not empty" in capsys.readouterr().err
     assert main(["eval", "--model", str(tmp_path / "missing"), "--shards", str(shards_dir)]) == 2
     assert "not an export folder" in capsys.readouterr().err

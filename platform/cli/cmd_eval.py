@@ -3,6 +3,7 @@
 The config starts from the export's own ``config.yaml`` (its model, data and eval settings), then ``--config``
 files and ``--set`` overrides; ``--shards`` and ``--out`` are shortcuts for ``data.shards`` and ``eval.out``.
 Prints the results table (measured beside published numbers) and where predictions, plots and metrics went.
+``--official-out DIR [--force]`` also writes the released OpenDriveVLA evaluation's files (``official_export.py``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ def register(sub) -> None:
     p.add_argument("--split", help="split to evaluate (sets eval.split; default val)")
     p.add_argument("--out", help="output folder (sets eval.out; default runs/eval/<time>)")
     p.add_argument("--run-id", help="MLflow run to log metrics and artifacts into")
+    p.add_argument("--official-out", metavar="DIR",
+                   help="also write the released OpenDriveVLA evaluation's input files here (outputs.jsonl, "
+                        "pred_trajs_dict.json, gt/*.pkl) to score with its official script")
+    p.add_argument("--force", action="store_true", help="overwrite files in a non-empty --official-out folder")
     p.add_argument("--config", action="append", default=[], metavar="YAML", help="config file (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config value, e.g. --set eval.concurrency=2 (repeatable)")
@@ -40,11 +45,16 @@ def run(args) -> int:
     from odvla.platform.eval.evaluate import run_eval
 
     cfg = eval_config(args)
-    result = run_eval(cfg, args.model, out_dir=cfg.eval.out, run_id=args.run_id)
+    result = run_eval(cfg, args.model, out_dir=cfg.eval.out, run_id=args.run_id,
+                      official_out=args.official_out, force=args.force)
     print(result.table_md)
     m = result.metrics
     print(f"samples {int(m['predict/samples'])}, malformed answers {int(m['predict/malformed'])} "
           f"({100 * m['predict/malformed_rate']:.1f} %)")
     print(f"predictions: {result.predictions_path}")
     print(f"results:     {result.out_dir / 'results.md'}  plots: {result.out_dir / 'plots'}")
+    if args.official_out:
+        print(f"official evaluation files: {args.official_out} ({int(m['official/samples'])} samples, "
+              f"{int(m['official/fallback_constant_velocity'])} unparsed answers given the constant-velocity "
+              "fallback; see summary.json)")
     return 0

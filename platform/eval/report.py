@@ -8,14 +8,15 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from odvla.platform.eval.planning_metrics import PROTOCOLS
+from odvla.platform.eval.planning_metrics import FAMILIES, PROTOCOLS
 from odvla.platform.eval.published import SOURCE, published
 
 _HEAD = ("| method | source | protocol | L2 1s | L2 2s | L2 3s | L2 avg | Col 1s | Col 2s | Col 3s | Col avg |\n"
          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 
-FAMILY_PROTOCOLS = {"stp3": ("odvla", "stp3"), "uniad": ("uniad",)}
-"""Which measured protocols sit in which published column family."""
+FAMILY_PROTOCOLS = {f: tuple(p.name for p in PROTOCOLS.values() if p.family == f) for f in FAMILIES}
+"""Which measured protocols sit in which published column family: from each ``Protocol.family``, so every protocol
+in ``PROTOCOLS`` has a table."""
 FAMILY_TITLES = {
     "stp3": "ST-P3-averaged columns (mean over steps up to the horizon)",
     "uniad": "UniAD columns (value at the horizon step)",
@@ -53,8 +54,9 @@ def results_table(metrics: Mapping[str, float],
             parts.append(f"| {r.method} | published | {family} | " + " | ".join(_fmt(v) for v in (*r.l2, *col))
                          + " |")
         parts.append("")
-    parts += ["Protocols: " + "; ".join(f"`{p.name}` = {p.label}" for p in PROTOCOLS.values()) + ".",
-              f"Published rows: {SOURCE}; not measured here. L2 in metres, collision in percent.", ""]
+    parts += ["| protocol | computes | planning frame | occupancy |", "|---|---|---|---|"]
+    parts += [f"| `{p.name}` | {p.label} | {p.frame} | {p.occupancy_text} |" for p in PROTOCOLS.values()]
+    parts += ["", f"Published rows: {SOURCE}; not measured here. L2 in metres, collision in percent.", ""]
     extra = [(k, v) for k, v in metrics.items() if k.startswith(("predict/", "qa/"))]
     if extra:
         parts += ["## Other metrics", "", "| metric | value |", "|---|---:|"]
