@@ -137,7 +137,9 @@ def future_boxes_from_row(row: Mapping) -> dict:
 
 
 def _selected(fb: Mapping, p: Protocol) -> tuple[np.ndarray, np.ndarray]:
-    src = fb if p.occupancy == "future_annotations" else fb["agents"]
+    src = fb if p.occupancy == "future_annotations" else fb.get("agents")
+    if src is None:  # a dict without VAD's agent source: no agents
+        return np.zeros((0, 5)), np.zeros(0, np.int64)
     keep = np.isin(src["cls"], _class_ids(p.classes))
     if p.drop_low_visibility:
         keep &= src["vis"] >= MIN_VISIBILITY
