@@ -187,6 +187,8 @@ class PlannerAPI:
             t1 = time.perf_counter()
             out = await self.call_planner(item, req.session_id)
             roundtrip_ms = (time.perf_counter() - t1) * 1e3
+            if "input_error" in out:  # passed every check here, but the model could not take it
+                raise ApiError(422, f"the model cannot take this input: {out['input_error']}")
             if "stale_image_hw" not in out:
                 break
             self._info = None  # the model deployment changed under this ingress: refresh what it needs

@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 TOKEN_ENV = "ODVLA_SERVE_TOKEN"
 
-bearer_scheme = HTTPBearer(auto_error=False, description=f"token from ${TOKEN_ENV} (only when the server sets it)")
+bearer_scheme = HTTPBearer(auto_error=False, description=f"the token in ${TOKEN_ENV} of the server")
 
 
 def token_from_env(env: str = TOKEN_ENV) -> Optional[str]:

@@ -2,7 +2,7 @@
 
 One replica holds one loaded export (``odvla.platform.export.load_export``), a ``SessionStore`` with the
 per-scene tracking state of the sessions routed to it, and a dynamic batcher: concurrent requests wait up to
-``batch_wait_timeout_s`` (a few ms) to run together in one ``model.generate`` of at most ``max_batch_size``.
+``batch_wait_timeout_s`` to run together in one ``model.generate`` of at most ``max_batch_size``.
 Serve never sends a replica more than ``max_ongoing_requests`` at once, so the app sets it >= ``max_batch_size``.
 Both batch settings come in through ``user_config`` (``reconfigure``), so they change without a restart (the
 bench compares batched and unbatched that way).
@@ -164,6 +164,8 @@ class Planner:
             return {"stale_image_hw": self.info["image_hw"]}
         if not session_id:
             out = await self._run_batch((item, None, t0))
+            if "input_error" in out:
+                return out
             out.pop("state", None)
             out["session"] = None
             return out
@@ -175,6 +177,8 @@ class Planner:
                 n = co.frames_before - (1 if read_only and co.frames_before else 0)
                 item = {**item, "frame_index": n if co.status == "continued" else 0}
             out = await self._run_batch((item, co.state, t0))
+            if "input_error" in out:
+                return out  # the session is left as it was
             state = out.pop("state")
             if read_only and co.status == "continued":
                 frames = co.frames_before
@@ -187,6 +191,11 @@ class Planner:
 
     @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s)
     async def _run_batch(self, requests: list[tuple[dict, Any, float]]) -> list[dict]:
+        return await self._process(requests)
+
+    async def _process(self, requests: list[tuple[dict, Any, float]]) -> list[dict]:
+        """One model batch -> one output dict per request (``input_error`` for a request the model cannot take:
+        when a batch fails on its input, its requests run one by one so only the offending one fails)."""
         start = time.perf_counter()
         items = [r[0] for r in requests]
         states = [r[1] for r in requests]
@@ -195,7 +204,12 @@ class Planner:
             it["task"] == "planning" for it in items)
         if raised:
             max_new = self.min_plan_tokens
-        gen, stages = await asyncio.to_thread(self._generate, items, states, max_new)
+        try:
+            gen, stages = await asyncio.to_thread(self._generate, items, states, max_new)
+        except ValueError as e:  # an input the model cannot take: find it, and let the rest of the batch run
+            if len(requests) == 1:
+                return [{"input_error": f"{type(e).__name__}: {e}"}]
+            return [(await self._process([r]))[0] for r in requests]
         outs = []
         for i, (item, _state, t0) in enumerate(requests):
             traj = np.asarray(gen.trajectories[i], dtype=np.float64)

@@ -16,9 +16,19 @@ import math
 from typing import Annotated, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    WithJsonSchema,
+    create_model,
+    field_validator,
+)
 
 from odvla.model.constants import CAMERAS, COMMANDS, EGO_STATE_FIELDS, FUTURE_STEPS, PAST_STEPS
+from odvla.model.traj_codec import COMPACT_INT_LIMIT
 
 CommandText = Literal["turn right", "turn left", "keep forward"]
 assert tuple(CommandText.__args__) == COMMANDS  # one vocabulary: model/constants.py
@@ -37,8 +47,9 @@ EGO_STATE_BOUNDS = {
 MAX_IMAGE_B64_CHARS = 8_000_000
 """Largest base64 string accepted for one camera image (~6 MB of JPEG); the body limit caps the total."""
 MAX_QUESTION_CHARS = 2000
-POSITION_LIMIT_M = 200.0
-"""Largest |coordinate| of a history waypoint (2 s of history at 70 m/s is 140 m)."""
+POSITION_LIMIT_M = float(COMPACT_INT_LIMIT)
+"""Largest |coordinate| of a history waypoint (m): what every trajectory encoding can write in the prompt (the
+compact tokens stop at <+99>); 2 s of history at 45 m/s."""
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
@@ -70,6 +81,15 @@ Sensor2Ego = tuple[tuple[_Rot, _Rot, _Rot, _Trans], tuple[_Rot, _Rot, _Rot, _Tra
 """[4x4] camera -> ego transform: a rotation (determinant 1, checked) and a translation in metres."""
 Point = Annotated[tuple[_num(-POSITION_LIMIT_M, POSITION_LIMIT_M), _num(-POSITION_LIMIT_M, POSITION_LIMIT_M)],
                   Field(description="[x, y] metres, ego frame (x forward, y left)")]
+def _whole(v):
+    """JSON Schema's integer includes 3.0: a whole float is that integer; anything else goes on to strict int."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def _whole_int(lo: int, hi: int):
+    """An integer in [lo, hi] as JSON Schema has it: 3 and 3.0, not 3.5 or "3"."""
+    return Annotated[int, Strict(), BeforeValidator(_whole), Field(ge=lo, le=hi),
+                     WithJsonSchema({"type": "integer", "minimum": lo, "maximum": hi})]
 STRICT = ConfigDict(extra="forbid")
 """Request models: no unknown fields; numbers are ``Strict`` (no "5" for 5), as the OpenAPI schema states."""
 
@@ -169,10 +189,10 @@ class SceneFields(BaseModel):
         None, description="scene session: requests with the same id go to the replica holding its tracking state")
     scene_token: Optional[str] = Field(None, max_length=128,
                                        description="scene of the frame; a new token resets the session state")
-    frame_index: Optional[int] = Field(None, ge=0, le=100_000, strict=True,
+    frame_index: Optional[_whole_int(0, 100_000)] = Field(None,
                                        description="keyframe index inside the scene (0 = first)")
-    max_new_tokens: Optional[int] = Field(
-        None, ge=1, le=512, strict=True, description="cap on generated tokens; /v1/plan raises it to what one trajectory needs "
+    max_new_tokens: Optional[_whole_int(1, 512)] = Field(
+        None, description="cap on generated tokens; /v1/plan raises it to what one trajectory needs "
                                         "(with a warning)")
 
 
