@@ -26,6 +26,9 @@ Optional tensors (used when present):
                                                frame's BEV by the ego motion before fusing it
     gt_instance       int64   [B, Na]          stable id of each target's nuScenes instance (-1 padding): in
                                                training a tracked query keeps following its instance
+    vad_ego           float32 [B, 7]           VAD_EGO_FIELDS (``prompt_released``): the released prompt's ego
+                                               state (VAD's gt_ego_lcf_feat, from the shards); without it the
+                                               released prompt derives it from ego_state
 Python lists (length B):
     sample_token, scene_token : str
     task     : str   'planning', 'qa', 'caption_scene', 'caption_agent', 'caption_map', 'interaction', 'external'
@@ -46,4 +49,4 @@ TENSOR_KEYS = (
     "gt_map_labels", "frame_index",
 )
 TEXT_KEYS = ("sample_token", "scene_token", "task", "question", "answer")
-OPTIONAL_TENSOR_KEYS = ("ego2global", "gt_instance")
+OPTIONAL_TENSOR_KEYS = ("ego2global", "gt_instance", "vad_ego")

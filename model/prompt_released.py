@@ -27,9 +27,11 @@ VAD's ``tools/data_converter/vad_nuscenes_converter.py``); ``vad_ego`` [7] carri
 (:data:`VAD_EGO_FIELDS`; computed by ``odvla.platform.data.records.vad_ego_state``):
 
 - Velocity = ``0.5 * gt_ego_lcf_feat[0:2]``; VAD: ``v * (cos(yaw + pi/2), sin(yaw + pi/2))`` with ``v`` the keyframe
-  ego speed from the previous keyframe pose (next one at a scene start) and ``yaw`` the *global* ego yaw (VAD's
-  quirk: the vector turns with the map heading, not with the ego frame).
-- Heading Angular Velocity = ``(yaw - yaw_prev) / 0.5`` rad/s, not wrapped (VAD).
+  ego speed from the previous keyframe pose (next one at a scene start) and ``yaw`` VAD's ``quart_to_rpy`` of the
+  ego_pose quaternion. VAD's quirk: it unpacks nuScenes' ``[w, x, y, z]`` as ``(x, y, z, w)``, so that angle is
+  the pose's roll (about 0 on a road), and the vector is about ``(0, v)`` whatever the heading.
+- Heading Angular Velocity = ``(yaw - yaw_prev) / 0.5`` rad/s with the same angle (a roll rate, about 0), not
+  wrapped (VAD).
 - Acceleration = ``his_diff[-1] - his_diff[-2]``: the change of the last two 0.5 s history displacements (metres),
   text frame, from :func:`released_history`.
 - Can Bus = ``gt_ego_lcf_feat[2:4]`` = VAD's ``can_bus[7:9]``: the CAN ``pose`` message's ``accel[0:2]`` (m/s^2,
@@ -93,11 +95,12 @@ def _f(v: float) -> str:
 
 def vad_ego_from_state(ego_state) -> np.ndarray:
     """``vad_ego`` [7] for a row that has only ``ego_state`` [7] (EGO_STATE_FIELDS, ego frame; a serve request):
-    velocity turned into the text frame (the ego frame stands in for VAD's global heading), CAN acceleration =
-    ``(ax, ay)``, ``v0`` = speed, ``kappa`` from the steering angle."""
+    what VAD's definitions give for a level pose (module docstring): velocity ``(0, speed)``, heading angular
+    velocity 0 (VAD's angle is the roll), CAN acceleration = ``(ax, ay)``, ``v0`` = speed, ``kappa`` from the
+    steering angle. So a served row reads like the shard rows a model was trained on."""
     e = np.asarray(ego_state, dtype=np.float64).reshape(-1)
     vx, vy, ax, ay, yaw_rate, speed, steering = (float(v) for v in e)
-    return np.array([-vy, vx, ax, ay, yaw_rate, speed, steering * STEER_TO_KAPPA])
+    return np.array([0.0, speed, ax, ay, 0.0, speed, steering * STEER_TO_KAPPA])
 
 
 def released_history(past_traj, past_mask, future_traj=None, future_mask=None) -> np.ndarray:

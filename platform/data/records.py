@@ -10,6 +10,10 @@ Rules (documented here because the model learns from them):
   only the past: velocity = displacement since the previous keyframe / dt, acceleration = change of that
   velocity / dt, yaw rate = yaw change / dt, all in the current ego frame; at a scene's first keyframe the
   velocity and yaw rate use the next keyframe and the acceleration is 0; steering 0.
+- ``vad_ego``: the ego state the released OpenDriveVLA prompt reads (``model/prompt_released.py``), VAD's
+  ``gt_ego_lcf_feat`` as hustvl/VAD's ``tools/data_converter/vad_nuscenes_converter.py`` computes it
+  (:func:`vad_ego_states`): velocity and yaw rate from the keyframe ego poses, CAN ``pose`` acceleration, CAN
+  speed and steering, VAD's fallbacks for a scene without CAN data.
 - ``command`` (:func:`command_from_future`): lateral offset ``y`` of the last valid future waypoint (3 s when
   available): ``y > 2 m`` -> turn left, ``y < -2 m`` -> turn right, else keep forward (as the reference, which
   thresholds the 3 s lateral offset at 2 m).
@@ -153,6 +157,76 @@ class CanBus:
         return np.array([vx, vy, ax, ay, m["rotation_rate"][2], np.hypot(vx, vy), steering], dtype=np.float32)
 
 
+def vad_yaw(rotation) -> float:
+    """VAD's ``quart_to_rpy(rotation)[2]`` of a nuScenes quaternion ``[w, x, y, z]``. VAD unpacks the list as
+    ``(x, y, z, w)``, so the angle it calls yaw is the pose's *roll* about the vehicle's x axis (close to 0 for a
+    car on a road; exactly 0 for planar poses). Reproduced as is: it is what VAD's cached info, and so the released
+    prompt's "Velocity" and "Heading Angular Velocity", hold."""
+    a, b, c, d = (float(v) for v in rotation)  # VAD's x, y, z, w
+    return float(np.arctan2(2.0 * (d * c + a * b), 1.0 - 2.0 * (c * c + b * b)))
+
+
+def nearest_message(utimes, utime: int) -> int:
+    """Index of the message nearest ``utime`` (VAD's ``locate_message``: a tie goes to the later message)."""
+    utimes = np.asarray(utimes)
+    i = int(np.searchsorted(utimes, utime))
+    if i == len(utimes) or (i > 0 and utime - utimes[i - 1] < utimes[i] - utime):
+        i -= 1
+    return i
+
+
+def vad_ego_states(ego: np.ndarray, rotations, lidar2ego: np.ndarray, ts, msgs, location: str) -> np.ndarray:
+    """``vad_ego`` [n, 7] (``VAD_EGO_FIELDS``: vx, vy m/s, can_ax, can_ay m/s^2, yaw_rate rad/s, v0 m/s, kappa)
+    of a scene's ``n`` keyframes, as VAD's nuScenes converter defines ``gt_ego_lcf_feat[[0, 1, 2, 3, 4, 7, 8]]``.
+
+    ``ego`` [n, 4, 4] keyframe (LIDAR_TOP) ego2global, ``rotations`` [n] their ego_pose quaternions [w,x,y,z],
+    ``lidar2ego`` [n, 4, 4], ``ts`` [n] keyframe timestamps (us), ``msgs`` = (pose, steeranglefeedback) CAN
+    messages or None (no CAN data for the scene), ``location`` the log's map (steering flips sign in Singapore).
+
+    - ``v`` = |xy displacement from the previous keyframe| / 0.5 s (to the next one at a scene's start);
+      ``yaw_rate`` = (:func:`vad_yaw` - its previous value) / 0.5 s (next - current at the start), not wrapped;
+      ``(vx, vy) = v * (cos(yaw + pi/2), sin(yaw + pi/2))`` with ``yaw`` = :func:`vad_yaw`.
+    - ``can_ax, can_ay`` = ``accel[0:2]`` of the first CAN ``pose`` message after the keyframe (the last message
+      when none is after; VAD's loop reads its loop variable, not the message it kept), 0 without CAN data.
+    - ``v0`` = ``vel[0]`` of the CAN ``pose`` message nearest the keyframe; without CAN data the xy length of the
+      LiDAR's displacement from the previous to the next keyframe in the current LiDAR frame (VAD's
+      ``his_diff[-1] + fut_diff[0]``, metres over 1 s; a missing previous keyframe repeats the next step, a
+      missing next one adds 0, as VAD extrapolates).
+    - ``kappa`` = ``2 * steering / 2.588`` of the nearest ``steeranglefeedback`` (sign flipped in Singapore),
+      0 without CAN data.
+    """
+    n = len(ego)
+    pos = ego[:, :3, 3]
+    vyaw = np.array([vad_yaw(q) for q in rotations])
+    lidar = np.einsum("nij,njk->nik", ego, lidar2ego)  # LiDAR -> global
+    out = np.zeros((n, 7))
+    if msgs:
+        pose, steer = msgs
+        pose_t = np.array([m["utime"] for m in pose])
+        steer_t = np.array([m["utime"] for m in steer])
+    for k in range(n):
+        a, b = (k - 1, k) if k > 0 else (k, k + 1)
+        if b < n:
+            v = float(np.linalg.norm(pos[b, :2] - pos[a, :2])) / 0.5
+            w = (vyaw[b] - vyaw[a]) / 0.5
+        else:  # a one-keyframe scene (VAD asserts): at rest
+            v = w = 0.0
+        out[k, 0:2] = v * np.cos(vyaw[k] + np.pi / 2), v * np.sin(vyaw[k] + np.pi / 2)
+        out[k, 4] = w
+        if msgs:
+            after = int(np.searchsorted(pose_t, ts[k], side="right"))
+            out[k, 2:4] = pose[min(after, len(pose) - 1)]["accel"][:2]
+            out[k, 5] = pose[nearest_message(pose_t, ts[k])]["vel"][0]
+            steering = float(steer[nearest_message(steer_t, ts[k])]["value"])
+            out[k, 6] = 2.0 * (-steering if location.startswith("singapore") else steering) / 2.588
+        else:
+            nxt = lidar[k + 1, :3, 3] - lidar[k, :3, 3] if k + 1 < n else np.zeros(3)
+            prv = lidar[k, :3, 3] - lidar[k - 1, :3, 3] if k > 0 else nxt
+            d = lidar[k, :3, :3].T @ (prv + nxt)
+            out[k, 5] = float(np.hypot(d[0], d[1]))
+    return out
+
+
 def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, can: CanBus | None = None,
                   map_range: tuple[float, float] = (30.0, 15.0), check_images: bool = True) -> tuple[list, dict]:
     """Records (dicts of SCHEMA columns, arrays flattened) of every keyframe of a scene, and scene notes."""
@@ -167,10 +241,12 @@ def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, 
     n = len(samples)
     ego = []  # keyframe ego2global
     lidar2ego = []  # keyframe LIDAR_TOP -> ego (the planning frame of UniAD / VAD)
+    rotations = []  # keyframe ego_pose quaternions, as stored (VAD's ego yaw reads them)
     for s in samples:
         sd = nusc.get("sample_data", s["data"]["LIDAR_TOP"])
         pose = nusc.get("ego_pose", sd["ego_pose_token"])
         ego.append(pose_matrix(pose["rotation"], pose["translation"]))
+        rotations.append(pose["rotation"])
         lcs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
         lidar2ego.append(pose_matrix(lcs["rotation"], lcs["translation"]))
     ego = np.array(ego)
@@ -180,6 +256,7 @@ def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, 
     anns = [_Ann(nusc, s) for s in samples]
     msgs = can.scene_messages(scene["name"]) if can is not None else None
     notes = {"scene": scene["name"], "ego_state_source": "can_bus" if msgs else "ego_pose"}
+    vad_ego = vad_ego_states(ego, rotations, np.array(lidar2ego), ts, msgs, log["location"])
 
     # ego velocity (global) per keyframe from past poses (forward difference at the first keyframe)
     vel = np.zeros((n, 3))
@@ -279,7 +356,7 @@ def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, 
             "prev_sample_token": s["prev"],
             "cam_paths": paths, "cam_intrinsics": _flat(Ks), "cam_sensor2ego": _flat(s2es),
             "cam_ego2global": _flat(e2gs), "image_hw": hw, "ego2global": _flat(E), "lidar2ego": _flat(lidar2ego[k]),
-            "ego_state": _flat(state), "command": command, "past_traj": _flat(past), "past_mask": _flat(past_mask),
+            "ego_state": _flat(state), "vad_ego": _flat(vad_ego[k]), "command": command, "past_traj": _flat(past), "past_mask": _flat(past_mask),
             "future_traj": _flat(fut), "future_yaw": _flat(fut_yaw), "future_mask": _flat(fut_mask),
             "agent_boxes": _flat(boxes), "agent_class": A.cls.tolist(), "agent_category": list(A.category),
             "agent_instance": list(A.instance), "agent_visibility": A.vis.tolist(),

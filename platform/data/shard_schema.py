@@ -49,6 +49,7 @@ SCHEMA = pa.schema(
         ("lidar2ego", f32),  # [4,4] LIDAR_TOP sensor -> keyframe ego (calibrated_sensor; UniAD/VAD planning frame)
         # ego
         ("ego_state", f32),  # [7] EGO_STATE_FIELDS
+        ("vad_ego", f32),  # [7] VAD_EGO_FIELDS (model/prompt_released.py): VAD gt_ego_lcf_feat, records.py
         ("command", pa.int8()),  # index into COMMANDS
         ("past_traj", f32),  # [4,2] ego positions at t-2.0..t-0.5 s, oldest first
         ("past_mask", f32),  # [4] 1 = valid

@@ -5,6 +5,10 @@ Layout written under ``out``::
     v1.0-mini/*.json              the 13 nuScenes tables
     maps/expansion/boston-seaport.json, maps/<token>.png   map expansion (v1.3) and semantic prior
     samples/CAM_*/*.jpg, samples/LIDAR_TOP/*.pcd.bin        keyframe sensor data
+    can_bus/scene-NNNN_<message>.json                      CAN bus expansion (``synth_canbus``: pose,
+                                  steeranglefeedback, ms_imu, vehicle_monitor, route, meta) from the ego track the
+                                  ego poses come from; none for scene numbers the devkit lists as having no CAN
+                                  data (``NuScenesCanBus.can_blacklist``), as in nuScenes
     odvla_split.json              the scene split: the last ``val_count(scenes)`` scenes are 'val' (a quarter,
                                   rounded, at least one when there are two scenes or more)
 
@@ -24,6 +28,7 @@ import numpy as np
 
 from odvla.model.constants import CAMERAS
 from odvla.platform.data import synth_render as rig
+from odvla.platform.data.synth_canbus import can_blacklist, write_can_bus
 from odvla.platform.data.synth_map import RoadGrid
 from odvla.platform.data.synth_motion import ego_track, agents_around
 from odvla.platform.data.transforms import yaw_quat
@@ -71,16 +76,23 @@ def _visibility(dist: float) -> str:
 
 
 def write_synthetic(out, scenes: int = 6, keyframes: int = 40, seed: int = 0,
-                    image_wh: tuple[int, int] = (400, 225), progress: bool = False) -> Path:
+                    image_wh: tuple[int, int] = (400, 225), progress: bool = False,
+                    scene_numbers: list[int] | None = None, can_bus: bool = True) -> Path:
     """Write a synthetic nuScenes ``v1.0-mini`` dataroot under ``out`` and return its path.
 
-    ``scenes`` scenes of ``keyframes`` keyframes at 2 Hz; images ``image_wh`` (width, height) px. An existing
+    ``scenes`` scenes of ``keyframes`` keyframes at 2 Hz; images ``image_wh`` (width, height) px. Scene ``i`` is
+    named ``scene-NNNN`` with ``NNNN = scene_numbers[i]`` (default ``i + 1``; a number in the devkit's CAN
+    blacklist, e.g. 161, gets no CAN bus files). ``can_bus=False`` writes no ``can_bus/`` folder. An existing
     ``out`` is replaced (the dataroot is written into ``out.tmp`` first and renamed, so an interrupted run never
     leaves a half dataroot behind at ``out``).
     """
     out = Path(out)
     if scenes < 1 or keyframes < 2:
         raise ValueError(f"synth needs scenes >= 1 and keyframes >= 2 (got {scenes}, {keyframes})")
+    numbers = list(range(1, scenes + 1)) if scene_numbers is None else [int(x) for x in scene_numbers]
+    if len(numbers) != scenes or len(set(numbers)) != scenes or not all(1 <= x <= 9999 for x in numbers):
+        raise ValueError(f"synth scene_numbers must be {scenes} distinct numbers in 1..9999, got {scene_numbers}")
+    no_can = can_blacklist() if can_bus else frozenset()
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -119,7 +131,7 @@ def write_synthetic(out, scenes: int = 6, keyframes: int = 40, seed: int = 0,
         it = tqdm(it, desc="synth scenes", unit="scene")
     for si in it:
         rng = np.random.default_rng([seed, si])
-        name = f"scene-{si + 1:04d}"
+        name = f"scene-{numbers[si]:04d}"
         split[scene_split(si, scenes)].append(name)
         log_tok, scene_tok = _tok(seed, "log", si), _tok(seed, "scene", si)
         log_tokens.append(log_tok)
@@ -136,6 +148,8 @@ def write_synthetic(out, scenes: int = 6, keyframes: int = 40, seed: int = 0,
         ego, info = ego_track(grid, rng, duration)
         agents = agents_around(grid, ego, rng, count=int(rng.integers(12, 20)))
         base_ts = 1_533_151_600_000_000 + si * 60_000_000
+        if can_bus and numbers[si] not in no_can:
+            write_can_bus(tmp, name, ego, base_ts, duration, info["route_points"])
         sample_toks = [_tok(seed, "sample", si, k) for k in range(keyframes)]
         kf_t = np.arange(keyframes) * KEYFRAME_US * 1e-6
         # which agents are annotated at which keyframes (contiguous range within ANNOTATION_RANGE)
