@@ -3,7 +3,9 @@
 The config starts from the export's own ``config.yaml`` (its model, data and eval settings), then ``--config``
 files and ``--set`` overrides; ``--shards`` and ``--out`` are shortcuts for ``data.shards`` and ``eval.out``.
 Prints the results table (measured beside published numbers) and where predictions, plots and metrics went.
-``--official-out DIR [--force]`` also writes the released OpenDriveVLA evaluation's files (``official_export.py``).
+``--temporal on|off`` sets ``eval.temporal`` (scene-ordered planning carrying the tracking state, or stateless);
+the tracking figures (ID switches, velocity error, recall) are printed either way. ``--official-out DIR [--force]``
+also writes the released OpenDriveVLA evaluation's files (``official_export.py``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,9 @@ def register(sub) -> None:
     p.add_argument("--split", help="split to evaluate (sets eval.split; default val)")
     p.add_argument("--out", help="output folder (sets eval.out; default runs/eval/<time>)")
     p.add_argument("--run-id", help="MLflow run to log metrics and artifacts into")
+    p.add_argument("--temporal", choices=("on", "off"),
+                   help="on: plan each val scene in keyframe order carrying the tracking state (SceneState); "
+                        "off: every keyframe from an empty state (sets eval.temporal; default the config's)")
     p.add_argument("--official-out", metavar="DIR",
                    help="also write the released OpenDriveVLA evaluation's input files here (outputs.jsonl, "
                         "pred_trajs_dict.json, gt/*.pkl) to score with its official script")
@@ -35,6 +40,8 @@ def eval_config(args):
     for flag, key in ((args.shards, "data.shards"), (args.split, "eval.split"), (args.out, "eval.out")):
         if flag:
             overrides.append(f"{key}={flag}")
+    if args.temporal:
+        overrides.append(f"eval.temporal={'true' if args.temporal == 'on' else 'false'}")
     # the user's tracking settings decide where a runs:/ or models:/ export is downloaded from
     user = load_config(files=args.config, overrides=overrides)
     _, export_cfg = load_export_config(args.model, user.tracking.tracking_uri)
@@ -51,6 +58,11 @@ def run(args) -> int:
     m = result.metrics
     print(f"samples {int(m['predict/samples'])}, malformed answers {int(m['predict/malformed'])} "
           f"({100 * m['predict/malformed_rate']:.1f} %)")
+    if "tracking/id_switches" in m:
+        print(f"temporal state {'on' if m['predict/temporal'] else 'off'}: ID switches {int(m['tracking/id_switches'])}"
+              f", velocity error {m['tracking/velocity_error']:.2f} m/s, track recall {m['tracking/recall']:.3f} "
+              f"({int(m['tracking/tracks'])} live tracks); planning L2 avg {m.get('uniad/L2_avg', float('nan')):.2f} m"
+              " (uniad)")
     print(f"predictions: {result.predictions_path}")
     print(f"results:     {result.out_dir / 'results.md'}  plots: {result.out_dir / 'plots'}")
     if args.official_out:

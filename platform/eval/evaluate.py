@@ -6,13 +6,19 @@ Steps (``jobs/evaluate.py`` and ``odvla eval`` call this):
 1. resolve the export (folder, ``runs:/<id>[/export]`` or ``models:/odvla-planner/<version|alias>``);
 2. predictions: the val split through ``build_dataset(cfg, split)`` (one planning row per sample) and Ray Data
    ``map_batches`` over ``eval.concurrency`` model replicas (``eval.num_gpus_per_replica`` GPUs each), written to
-   ``predictions.parquet`` (sample token, predicted and GT waypoints, parsed flag, error, answer text);
-   malformed answers are counted (``predict/malformed``) and listed, never dropped silently;
+   ``predictions.parquet`` (sample token, predicted and GT waypoints, parsed flag, error, answer text, the
+   agent tracks the keyframe left);
+   malformed answers are counted (``predict/malformed``) and listed, never dropped silently. With
+   ``eval.temporal`` the planning rows come instead from ``scene_eval.plan_scenes``: each scene in keyframe order
+   carrying ``SceneState`` (tracked queries, previous BEV), whole scenes in parallel over the replica pool;
+   without it every keyframe starts from an empty state (the stateless evaluation);
 3. planning metrics in the three protocols (``planning_metrics.py``) for the model and the baselines
    (constant velocity ``cv/...``, ego-status MLP trained on the train split ``mlp/...``);
 4. QA metrics (BLEU-4, METEOR, CIDEr, ROUGE-L) on the split's instruction examples when the conversation store has
    any (``qa/...``, at most ``eval.qa_max_examples``);
-5. ``results.md`` (measured beside published numbers), ``metrics.json``, BEV and front-camera PNGs under
+5. tracking figures of the agent queries (``tracking_metrics.py``: ID switches, velocity error, recall) from
+   the tracks each keyframe leaves, ``tracking/...``;
+6. ``results.md`` (measured beside published numbers), ``metrics.json``, BEV and front-camera PNGs under
    ``plots/``; everything logged to MLflow when ``run_id`` is given or a run is active.
 """
 from __future__ import annotations
@@ -34,6 +40,7 @@ from odvla.platform.eval.baselines import constant_velocity, train_ego_mlp
 from odvla.platform.eval.planning_frame import planning_inputs, prediction_to_planning
 from odvla.platform.eval.planning_metrics import compute_planning_metrics
 from odvla.platform.eval.report import results_table
+from odvla.platform.eval.tracking_metrics import TRUTH_COLUMNS, tracking_figures
 
 log = logging.getLogger("odvla.eval")
 
@@ -163,6 +170,11 @@ def _write_predictions(cols: dict, path: Path) -> Path:
         "parsed": pa.array(cols["parsed"].tolist(), pa.bool_()),
         "error": pa.array(cols["error"].tolist(), pa.string()),
         "num_generated_tokens": pa.array(cols["num_generated_tokens"].tolist(), pa.int64()),
+        # the agent tracks the keyframe left (ids -1 = no track; centres and velocities flattened [Q*2], ego frame)
+        "track_ids": pa.array([r.tolist() for r in np.asarray(cols["track_ids"], np.int64)], pa.list_(pa.int64())),
+        "track_xy": pa.array([r.tolist() for r in np.asarray(cols["track_xy"], np.float32)], pa.list_(pa.float32())),
+        "track_vel": pa.array([r.tolist() for r in np.asarray(cols["track_vel"], np.float32)],
+                              pa.list_(pa.float32())),
     })
     pq.write_table(table, path)
     return path
@@ -170,6 +182,16 @@ def _write_predictions(cols: dict, path: Path) -> Path:
 
 def _concat(a: dict, b: dict) -> dict:
     return {k: np.concatenate([a[k], b[k]]) for k in a}
+
+
+def _scene_predictions(cfg, export_ref: str, split: str, tracking_uri: Optional[str]) -> dict:
+    """Planning rows of every keyframe of ``split`` from ``plan_scenes`` with temporal state (the columns
+    ``predict_dataset`` gives, tracks included)."""
+    from odvla.platform.eval.predict import OUTPUT_COLUMNS, TRACK_COLUMNS
+    from odvla.platform.eval.scene_eval import plan_scenes
+
+    got = plan_scenes(cfg, export_ref, split, temporal=True, tracking_uri=tracking_uri)
+    return {k: got[k] for k in OUTPUT_COLUMNS + TRACK_COLUMNS}
 
 
 def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: Optional[str] = None,
@@ -214,9 +236,18 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     # replicas read a local export folder directly; an MLflow URI is downloaded by each replica (multi-node)
     remote = str(model_ref).startswith(("runs:/", "models:/"))
     actor_ref = str(model_ref) if remote else str(export_dir)
-    allcols = predict_dataset(build_dataset(cfg, split, examples=examples), actor_ref, cfg.eval.batch_size,
-                              cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens,
-                              tracking_uri=resolve_tracking_uri(cfg.tracking.tracking_uri) if remote else None)
+    turi = resolve_tracking_uri(cfg.tracking.tracking_uri) if remote else None
+    temporal = bool(cfg.eval.temporal)
+    if temporal:  # planning: whole scenes in keyframe order carrying SceneState; QA rows stay per-example
+        allcols = _scene_predictions(cfg, actor_ref, split, turi)
+        if qa is not None:
+            allcols = _concat(allcols, predict_dataset(
+                build_dataset(cfg, split, examples=examples.slice(len(tokens))), actor_ref, cfg.eval.batch_size,
+                cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens, tracking_uri=turi))
+    else:
+        allcols = predict_dataset(build_dataset(cfg, split, examples=examples), actor_ref, cfg.eval.batch_size,
+                                  cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens,
+                                  tracking_uri=turi)
     seconds = time.perf_counter() - t0
     is_plan = allcols["task"] == "planning"
     cols = {k: v[is_plan] for k, v in allcols.items()}
@@ -233,7 +264,8 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     cols["reference"] = np.full(len(order), "", dtype=object)
     n = len(order)
     parsed = cols["parsed"].astype(bool)
-    metrics = {"predict/samples": float(n), "predict/malformed": float((~parsed).sum()),
+    metrics = {"predict/samples": float(n), "predict/temporal": float(temporal),
+               "predict/malformed": float((~parsed).sum()),
                "predict/malformed_rate": float((~parsed).mean()), "predict/seconds": seconds,
                "predict/rows_per_s": len(allcols["task"]) / max(seconds, 1e-9),
                "predict/mean_generated_tokens": float(cols["num_generated_tokens"].mean())}
@@ -247,6 +279,9 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     truth = PlanningTruth.from_table(val)
     metrics.update(score_trajectories(pred, truth))
     metrics.update(baseline_metrics(cfg.data, cfg.eval, cfg.train.seed, val, truth))
+    metrics.update(tracking_figures(read_split_table(cfg.data.shards, split, TRUTH_COLUMNS).to_pylist(), {
+        t: (i, xy, v) for t, i, xy, v in zip(cols["sample_token"].tolist(), cols["track_ids"], cols["track_xy"],
+                                             cols["track_vel"])}))
     if official_out is not None:
         from odvla.platform.eval.official_export import write_official
 

@@ -7,7 +7,9 @@ the caller can count and report it.
 
 Output columns (numpy batch): sample_token, scene_token, task, question (str); answer (generated text);
 pred_traj float32 [B, 12] (6 x 2, ego frame, NaN where unparsed); gt_traj [B, 12]; gt_mask [B, 6]; parsed (bool);
-error (str, '' when parsed); num_generated_tokens (int64).
+error (str, '' when parsed); num_generated_tokens (int64); and the agent tracks each row's keyframe leaves
+(``TRACK_COLUMNS``, from a fresh state: stateless): track_ids int64 [B, Q] (-1 = no track), track_xy and
+track_vel float32 [B, 2Q] (ego frame, metres and m/s), which the tracking figures score.
 """
 from __future__ import annotations
 
@@ -19,6 +21,14 @@ from odvla.model.constants import FUTURE_STEPS
 
 OUTPUT_COLUMNS = ("sample_token", "scene_token", "task", "question", "answer", "pred_traj", "gt_traj", "gt_mask",
                   "parsed", "error", "num_generated_tokens")
+TRACK_COLUMNS = ("track_ids", "track_xy", "track_vel")
+
+
+def track_columns(states) -> dict:
+    """Per-row ``SceneState`` list -> ``TRACK_COLUMNS`` arrays (ids [B, Q]; centres and velocities [B, 2Q])."""
+    return {"track_ids": np.stack([s.track_ids.cpu().numpy().astype(np.int64) for s in states]),
+            "track_xy": np.stack([s.track_boxes[:, 0:2].float().cpu().numpy().reshape(-1) for s in states]),
+            "track_vel": np.stack([s.track_boxes[:, 7:9].float().cpu().numpy().reshape(-1) for s in states])}
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -66,6 +76,7 @@ class PlannerPredictor:
             "parsed": np.asarray(out.parsed, dtype=bool),
             "error": np.asarray([e or "" for e in out.errors], dtype=object),
             "num_generated_tokens": np.asarray(out.num_generated_tokens, dtype=np.int64),
+            **track_columns(out.states),
         }
 
 
@@ -86,8 +97,8 @@ def predict_dataset(ds, export_dir: str, batch_size: int, concurrency: int, num_
         compute=ray.data.ActorPoolStrategy(size=int(concurrency)),
         num_gpus=num_gpus if num_gpus > 0 else None,
     )
-    cols: dict = {k: [] for k in OUTPUT_COLUMNS}
+    cols: dict = {k: [] for k in OUTPUT_COLUMNS + TRACK_COLUMNS}
     for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        for k in OUTPUT_COLUMNS:
+        for k in OUTPUT_COLUMNS + TRACK_COLUMNS:
             cols[k].append(batch[k])
     return {k: (np.concatenate(v) if v else np.zeros((0,))) for k, v in cols.items()}

@@ -57,9 +57,26 @@ def results_table(metrics: Mapping[str, float],
     parts += ["| protocol | computes | planning frame | occupancy |", "|---|---|---|---|"]
     parts += [f"| `{p.name}` | {p.label} | {p.frame} | {p.occupancy_text} |" for p in PROTOCOLS.values()]
     parts += ["", f"Published rows: {SOURCE}; not measured here. L2 in metres, collision in percent.", ""]
+    parts += tracking_table(metrics)
     extra = [(k, v) for k, v in metrics.items() if k.startswith(("predict/", "qa/"))]
     if extra:
         parts += ["## Other metrics", "", "| metric | value |", "|---|---:|"]
         parts += [f"| {k} | {v:.4g} |" for k, v in sorted(extra)]
         parts.append("")
     return "\n".join(parts)
+
+
+def tracking_table(metrics: Mapping[str, float], prefix: str = "tracking/") -> list[str]:
+    """Markdown lines of the "Tracking" table (none without ``{prefix}`` figures): ID switches, velocity error,
+    recall of the agent tracks, labelled with whether the run carried temporal state (``predict/temporal``)."""
+    if f"{prefix}id_switches" not in metrics:
+        return []
+    state = {1.0: "on (scene order, SceneState carried)", 0.0: "off (every keyframe from an empty state)"}.get(
+        metrics.get("predict/temporal"), "—")
+    n = int(metrics.get(f"{prefix}gt_agents", 0))
+    return ["## Tracking (agent queries; centre-distance matching, 2 m)", "",
+            "| temporal state | ID switches | velocity error (m/s) | recall | matched | live tracks | annotated agents |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| {state} | {int(metrics[f'{prefix}id_switches'])} | {_fmt(metrics.get(f'{prefix}velocity_error'))} | "
+            f"{_fmt(metrics.get(f'{prefix}recall'))} | {int(metrics.get(f'{prefix}matched', 0))} | "
+            f"{int(metrics.get(f'{prefix}tracks', 0))} | {n} |", ""]

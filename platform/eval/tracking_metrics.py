@@ -57,3 +57,35 @@ class TrackingAccumulator:
         return {f"{prefix}id_switches": float(self.id_switches), f"{prefix}matched": float(self.matches),
                 f"{prefix}recall": self.matches / max(self.gt_agents, 1),
                 f"{prefix}velocity_error": (self.vel_err_sum / self.matches) if self.matches else float("nan")}
+
+
+TRUTH_COLUMNS = ("sample_token", "scene_token", "frame_index", "agent_boxes", "agent_instance")
+"""Shard columns the figures read: agent boxes [A, 9] (x, y, z, w, l, h, yaw, vx, vy; ego frame) and their
+instance tokens."""
+
+
+def tracking_figures(truth: list[dict], tracks: dict, max_dist: float = 2.0, prefix: str = "tracking/") -> dict:
+    """The figures of one evaluation: ``truth`` the val rows (``TRUTH_COLUMNS``), ``tracks`` per sample token the
+    keyframe's tracks ``(ids [Q], xy [Q, 2], vel [Q, 2])``. Keyframes are fed scene by scene in ascending
+    ``frame_index``; also counts ``{prefix}gt_agents`` and ``{prefix}tracks`` (live tracks summed over keyframes).
+    Raises KeyError naming the sample token of a keyframe without tracks."""
+    acc = TrackingAccumulator(max_dist=max_dist)
+    live = 0
+    for r in sorted(truth, key=lambda r: (str(r["scene_token"]), int(r["frame_index"]))):
+        tok = str(r["sample_token"])
+        if tok not in tracks:
+            raise KeyError(f"tracking figures: sample {tok!r} (scene {r['scene_token']!r}) has no predicted tracks")
+        ids, xy, vel = tracks[tok]
+        boxes = np.asarray(r["agent_boxes"] if r["agent_boxes"] is not None else [], float).reshape(-1, 9)
+        inst = list(r["agent_instance"] or [])
+        if len(inst) != len(boxes):
+            raise ValueError(f"tracking figures: sample {tok!r} has {len(boxes)} agent boxes but {len(inst)} "
+                             "agent_instance tokens")
+        ids = np.asarray(ids).reshape(-1)
+        live += int((ids >= 0).sum())
+        acc.add(str(r["scene_token"]), np.asarray(xy, float).reshape(-1, 2), np.asarray(vel, float).reshape(-1, 2),
+                ids, boxes[:, 0:2], boxes[:, 7:9], inst)
+    out = acc.metrics(prefix)
+    out[f"{prefix}gt_agents"] = float(acc.gt_agents)
+    out[f"{prefix}tracks"] = float(live)
+    return out
