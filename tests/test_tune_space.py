@@ -69,6 +69,26 @@ def test_ablation_grid_and_hpo_space_validate_stage_sets():
         build_param_space(load_config(overrides=["sweep.model_sizes=[13b]"]).sweep)
 
 
+def test_temporal_axis_turns_into_clip_len_and_eval_temporal_overrides(tmp_path):
+    # the default adds no axis: existing sweeps keep their trials
+    assert "temporal" not in build_param_space(load_config().sweep)
+    sw = load_config(overrides=["sweep.temporal=[off, on]", "sweep.temporal_clip_len=2"]).sweep
+    assert build_param_space(sw)["temporal"]["grid_search"] == ["off", "on"]  # YAML's on/off booleans read back
+    assert build_hpo_space(sw)["temporal"] == "off"
+    recipe = SweepRecipe(overrides=["train.max_steps=1", "data.clip_len=5", "sweep.temporal_clip_len=2"]).resolve(
+        load_config(), cwd=tmp_path)
+    on = stage_configs(_ctx(recipe), {"stages": "stage1+stage3", "model_size": "tiny", "temporal": "on"}, "t1")
+    assert [(c.data.clip_len, c.eval.temporal) for c in on] == [(2, True), (2, True)]
+    off = stage_configs(_ctx(recipe), {"stages": "stage3", "model_size": "tiny", "temporal": "off"}, "t2")
+    assert [(c.data.clip_len, c.eval.temporal) for c in off] == [(1, False)]
+    none = stage_configs(_ctx(recipe), {"stages": "stage3", "model_size": "tiny"}, "t3")
+    assert [(c.data.clip_len, c.eval.temporal) for c in none] == [(5, False)]  # no axis: the user's settings
+    with pytest.raises(ConfigError, match="sweep.temporal: 'sometimes'"):
+        build_param_space(load_config(overrides=["sweep.temporal=[sometimes]"]).sweep)
+    with pytest.raises(ConfigError, match="sweep.temporal_clip_len=1"):
+        build_param_space(load_config(overrides=["sweep.temporal=[on]", "sweep.temporal_clip_len=1"]).sweep)
+
+
 def test_hpo_search_is_optuna_tpe_on_eval_metric_with_asha_on_train_loss():
     cfg = load_config(overrides=["sweep.mode=hpo", "sweep.stage_sets=[[stage1,stage3]]"])
     search, sched, relaxed = build_search(cfg.sweep, num_stages=2)

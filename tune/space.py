@@ -1,8 +1,10 @@
-"""Search spaces of the sweeps: the paper's stage-subset ablation crossed with model size, and LR HPO.
+"""Search spaces of the sweeps: the paper's stage-subset ablation crossed with model size (and, with
+``sweep.temporal: [off, on]``, temporal perception), and LR HPO.
 
 A trial's parameters are plain values (``stages`` is a '+'-joined string such as ``'stage1+stage3'`` so that it
 prints in tables and survives Tune's flattening); ``odvla.tune.trial`` turns them into per-stage configs (model
-preset from ``model_size``, stage presets from ``stages``, ``train.lr`` from ``lr``).
+preset from ``model_size``, stage presets from ``stages``, ``train.lr`` from ``lr``, ``data.clip_len`` and
+``eval.temporal`` from ``temporal``).
 """
 from __future__ import annotations
 
@@ -25,6 +27,35 @@ def stage_key(stages: list[str]) -> str:
     return "+".join(check_pipeline_order(stages, what="sweep.stage_sets"))
 
 
+def temporal_values(sw: SweepConfig) -> list[str]:
+    """``sweep.temporal`` as 'off' / 'on' strings (YAML reads a bare ``[off, on]`` as booleans), duplicates dropped;
+    ConfigError naming the key for anything else."""
+    out: list[str] = []
+    for v in sw.temporal or []:
+        key = {True: "on", False: "off"}.get(v) if isinstance(v, bool) else str(v).strip().lower()
+        key = {"true": "on", "false": "off"}.get(key, key)
+        if key not in ("off", "on"):
+            raise ConfigError(f"sweep.temporal: {v!r} is neither 'off' nor 'on'")
+        if key not in out:
+            out.append(key)
+    if not out:
+        raise ConfigError("sweep.temporal: empty (use [off], [on] or [off, on])")
+    if "on" in out and int(sw.temporal_clip_len) < 2:
+        raise ConfigError(f"sweep.temporal_clip_len={sw.temporal_clip_len}: a temporal trial trains on clips of >= 2 "
+                          "keyframes")
+    return out
+
+
+def temporal_overrides(value: str, sw: SweepConfig) -> list[str]:
+    """A trial's temporal setting -> config overrides: 'on' trains on clips of ``sweep.temporal_clip_len`` keyframes
+    and evaluates scene by scene carrying the tracking state; 'off' single keyframes, stateless evaluation."""
+    if value == "on":
+        return [f"data.clip_len={int(sw.temporal_clip_len)}", "eval.temporal=true"]
+    if value == "off":
+        return ["data.clip_len=1", "eval.temporal=false"]
+    raise ConfigError(f"trial parameter temporal={value!r} is neither 'off' nor 'on'")
+
+
 def build_param_space(sw: SweepConfig) -> dict:
     """Grid over stage sets x model sizes (``sw`` = the ``sweep`` section); learning rate from ``sweep.lrs`` (grid)
     or the stage presets' own."""
@@ -37,17 +68,24 @@ def build_param_space(sw: SweepConfig) -> dict:
     }
     if sw.lrs:
         space["lr"] = tune.grid_search([float(x) for x in sw.lrs])
+    temporal = temporal_values(sw)
+    if temporal != ["off"]:  # the default adds no axis: existing sweeps keep their trials and parameters
+        space["temporal"] = tune.grid_search(temporal)
     return space
 
 
 def build_hpo_space(sw: SweepConfig) -> dict:
     """Learning-rate HPO for one stage set and size (``sw`` = the ``sweep`` section): the searcher samples ``lr``
     log-uniformly."""
-    return {
+    space = {
         "stages": stage_key(sw.stage_sets[0]),
         "model_size": sw.model_sizes[0],
         "lr": tune.loguniform(sw.lr_min, sw.lr_max),
     }
+    temporal = temporal_values(sw)
+    if temporal != ["off"]:  # the searcher tunes the LR of one setting: the first listed
+        space["temporal"] = temporal[0]
+    return space
 
 
 def trial_resources(size: str, use_gpu: bool) -> tuple[int, int]:

@@ -8,8 +8,11 @@ from its Ray Train checkpoint and its MLflow run. Reports to Tune:
 - after each stage: ``train_loss`` (that stage's final training loss), ``stage``, ``stages_done`` and a small
   Tune checkpoint listing the finished stages (their exports and MLflow runs). A retried or resumed trial starts
   after its last finished stage instead of retraining it.
-- at the end: the evaluation metrics (``uniad/L2_avg``, ``stp3/L2_avg``, ``uniad/col_avg``, ...) with
-  ``phase='done'``.
+- at the end: the evaluation metrics (``uniad/L2_avg``, ``stp3/L2_avg``, ``uniad/col_avg``, the tracking figures
+  ``tracking/id_switches``, ``tracking/velocity_error``, ...) with ``phase='done'``.
+
+A trial with a ``temporal`` parameter ('on' / 'off', ``sweep.temporal``) trains on clips of
+``sweep.temporal_clip_len`` keyframes and evaluates with ``eval.temporal`` (or single keyframes, stateless).
 
 MLflow: the trial is a run nested under the sweep's parent run (tags ``odvla.trial_id``, ``odvla.sweep``); each
 stage run is nested under the trial run and tagged with the trial id; ``run_eval`` logs the eval metrics
@@ -26,7 +29,7 @@ from pathlib import Path
 from ray import tune
 
 from odvla.tune.recipe import SweepRecipe
-from odvla.tune.space import trial_resources
+from odvla.tune.space import temporal_overrides, trial_resources
 from odvla.tune.sweep_storage import SweepLocation
 from odvla.platform.tracking.sweep_runs import TrialRun
 
@@ -63,6 +66,8 @@ def stage_configs(ctx: TrialContext, params: dict, trial_id: str) -> list:
             extra.append(f"train.num_workers={workers}")
         if params.get("lr") is not None:
             extra.append(f"train.lr={float(params['lr'])}")
+        if params.get("temporal") is not None:  # clips in training, scene-ordered evaluation with state
+            extra += temporal_overrides(str(params["temporal"]), probe.sweep)
         out.append(ctx.recipe.trial_config(size, stage, extra))
     return out
 
@@ -142,7 +147,8 @@ def _params_metrics(params: dict, configs: list) -> dict:
     """
     lr = params.get("lr")
     return {"stages": params["stages"], "model_size": params["model_size"],
-            "lr": float(lr if lr is not None else configs[-1].train.lr)}
+            "lr": float(lr if lr is not None else configs[-1].train.lr),
+            "temporal": "on" if configs[-1].eval.temporal else "off"}
 
 
 def _stage_losses(done: list[dict]) -> dict:
