@@ -194,6 +194,11 @@ class SweepConfig:
     scheduler: str = "asha"
     """'hpo' trial scheduler: 'asha' or 'none'. ASHA stops trials by training loss after each stage."""
     metric: str = "uniad/L2_avg"
+    temporal: list = field(default_factory=lambda: ["off"])
+    """Temporal-perception axis: 'off' (single keyframes, stateless evaluation) and/or 'on' (training on clips of
+    ``temporal_clip_len`` keyframes and ``eval.temporal``); ``[off, on]`` crosses it with the grid."""
+    temporal_clip_len: int = 3
+    """``data.clip_len`` of a trial with temporal 'on' (UniAD's queue_length is 3)."""
     max_concurrent_trials: int = 1
     """Trials running at once; 0 = as many of the largest trial as the cluster's GPUs hold."""
     max_failures: int = 1
