@@ -120,6 +120,7 @@ def tracking_export(tmp_path_factory, shards_dir):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_run_eval_temporal_off_is_the_stateless_scene_eval_and_on_carries_tracks(ray_session, shards_dir,
                                                                                  tracking_export, tmp_path, capsys):
     """eval.temporal off (clip_len 1) through run_eval equals the stateless scene-ordered evaluation; `odvla eval
