@@ -217,3 +217,15 @@ def test_released_prompt_reads_vad_ego_from_the_shards(can_root, tmp_path):
     assert planning_turn_for_row(without, b, text_cfg, to_np) == build_released_planning_turn(
         vad_ego_from_state(to_np(batch["ego_state"][b])), int(batch["command"][b]), to_np(batch["past_traj"][b]),
         to_np(batch["past_mask"][b]), to_np(batch["future_traj"][b]), to_np(batch["future_mask"][b]))
+
+
+def test_vad_yaw_is_the_roll_and_ties_go_to_the_later_message():
+    """VAD's quart_to_rpy unpacks nuScenes' [w, x, y, z] as (x, y, z, w): its 'yaw' of a pose turned 1 rad about
+    z and rolled 0.02 rad is the roll, 0.02, not the heading. locate_message: a tie picks the later message."""
+    from odvla.platform.data.records import nearest_message, vad_yaw
+
+    q = Quaternion(axis=[0, 0, 1], angle=1.0) * Quaternion(axis=[1, 0, 0], angle=0.02)  # heading, then roll
+    assert vad_yaw(list(q.elements)) == pytest.approx(0.02, abs=1e-9)
+    assert vad_yaw(list(Quaternion(axis=[0, 0, 1], angle=2.5).elements)) == 0.0
+    assert _vad_yaw(list(q.elements)) == pytest.approx(0.02, abs=1e-9)  # the test's own re-statement agrees
+    assert [nearest_message([0, 10, 20], u) for u in (-5, 4, 5, 6, 15, 99)] == [0, 0, 1, 1, 2, 2]
