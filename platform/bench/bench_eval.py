@@ -3,6 +3,11 @@
 Synthetic input shaped like nuScenes val (``--samples`` keyframes, ``--boxes`` annotated boxes per future step,
 spread over 50 m around the ego, 80 % vehicles), scored in all three protocols; prints samples/s overall and per
 stage. Nothing is asserted.
+
+With ``--model EXPORT --shards DIR``: the model's open-loop evaluation (``run_eval``) of the same export with and
+without temporal state (``--temporal both``, or one of ``on`` / ``off``), printed side by side: tracking figures
+(ID switches, agent velocity error, track recall, live tracks), planning L2 and collision (UniAD and ST-P3
+columns), malformed answers and prediction seconds. Each run's full outputs go to ``--out``/temporal-<on|off>.
 """
 from __future__ import annotations
 
@@ -19,6 +24,13 @@ def add_args(p) -> None:
     p.add_argument("--chunk", type=int, default=256, help="samples per accumulator update (default %(default)s)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", metavar="EXPORT", help="evaluate this model export instead (see the module docstring)")
+    p.add_argument("--shards", help="with --model: prepared shards folder (sets data.shards)")
+    p.add_argument("--temporal", choices=("off", "on", "both"), default="both",
+                   help="with --model: evaluate without / with temporal state, or both (default %(default)s)")
+    p.add_argument("--out", default="runs/bench-eval", help="with --model: output folder (default %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="with --model: config override (repeatable), e.g. --set eval.concurrency=2")
 
 
 def synthetic_inputs(n: int, boxes: int, seed: int = 0):
@@ -40,7 +52,57 @@ def synthetic_inputs(n: int, boxes: int, seed: int = 0):
     return pred, gt, mask, fb
 
 
+TEMPORAL_ROWS = (("ID switches", "tracking/id_switches", "{:.0f}"),
+                 ("velocity error (m/s)", "tracking/velocity_error", "{:.3f}"),
+                 ("track recall", "tracking/recall", "{:.3f}"), ("matched tracks", "tracking/matched", "{:.0f}"),
+                 ("live tracks", "tracking/tracks", "{:.0f}"), ("annotated agents", "tracking/gt_agents", "{:.0f}"),
+                 ("L2 avg, UniAD (m)", "uniad/L2_avg", "{:.3f}"), ("L2 avg, ST-P3 (m)", "stp3/L2_avg", "{:.3f}"),
+                 ("collision avg, UniAD (%)", "uniad/col_avg", "{:.3f}"),
+                 ("constant velocity L2 avg, UniAD (m)", "cv/uniad/L2_avg", "{:.3f}"),
+                 ("malformed answers", "predict/malformed", "{:.0f}"), ("samples", "predict/samples", "{:.0f}"),
+                 ("prediction seconds", "predict/seconds", "{:.1f}"))
+
+
+def temporal_table(results: dict) -> str:
+    """Markdown: one column per temporal setting (``results`` maps 'off' / 'on' to a metrics dict)."""
+    modes = list(results)
+    lines = ["| figure | " + " | ".join(f"temporal {m}" for m in modes) + " |", "|---|" + "---:|" * len(modes)]
+    for name, key, fmt in TEMPORAL_ROWS:
+        vals = [results[m].get(key) for m in modes]
+        lines.append(f"| {name} | " + " | ".join(
+            "—" if v is None or v != v else fmt.format(v) for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def run_model(args) -> int:
+    """The same export evaluated with and/or without temporal state; prints the figures side by side."""
+    from pathlib import Path
+
+    from odvla.platform.config import load_config, to_dict
+    from odvla.platform.eval.evaluate import run_eval
+    from odvla.platform.export import load_export_config
+
+    overrides = list(args.overrides) + ([f"data.shards={args.shards}"] if args.shards else [])
+    user = load_config(overrides=overrides)
+    _, export_cfg = load_export_config(args.model, user.tracking.tracking_uri)
+    cfg = load_config(base=to_dict(export_cfg), overrides=["eval.plots=0"] + overrides)
+    modes = ["off", "on"] if args.temporal == "both" else [args.temporal]
+    results = {}
+    for mode in modes:
+        c = load_config(base=to_dict(cfg), overrides=[f"eval.temporal={'true' if mode == 'on' else 'false'}"])
+        t0 = time.perf_counter()
+        res = run_eval(c, args.model, out_dir=Path(args.out) / f"temporal-{mode}")
+        results[mode] = res.metrics
+        print(f"temporal {mode}: evaluated in {time.perf_counter() - t0:.1f} s -> {res.out_dir}")
+    print(f"bench eval: {args.model} on {cfg.data.shards} ({cfg.eval.split}); tracker birth / keep score "
+          f"{cfg.model.vision.track_birth_score} / {cfg.model.vision.track_keep_score}")
+    print(temporal_table(results))
+    return 0
+
+
 def run(args) -> int:
+    if args.model:
+        return run_model(args)
     from odvla.platform.eval import occupancy
     from odvla.platform.eval.planning_metrics import VEHICLE_CLASSES, build_occupancy, compute_planning_metrics
 
