@@ -18,7 +18,8 @@ across keyframes is explicit (``SceneState`` lists in and out of ``generate``), 
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Callable, ContextManager, Optional
 
 import numpy as np
 import torch
@@ -51,9 +52,11 @@ statistics), even with ``agent_heads``."""
 
 
 class OpenDriveVLA(nn.Module):
-    """The full model for ``cfg`` (``ModelConfig``). ``tokenizer``: reuse one (an export's); None = build it."""
+    """The full model for ``cfg`` (``ModelConfig``). ``tokenizer``: reuse one (an export's); None = build it.
+    ``llm_context``: a zero-argument callable giving the context manager the LLM is built in (the trainer's
+    partitioned init under ZeRO-3, so no rank holds the whole LLM); None = build it in place."""
 
-    def __init__(self, cfg, tokenizer=None):
+    def __init__(self, cfg, tokenizer=None, llm_context: Optional[Callable[[], ContextManager]] = None):
         super().__init__()
         self.config = cfg
         if tokenizer is not None:
@@ -63,7 +66,8 @@ class OpenDriveVLA(nn.Module):
         check_number_choice(cfg.text.number_choice, cfg.text.compact_tokens)  # fail at build, not at generate
         self.chat = ChatEncoder(self.tokenizer, cfg)
         self.vision = VisionEncoder(cfg)
-        self.llm = build_llm(cfg, self.tokenizer)
+        with (llm_context() if llm_context is not None else contextlib.nullcontext()):
+            self.llm = build_llm(cfg, self.tokenizer)
         self.projectors = VisualProjectors(self.vision.out_channels, cfg.llm.hidden_size)
         self.ego_projector = EgoProjector(cfg.llm.hidden_size) if cfg.text.ego_token else None
         self.ego_token_id = int(self.tokenizer.convert_tokens_to_ids(EGO_TOKEN)) if cfg.text.ego_token else None

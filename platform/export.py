@@ -57,7 +57,8 @@ def save_export(model, cfg: Config, out_dir: str | os.PathLike, state_dict: Opti
     if tok is not None:
         tok.save_pretrained(str(tmp / TOKENIZER))
     meta = {"format": EXPORT_FORMAT, "stage": cfg.stage.name, "model_preset": cfg.model.preset,
-            "dtype": cfg.model.dtype, "num_parameters": int(sum(p.numel() for p in model.parameters())),
+            "dtype": cfg.model.dtype,  # ds_numel: a ZeRO-3 partitioned parameter's full size
+            "num_parameters": int(sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())),
             "num_tensors": len(tensors)}
     (tmp / META).write_text(json.dumps(meta, indent=1))
     if out.exists():

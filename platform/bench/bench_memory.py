@@ -74,18 +74,21 @@ def model_states_bytes(params: int, largest_layer_params: int, zero: int, gpus: 
     raise ValueError(f"train.zero_stage: expected 0, 1, 2 or 3, got {zero}")
 
 
-def _saved_bytes(fn) -> int:
-    """Bytes autograd saves for backward while ``fn()`` runs its forward (each storage counted once)."""
+def _saved_bytes(fn, module) -> int:
+    """Bytes autograd saves for backward while ``fn()`` runs its forward (each storage counted once), leaving out
+    ``module``'s parameters (saved by reference: they are model states, not activations)."""
     import torch
 
+    weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
     seen: dict = {}
 
     def pack(t):
-        if t.device.type != "meta":
-            try:
-                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            except (RuntimeError, NotImplementedError):
-                seen[id(t)] = t.numel() * t.element_size()
+        try:
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in weights:
+                seen[ptr] = t.untyped_storage().nbytes()
+        except (RuntimeError, NotImplementedError):
+            seen[id(t)] = t.numel() * t.element_size()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -110,11 +113,13 @@ def measure_llm_activations(llm_cfg, seq_len: int, measure_len: int = 128) -> di
                           num_key_value_heads=llm_cfg.num_key_value_heads, max_position_embeddings=max(n, 64),
                           use_cache=False)
         m = Qwen2Model(cfg)
-        if ckpt:
+        if ckpt and hasattr(m, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        elif ckpt:
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         m.train()
         emb = torch.randn(1, n, llm_cfg.hidden_size, requires_grad=True)  # [1, n, H]
-        return _saved_bytes(lambda: m(inputs_embeds=emb).last_hidden_state.float().pow(2).mean())
+        return _saved_bytes(lambda: m(inputs_embeds=emb).last_hidden_state.float().pow(2).mean(), m)
 
     per = {key: max(saved(2, ckpt) - saved(1, ckpt), 0) * seq_len / n
            for key, ckpt in (("layer", False), ("layer_checkpointed", True))}
@@ -134,7 +139,7 @@ def measure_backbone_activations(vision_cfg, scale: int = 4) -> int:
     trunk = torch.nn.Sequential(*list(net.children())[:-2]).train()
     h, w = max(vision_cfg.image_height // scale, 32), max(vision_cfg.image_width // scale, 32)
     x = torch.randn(CAMERAS, 3, h, w)
-    saved = _saved_bytes(lambda: trunk(x).float().pow(2).mean())
+    saved = _saved_bytes(lambda: trunk(x).float().pow(2).mean(), trunk)
     return int(saved * (vision_cfg.image_height * vision_cfg.image_width) / (h * w))
 
 
@@ -218,6 +223,9 @@ def run(args) -> int:
         cfg = load_config(model=preset, stage="stage3", overrides=args.overrides)
         measured = {"llm": measure_llm_activations(cfg.model.llm, args.seq_len),
                     "vision": measure_backbone_activations(cfg.model.vision)}
+        print(f"{preset}: measured float32 activations per sample, GiB: "
+              + ", ".join(f"{k} {v / GiB:.3f}" for k, v in {**measured["llm"], "vision": measured["vision"]}.items()),
+              flush=True)
         for gpus in [int(g) for g in args.gpus.split(",")]:
             rows += plan(cfg, gpus, args.seq_len, args.gpu_gb, measured=measured)
     _print(rows, args)

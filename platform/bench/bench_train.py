@@ -5,7 +5,9 @@
 Runs ``run_stage`` on a small synthetic dataset (written and prepared in a temp folder unless ``--shards``) for
 each worker count and prints the median over the steps after ``--warmup`` of rank 0's per-step figures (read back
 from the run's MLflow metrics). On a GPU machine pass ``--model 0.5b --set train.use_gpu=true`` for the bf16 figures;
-MFU is printed when the peak FLOP/s is given (``--peak-tflops``), from 6 x trainable parameters x tokens.
+MFU is printed when the peak FLOP/s is given (``--peak-tflops``), from 6 x trainable parameters x tokens. "data wait"
+is ``data_wait_frac``: the share of each step a worker spent blocked on the next batch (mean over ranks); near 0 the
+data pipeline keeps up.
 """
 from __future__ import annotations
 
@@ -72,17 +74,18 @@ def run(args) -> int:
         row = {"model": args.model, "workers": workers, "zero": cfg.train.zero_stage, "bf16": cfg.train.bf16,
                "device": "gpu" if cfg.train.use_gpu else "cpu", "samples_per_s_per_worker": sps,
                "tokens_per_s_per_worker": tps, "samples_per_s": median("samples_per_s"), "wall_s": wall,
-               "trainable_params": trainable}
+               "trainable_params": trainable, "data_wait_frac": median("data_wait_frac")}
         if args.peak_tflops > 0:
             row["mfu"] = 6 * trainable * tps / (args.peak_tflops * 1e12)
         rows.append(row)
     print(f"odvla bench train: {args.model} {args.stage}, {args.steps} steps (median after {args.warmup}), "
           f"batch {args.batch_size}/worker")
     print("| workers | device | ZeRO | bf16 | samples/s/worker | answer tokens/s/worker | samples/s total | "
-          "run wall s |" + (" MFU |" if args.peak_tflops > 0 else ""))
-    print("|---|---|---|---|---|---|---|---|" + ("---|" if args.peak_tflops > 0 else ""))
+          "data wait | run wall s |" + (" MFU |" if args.peak_tflops > 0 else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if args.peak_tflops > 0 else ""))
     for r in rows:
         print(f"| {r['workers']} | {r['device']} | {r['zero']} | {r['bf16']} | {r['samples_per_s_per_worker']:.2f} | "
-              f"{r['tokens_per_s_per_worker']:.1f} | {r['samples_per_s']:.2f} | {r['wall_s']:.0f} |"
+              f"{r['tokens_per_s_per_worker']:.1f} | {r['samples_per_s']:.2f} | {100 * r['data_wait_frac']:.1f}% | "
+              f"{r['wall_s']:.0f} |"
               + (f" {100 * r['mfu']:.1f}% |" if "mfu" in r else ""))
     return 0

@@ -60,6 +60,8 @@ class Worker:
     last: dict = field(default_factory=dict)
     """Metrics of the last optimiser step (loss, lr, throughput), repeated in every checkpoint report."""
     hooks: list = field(default_factory=list)
+    partition: dict = field(default_factory=dict)
+    """Parameter elements each rank held right after the model was built (``params_local_rank<r>``, ``params_total``)."""
 
 
 @dataclass
@@ -70,6 +72,8 @@ class StepWindow:
     samples: int = 0
     tokens: int = 0
     sample_tokens: list = field(default_factory=list)
+    data_wait: float = 0.0
+    """Seconds spent waiting for the next batch from the data shard (``data_wait_frac`` = this / the window)."""
 
 
 def _to_device(batch: dict, device) -> dict:
@@ -106,28 +110,30 @@ def setup_worker(config: dict) -> Worker:
     import deepspeed
     import ray.train
 
-    from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.export import load_weights, resolve_export
+    from odvla.platform.export import resolve_export
+    from odvla.platform.train.partitioned_init import build_model, gather_parameter_counts
 
     cfg = from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(cfg.train.seed)
 
-    model = OpenDriveVLA(cfg.model)
-    if config.get("init_from"):
-        load_weights(model, resolve_export(config["init_from"], config["tracking_uri"]))
+    ds_config = build_ds_config(cfg.train, cfg.data.batch_size, world)
+    init = resolve_export(config["init_from"], config["tracking_uri"]) if config.get("init_from") else None
+    model = build_model(cfg, ds_config, init)  # ZeRO-3: the LLM is partitioned over the ranks as it is built
+    partition = gather_parameter_counts(model, rank, world)
     trainable = model.set_trainable(cfg.stage.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"stage {cfg.stage.name}: set_trainable({cfg.stage.trainable!r}) left nothing to train")
     total_steps = int(config["total_steps"])
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=params, config=build_ds_config(cfg.train, cfg.data.batch_size, world),
+        model=model, model_parameters=params, config=ds_config,
         lr_scheduler=lambda opt: build_scheduler(opt, cfg.train, total_steps))
     return Worker(config=config, cfg=cfg, rank=rank, world=world, engine=engine, scheduler=scheduler,
-                  total_steps=total_steps, num_params=sum(p.numel() for p in params), num_tensors=len(trainable),
-                  state=TrainState(run_id=config.get("run_id")), hooks=list(config.get("hooks") or []))
+                  total_steps=total_steps, num_params=sum(getattr(p, "ds_numel", p.numel()) for p in params),
+                  num_tensors=len(trainable), state=TrainState(run_id=config.get("run_id")),
+                  hooks=list(config.get("hooks") or []), partition=partition)
 
 
 def resume_from_checkpoint(w: Worker) -> None:
@@ -173,7 +179,7 @@ def start_tracking(w: Worker) -> None:
         w.tracker.set_tags({"odvla.resumed_from_step": w.state.global_step, "odvla.restarts": w.state.restarts})
     else:
         w.tracker.log_params({"num_trainable_params": w.num_params, "num_trainable_tensors": w.num_tensors,
-                              "world_size": w.world})
+                              "world_size": w.world, **w.partition})
 
 
 # ----------------------------------------------------------------------------------------------------- steps
@@ -193,11 +199,15 @@ def finish_step(w: Worker, loss: torch.Tensor, out: dict, window: StepWindow) ->
     """After an optimiser step: the step counters, stats all-reduced over ranks, the sample log, MLflow."""
     state = w.state
     state.global_step = int(w.engine.global_steps)  # DeepSpeed counts optimiser steps
+    wait_frac = window.data_wait / max(time.perf_counter() - window.started, 1e-9)
     stats = torch.tensor([loss.detach().float().item(), window.samples, window.tokens,
-                          *[float(out[k].detach()) if k in out else 0.0 for k in LOSS_TERMS]])
+                          *[float(out[k].detach()) if k in out else 0.0 for k in LOSS_TERMS], wait_frac],
+                         dtype=torch.float64, device=w.engine.device)  # NCCL reduces device tensors only
     ranks = [window.sample_tokens]
     if w.world > 1:
         torch.distributed.all_reduce(stats)
+    stats = stats.cpu()
+    if w.world > 1:
         ranks = [None] * w.world
         torch.distributed.all_gather_object(ranks, window.sample_tokens)
     if w.sample_log is not None:
@@ -209,7 +219,8 @@ def finish_step(w: Worker, loss: torch.Tensor, out: dict, window: StepWindow) ->
               "samples_per_s": float(stats[1]) / dt, "tokens_per_s": float(stats[2]) / dt,
               "samples_per_s_per_worker": float(stats[1]) / dt / w.world,
               "tokens_per_s_per_worker": float(stats[2]) / dt / w.world,
-              **{f"loss_{k}": float(stats[3 + j]) / w.world for j, k in enumerate(LOSS_TERMS)}}
+              **{f"loss_{k}": float(stats[3 + j]) / w.world for j, k in enumerate(LOSS_TERMS)},
+              "data_wait_frac": float(stats[3 + len(LOSS_TERMS)]) / w.world}  # mean over ranks
     if w.rank == 0 and state.global_step % max(w.cfg.train.log_every, 1) == 0:
         w.tracker.log_metrics({**w.last, "epoch": state.epoch}, step=state.global_step)
 
@@ -245,6 +256,19 @@ def report_checkpoint(w: Worker, final: bool = False) -> None:
 # ------------------------------------------------------------------------------------------------------ loop
 
 
+def _timed(batches, current_window):
+    """``batches``, adding the time each ``next()`` blocks to ``current_window().data_wait``."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        current_window().data_wait += time.perf_counter() - t0
+        yield batch
+
+
 def _epoch_batches(w: Worker, shard):
     """The epoch's micro-batches; a seed per epoch gives a new order each epoch and the same one again after a
     restart (the skip in ``train_epoch`` relies on it)."""
@@ -262,7 +286,7 @@ def train_epoch(w: Worker, shard) -> bool:
     skip, seen = state.batches_in_epoch, 0
     weights, accum, every = dict(cfg.stage.loss_weights), cfg.train.grad_accum, cfg.train.checkpoint_every
     window = StepWindow()
-    for i, batch in enumerate(_epoch_batches(w, shard)):
+    for i, batch in enumerate(_timed(_epoch_batches(w, shard), lambda: window)):
         seen += 1
         if i < skip:  # consumed before the restart: never trained on twice
             continue
