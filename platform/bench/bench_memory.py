@@ -193,7 +193,7 @@ def check_fits(row: PlanRow) -> None:
         f"on train.num_workers={row.gpus} GPUs needs {row.model_states / GiB:.1f} GiB of model states + "
         f"{row.activations / GiB:.1f} GiB of activations (data.batch_size={row.micro_batch}) = "
         f"{row.total / GiB:.1f} GiB per GPU, over {HEADROOM:.0%} of {row.gpu_bytes / GiB:.1f} GiB; raise "
-        f"train.zero_stage or train.num_workers, lower data.batch_size, or set model.gradient_checkpointing=true")
+        f"train.zero_stage or train.num_workers, or lower data.batch_size")
 
 
 def add_args(p) -> None:
