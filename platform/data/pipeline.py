@@ -71,7 +71,8 @@ def _prepare_batch(batch: pa.Table, dataroot: str, spec: RowSpec, examples) -> p
     batch = batch.append_column("answer", pa.array([""] * batch.num_rows, pa.string()))
     out = build_rows(batch, dataroot, spec)
     idx = np.array([i for i, r in enumerate(reps) for _ in r], dtype=np.int64)
-    res = {k: v[idx] for k, v in out.items()}
+    identity = len(idx) == batch.num_rows and bool((idx == np.arange(len(idx))).all())
+    res = out if identity else {k: v[idx] for k, v in out.items()}  # one example per row: no 20 MB/row copy
     flat = [e for r in reps for e in r]
     for j, k in enumerate(("task", "question", "answer")):
         res[k] = np.array([e[j] for e in flat], dtype=object)
