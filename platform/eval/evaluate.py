@@ -216,8 +216,9 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     out = Path(out_dir or cfg.eval.out or Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     export_dir, export_cfg = load_export_config(model_ref, cfg.tracking.tracking_uri)
-    # the network (and so the image size the data pipeline resizes to) is the export's, whatever cfg.model says
-    cfg = dataclasses.replace(cfg, model=export_cfg.model)
+    # the network (and so the image size the data pipeline resizes to) is the export's, whatever cfg.model says;
+    # data.clip_len is how it was trained: evaluation reads single keyframes (state comes from eval.temporal)
+    cfg = dataclasses.replace(cfg, model=export_cfg.model, data=dataclasses.replace(cfg.data, clip_len=1))
 
     val = read_split_table(cfg.data.shards, split, _GT_COLUMNS)
     if val.num_rows == 0:
