@@ -108,14 +108,16 @@ def test_results_table_has_a_tracking_table_only_with_figures():
 
 @pytest.fixture(scope="module")
 def tracking_export(tmp_path_factory, shards_dir):
-    """An untrained tiny export whose tracker keeps every query (birth and keep scores 0), so tracks exist."""
+    """An untrained tiny export whose tracker keeps every query (birth and keep scores 0), so tracks exist; its
+    config says it trained on clips of 2 keyframes (evaluation still reads single keyframes)."""
     from odvla.model.vla import OpenDriveVLA
     from odvla.platform.config import load_config
     from odvla.platform.export import save_export
 
     torch.manual_seed(0)
     cfg = load_config(model="tiny", stage="stage3", overrides=[
-        f"data.shards={shards_dir}", "model.vision.track_birth_score=0", "model.vision.track_keep_score=0"])
+        f"data.shards={shards_dir}", "data.clip_len=2", "model.vision.track_birth_score=0",
+        "model.vision.track_keep_score=0"])
     return save_export(OpenDriveVLA(cfg.model), cfg, tmp_path_factory.mktemp("export") / "export")
 
 
@@ -138,7 +140,8 @@ def test_run_eval_temporal_off_is_the_stateless_scene_eval_and_on_carries_tracks
 
     common = [f"data.shards={shards_dir}", f"data.instructions={tmp_path / 'none'}", "eval.concurrency=1",
               "eval.max_new_tokens=60", "eval.plots=0", "eval.baseline_mlp_epochs=2"]
-    cfg = load_config(model="tiny", overrides=common + ["eval.temporal=false", "eval.batch_size=4"])
+    # data.clip_len=2 as the export trained: evaluation still plans single keyframes
+    cfg = load_config(model="tiny", overrides=common + ["eval.temporal=false", "eval.batch_size=4", "data.clip_len=2"])
     off = run_eval(cfg, str(tracking_export), out_dir=tmp_path / "off")
     ref = plan_scenes(cfg, str(tracking_export), "val", temporal=False)
     got = {r["sample_token"]: r for r in pq.read_table(off.predictions_path).to_pylist()}
