@@ -77,6 +77,10 @@ def test_run_eval_end_to_end(ray_session, shards_dir, export_dir, instructions, 
     assert all(r["reference"] for r in pred if r["task"] != "planning")
 
     assert "| OpenDriveVLA-0.5B | published | stp3 |" in res.table_md and "| this model | measured" in res.table_md
+    # the stateless default still scores the tracks each keyframe leaves
+    assert m["predict/temporal"] == 0.0 and m["tracking/gt_agents"] > 0 and 0.0 <= m["tracking/recall"] <= 1.0
+    assert "| off (every keyframe from an empty state) |" in res.table_md
+    assert all(len(r["track_ids"]) * 2 == len(r["track_xy"]) == len(r["track_vel"]) for r in pred)
     assert (res.out_dir / "results.md").read_text() == res.table_md
     assert json.loads((res.out_dir / "metrics.json").read_text())["predict/samples"] == n_val
     pngs = sorted(p.name for p in (res.out_dir / "plots").glob("*.png"))
