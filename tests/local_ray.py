@@ -10,6 +10,6 @@ def ensure_local_ray():
     """Start the shared local instance unless Ray is already initialised; returns the ``ray`` module."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(**LOCAL_RAY)
+    if not ray.is_initialized():  # address="local": never join a `ray start` cluster another test left behind
+        ray.init(address="local", **LOCAL_RAY)
     return ray
