@@ -307,8 +307,9 @@ def test_overload_gives_503_not_a_crash(served, body):
 
 def _real_scene(case, jpeg: bytes, extrinsics: list) -> None:
     """Positive cases: what JSON Schema cannot state is made true (a decodable JPEG, a rotation of determinant 1;
-    the schema bounds every entry), and the token cap is kept small so the fuzz stays quick. The rest is as
-    generated."""
+    the schema bounds every entry; history points within 30 m, so that consecutive points are a drivable path whose
+    per-step moves the compact residual encoding can write: the schema bounds each coordinate, not the distance
+    between two of them), and the token cap is kept small so the fuzz stays quick. The rest is as generated."""
     body = case.body
     if not isinstance(body, dict):
         return
@@ -327,6 +328,9 @@ def _real_scene(case, jpeg: bytes, extrinsics: list) -> None:
                 cam["extrinsics"] = t
     if isinstance(meta, dict) and meta.get("max_new_tokens"):
         meta["max_new_tokens"] = min(meta["max_new_tokens"], 40)
+    if isinstance(meta, dict) and isinstance(meta.get("history"), list):
+        meta["history"] = [[max(-30.0, min(30.0, v)) if isinstance(v, (int, float)) else v for v in p]
+                           if isinstance(p, list) else p for p in meta["history"]]
 
 
 def test_schemathesis_all_checks(served, body):
