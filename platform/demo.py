@@ -5,7 +5,7 @@
 Everything runs locally: a Ray instance on this machine, the local MLflow store (``mlruns/`` unless
 ``MLFLOW_TRACKING_URI`` is set). Prints the metrics table (model beside the constant-velocity and ego-MLP
 baselines) and where the MLflow runs are. ``demo_stage_overrides`` gives the demo's training settings, chosen by
-measurement on 2 CPU cores so the whole pipeline takes 7 to 9 minutes (stage 3: ~0.6 s per step of 4 samples
+measurement on 2 CPU cores so the whole pipeline takes about 11 minutes (stage 3: ~0.6 s per step of 4 samples
 with 2 CPUs per worker on an idle 2-core machine; after 400 steps the planner's val L2 is ~20 % below constant
 velocity's, which ``tests/test_demo.py`` checks).
 """
