@@ -76,3 +76,13 @@ def resolve_storage_path(value: Optional[str], key: str = "train.storage_path", 
     if "://" in value:
         return value
     return str(durable_local_path(value, key))
+
+
+def filesystem_of(root: str):
+    """``(pyarrow FileSystem, path inside it)`` of a folder or a URI (``s3://``, ``gs://``, ``file://``): how a run's
+    storage is read and written, whatever holds it."""
+    import pyarrow.fs as pafs
+
+    if "://" in root:
+        return pafs.FileSystem.from_uri(root)
+    return pafs.LocalFileSystem(), root

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from odvla.platform.durable_paths import resolve_storage_path
+from odvla.platform.durable_paths import filesystem_of, resolve_storage_path
 
 
 URI_SCHEMES = {"file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"}
@@ -21,14 +21,6 @@ URI_SCHEMES = {"file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"}
 
 DEFAULT_STORAGE = "runs/sweeps"
 """``sweep.storage_path``'s default; on a cluster ``$ODVLA_STORAGE_PATH/sweeps`` replaces it."""
-
-
-def _fs(uri: str):
-    import pyarrow.fs as pafs
-
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), uri
 
 
 @dataclass
@@ -71,16 +63,16 @@ class SweepLocation:
     def exists(self, rel: str = "") -> bool:
         import pyarrow.fs as pafs
 
-        fs, path = _fs(self.child(rel) if rel else self.uri)
+        fs, path = filesystem_of(self.child(rel) if rel else self.uri)
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def read_text(self, rel: str) -> str:
-        fs, path = _fs(self.child(rel))
+        fs, path = filesystem_of(self.child(rel))
         with fs.open_input_stream(path) as f:
             return f.read().decode()
 
     def write_text(self, rel: str, text: str) -> None:
-        fs, path = _fs(self.child(rel))
+        fs, path = filesystem_of(self.child(rel))
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         with fs.open_output_stream(path) as f:
             f.write(text.encode())
@@ -104,7 +96,7 @@ class SweepLocation:
             return dest
         import pyarrow.fs as pafs
 
-        fs, path = _fs(dest)
+        fs, path = filesystem_of(dest)
         if Path(local).is_dir():
             fs.create_dir(path, recursive=True)
             pafs.copy_files(str(Path(local).resolve()), path, source_filesystem=pafs.LocalFileSystem(),

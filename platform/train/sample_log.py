@@ -18,16 +18,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
+from odvla.platform.durable_paths import filesystem_of
+
 LOG_DIR = "sample_log"
-
-
-def _filesystem(root: str):
-    """(pyarrow FileSystem, path inside it) of a folder or URI."""
-    import pyarrow.fs as pafs
-
-    if "://" in root:
-        return pafs.FileSystem.from_uri(root)
-    return pafs.LocalFileSystem(), root
 
 
 @dataclass
@@ -50,7 +43,7 @@ class SampleLog:
         """Write the pending steps as one chunk; returns its path (None when there was nothing to write)."""
         if not self.root or not self.pending:
             return None
-        fs, base = _filesystem(self.root)
+        fs, base = filesystem_of(self.root)
         fs.create_dir(base, recursive=True)
         first, last = self.pending[0]["step"], self.pending[-1]["step"]
         path = f"{base.rstrip('/')}/a{self.attempt:03d}-{first:08d}-{last:08d}.jsonl"
@@ -67,7 +60,7 @@ def read_sample_log(root: str) -> dict[int, dict]:
     record that does not parse."""
     import pyarrow.fs as pafs
 
-    fs, base = _filesystem(root)
+    fs, base = filesystem_of(root)
     infos = [i for i in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
              if i.type == pafs.FileType.File and i.path.endswith(".jsonl")]
     if not infos:
@@ -91,7 +84,7 @@ def repeated_steps(root: str) -> int:
     """Optimiser steps trained more than once across attempts (recorded in a chunk by more than one attempt)."""
     import pyarrow.fs as pafs
 
-    fs, base = _filesystem(root)
+    fs, base = filesystem_of(root)
     seen: dict[int, set] = {}
     for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
         if info.type != pafs.FileType.File or not info.path.endswith(".jsonl"):
