@@ -13,12 +13,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from train_helpers import wait_for
+from train_helpers import wait_for_job_api
 
 REPO = Path(__file__).resolve().parents[1]
 GCS_PORT, DASHBOARD_PORT = 6401, 8301
@@ -50,15 +49,7 @@ def test_job_run_and_registered_model_survive_ray_stop(shards_dir, tmp_path):
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
     address = f"http://127.0.0.1:{DASHBOARD_PORT}"
     try:
-        def up():
-            assert head.poll() is None, (temp / "head.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=5) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_for(up, 240, "the Ray head's job API")
+        wait_for_job_api(head, temp / "head.log", address)
         deadline = time.monotonic() + 180
         while True:
             out = _ray("job", "submit", "--address", address, "--working-dir", ".", "--",

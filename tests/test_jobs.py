@@ -45,20 +45,9 @@ def local_cluster():
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
     address = f"http://127.0.0.1:{DASHBOARD_PORT}"
     try:
-        import urllib.request
+        from train_helpers import wait_for_job_api
 
-        from train_helpers import wait_for
-
-        def up():
-            if proc.poll() is not None:
-                raise AssertionError((temp / "head.log").read_text()[-3000:])
-            try:
-                with urllib.request.urlopen(f"{address}/api/version", timeout=5) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_for(up, 240, "the Ray head's job API")
+        wait_for_job_api(proc, temp / "head.log", address)
         yield address, env
     finally:
         if proc.poll() is None:

@@ -100,3 +100,20 @@ def _ship_by_value() -> None:
 
 
 _ship_by_value()
+
+
+def wait_for_job_api(head, log_path: Path, address: str, timeout: float = 240) -> None:
+    """Wait until a ``ray start --head --block`` process (``head``) answers on its job API at ``address``; if the
+    head exits first, fail with the end of its log."""
+    import urllib.request
+
+    def up():
+        if head.poll() is not None:
+            raise AssertionError(Path(log_path).read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait_for(up, timeout, "the Ray head's job API")
