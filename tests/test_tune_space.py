@@ -150,6 +150,32 @@ def test_results_table_shows_both_conventions_failures_and_notes(tmp_path):
     assert png2.stat().st_size > 0
 
 
+def test_results_table_shows_the_temporal_setting_and_tracking_figures():
+    common = {"stages": "stage3", "model_size": "tiny", "lr": 1e-3, "uniad/L2_avg": 1.5, "status": "done"}
+    rows = [  # as the trials report them (tune/trial.py: 'temporal' is 'on' / 'off'); 'on' listed first
+        {**common, "trial_id": "t_00001", "temporal": "on", "tracking/id_switches": 3.0,
+         "tracking/velocity_error": 0.512},
+        {**common, "trial_id": "t_00000", "temporal": "off", "tracking/id_switches": 17.0,
+         "tracking/velocity_error": 1.25},
+        {"trial_id": "t_00002", "stages": "stage3", "model_size": "tiny", "lr": 1e-3, "status": "failed"},
+    ]
+    lines = results_markdown(rows).splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert header[:5] == ["trial", "stages", "size", "lr", "temporal"]
+    assert "ID switches" in header and "vel err m/s" in header
+
+    def cells(trial):
+        line = next(x for x in lines if x.startswith(f"| {trial} "))
+        return dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
+
+    on, off, failed = cells("t_00001"), cells("t_00000"), cells("t_00002")
+    assert (on["temporal"], on["ID switches"], on["vel err m/s"]) == ("on", "3", "0.51")
+    assert (off["temporal"], off["ID switches"], off["vel err m/s"]) == ("off", "17", "1.25")
+    assert (failed["temporal"], failed["ID switches"], failed["vel err m/s"]) == ("-", "-", "-")
+    body = [x for x in lines if x.startswith("| t_")]
+    assert body.index(next(x for x in body if "t_00000" in x)) < body.index(next(x for x in body if "t_00001" in x))
+
+
 def test_train_loss_is_read_from_the_stage_report():
     assert train_loss_of({"loss": 2.0, "global_step": 3}) == 2.0
     assert math.isnan(train_loss_of({"global_step": 3}))

@@ -1,7 +1,9 @@
 """The sweep's results table (markdown) and plot, from the per-trial metric dicts Tune returns.
 
-Columns: stage set, model size, learning rate, both L2 conventions (UniAD: value at the horizon; ST-P3: mean up to
-the horizon) at 1/2/3 s and average, collision rates, training loss, trial status.
+Columns: stage set, model size, learning rate, temporal setting ('on': trained on clips, evaluated with scene
+state; 'off': single keyframes), both L2 conventions (UniAD: value at the horizon; ST-P3: mean up to the horizon) at
+1/2/3 s and average, collision rates, the tracking figures (ID switches, agent velocity error in m/s), training
+loss, trial status.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ COLUMNS = [
     ("stages", "stages", "{}"),
     ("model_size", "size", "{}"),
     ("lr", "lr", "{:.2e}"),
+    ("temporal", "temporal", "{}"),
     ("uniad/L2_1s", "UniAD L2 1s", "{:.2f}"),
     ("uniad/L2_2s", "UniAD L2 2s", "{:.2f}"),
     ("uniad/L2_3s", "UniAD L2 3s", "{:.2f}"),
@@ -25,6 +28,8 @@ COLUMNS = [
     ("stp3/col_avg", "ST-P3 col % avg", "{:.2f}"),
     ("odvla/L2_avg", "ODVLA L2 avg", "{:.2f}"),
     ("odvla/col_avg", "ODVLA col % avg", "{:.2f}"),
+    ("tracking/id_switches", "ID switches", "{:.0f}"),
+    ("tracking/velocity_error", "vel err m/s", "{:.2f}"),
     ("train_loss", "train loss", "{:.3f}"),
     ("status", "status", "{}"),
 ]
@@ -40,13 +45,17 @@ def _fmt(value, fmt: str) -> str:
 
 
 def results_markdown(rows: list[dict], title: str = "Sweep results", notes: list[str] = ()) -> str:
-    """One row per trial; rows sorted by stage set then size then lr. ``notes``: lines under the table."""
-    rows = sorted(rows, key=lambda r: (str(r.get("stages")), str(r.get("model_size")), r.get("lr") or 0.0))
+    """One row per trial; rows sorted by stage set, size, lr, then temporal setting ('off' before 'on').
+    ``notes``: lines under the table."""
+    rows = sorted(rows, key=lambda r: (str(r.get("stages")), str(r.get("model_size")), r.get("lr") or 0.0,
+                                       str(r.get("temporal") or "")))
     head = "| " + " | ".join(c[1] for c in COLUMNS) + " |"
     sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
     body = ["| " + " | ".join(_fmt(r.get(k), f) for k, _, f in COLUMNS) + " |" for r in rows]
     legend = ("\nL2 in metres, collision in %. UniAD: value at the horizon; ST-P3: mean up to the horizon; "
-             "ODVLA: ST-P3 averaging on vehicle-only occupancy (the OpenDriveVLA paper's table).\n")
+              "ODVLA: ST-P3 averaging on vehicle-only occupancy (the OpenDriveVLA paper's table). temporal on: "
+              "trained on scene clips, evaluated scene by scene with tracking state; ID switches and velocity error "
+              "are scored on the tracks each val keyframe leaves.\n")
     extra = ("\n" + "\n".join(notes) + "\n") if notes else ""
     return f"## {title}\n\n" + "\n".join([head, sep, *body]) + "\n" + legend + extra
 
@@ -60,7 +69,8 @@ def results_plot(rows: list[dict], path: str | Path, metric: str = "uniad/L2_avg
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if isinstance(r.get(metric), (int, float)) and not math.isnan(r[metric])]
-    labels = [f"{r['stages']}\n{r['model_size']}" + (f"\nlr {r['lr']:.0e}" if r.get("lr") else "") for r in done]
+    labels = [f"{r['stages']}\n{r['model_size']}" + (f"\nlr {r['lr']:.0e}" if r.get("lr") else "")
+              + (f"\ntemporal {r['temporal']}" if r.get("temporal") else "") for r in done]
     unit = " (%)" if "/col" in metric else " (m)" if "/L2" in metric else ""
     if by_lr:
         fig, ax = plt.subplots(figsize=(5, 3.5))
