@@ -83,7 +83,7 @@ def test_missing_generated_file_is_built_in_memory(tmp_path, store):
 def test_stage_presets_build(store):
     for stage in ("stage1", "stage2", "stage2_5", "stage3"):
         cfg = load_config(model="tiny", stage=stage, overrides=[f"data.shards={store}"])
-        t = examples_for_stage(cfg, "train")
+        t = examples_for_stage(cfg.data, cfg.stage, cfg.train.seed, "train")
         assert set(t.column("task").to_pylist()) == {k for k, w in cfg.stage.mixture.items() if w > 0}, stage
 
 

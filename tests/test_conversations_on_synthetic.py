@@ -23,7 +23,7 @@ def test_store_and_stage_mixtures_on_synthetic_shards(shards_dir, tmp_path):
     for stage in ("stage1", "stage2", "stage2_5", "stage3"):
         cfg = load_config(model="tiny", stage=stage,
                           overrides=[f"data.shards={shards_dir}", f"data.instructions={out}"])
-        examples = examples_for_stage(cfg, "train")
+        examples = examples_for_stage(cfg.data, cfg.stage, cfg.train.seed, "train")
         counts = mixture_counts(examples)
         print(stage, {t: c["selected"] for t, c in counts.items()})
         for task, w in cfg.stage.mixture.items():

@@ -193,13 +193,14 @@ def test_released_prompt_reads_vad_ego_from_the_shards(can_root, tmp_path):
     from odvla.model.prompt_released import build_released_planning_turn, planning_turn_for_row, vad_ego_from_state
     from odvla.platform.config import load_config
     from odvla.platform.data.collate import collate, rows_from_table
+    from odvla.platform.data.rows import RowSpec
     from odvla.platform.data.prepare import prepare
     from odvla.platform.data.shards import read_split
 
     prepare(can_root, "v1.0-mini", tmp_path / "sh", rows_per_shard=64, num_workers=0, progress=False)
     table = read_split(tmp_path / "sh", "train")
     cfg = load_config(model="tiny", overrides=[f"data.shards={tmp_path / 'sh'}"])
-    batch = collate(rows_from_table(table, can_root, cfg))
+    batch = collate(rows_from_table(table, can_root, RowSpec.from_config(cfg.data, cfg.model.vision)))
     assert batch["vad_ego"].shape == (table.num_rows, 7) and batch["vad_ego"].dtype == torch.float32
     shard_vad = np.array(table.column("vad_ego").to_pylist(), dtype=np.float32)
     np.testing.assert_array_equal(batch["vad_ego"].numpy(), shard_vad)

@@ -8,6 +8,7 @@ import torch
 from odvla.model.clip_batch import CLIP_KEY, clip_frames
 from odvla.platform.data.clips import clip_windows, supervision
 from odvla.platform.data.collate import collate, rows_from_table
+from odvla.platform.data.rows import RowSpec
 from odvla.platform.data.pipeline import resolve_dataroot
 from odvla.platform.data.shards import read_split
 
@@ -33,7 +34,7 @@ def cfg(shards_dir):
 def val_clips(cfg, ray_session):
     from odvla.platform.data.pipeline import build_dataset
 
-    return list(build_dataset(cfg, "val").iter_batches(batch_size=None, batch_format="numpy"))
+    return list(build_dataset(cfg.data, cfg.model.vision, "val").iter_batches(batch_size=None, batch_format="numpy"))
 
 
 def test_clip_rows_are_consecutive_keyframes_of_one_scene(cfg, shards_dir, val_clips):
@@ -55,7 +56,8 @@ def test_clip_rows_are_consecutive_keyframes_of_one_scene(cfg, shards_dir, val_c
     # every frame equals the single-process rows of its sample (decoded and padded the same way)
     i = next(i for i, fi in enumerate(batch["frame_index"].tolist()) if fi[-1] == 5)
     keep = np.isin(table["sample_token"].to_numpy(zero_copy_only=False), batch["sample_token"][i])
-    ref = rows_from_table(table.filter(keep), resolve_dataroot(cfg), cfg)
+    spec = RowSpec.from_config(cfg.data, cfg.model.vision)
+    ref = rows_from_table(table.filter(keep), resolve_dataroot(cfg.data), spec)
     by_tok = {str(r["sample_token"]): r for r in ref}
     frames = clip_frames(batch)
     for t in range(T):
@@ -71,8 +73,8 @@ def test_clip_order_is_the_same_on_every_build(cfg, ray_session):
     from odvla.platform.data.pipeline import build_dataset
 
     def order():
-        return [tuple(r) for b in build_dataset(cfg, "train").iter_batches(batch_size=None, batch_format="numpy")
-                for r in b["sample_token"]]
+        ds = build_dataset(cfg.data, cfg.model.vision, "train")
+        return [tuple(r) for b in ds.iter_batches(batch_size=None, batch_format="numpy") for r in b["sample_token"]]
 
     first, second = order(), order()
     assert first == second and len(first) == read_split(cfg.data.shards, "train").num_rows

@@ -113,7 +113,7 @@ def test_pipeline_names_corrupt_image(synth_root, shards_dir, tmp_path, ray_sess
     img.write_bytes(b"\xff\xd8" + bytes(range(256)) * 4 + b"\xff\xd9")
     cfg = load_config(model="tiny", overrides=[f"data.shards={shards_dir}", f"data.dataroot={root}"])
     with pytest.raises(Exception, match=row["sample_token"]) as e:
-        build_dataset(cfg, "val").take_all()
+        build_dataset(cfg.data, cfg.model.vision, "val").take_all()
     assert str(img) in str(e.value)
 
 
@@ -131,7 +131,7 @@ def test_shard_of_other_schema_version(shards_dir, tmp_path):
     assert e.value.path.endswith("part-00001.parquet")
     cfg = load_config(model="tiny", overrides=[f"data.shards={d}"])
     with pytest.raises(E.ShardSchemaError, match="part-00001.parquet"):
-        build_dataset(cfg, "train")
+        build_dataset(cfg.data, cfg.model.vision, "train")
     pq.write_table(pa.table({"x": np.arange(3)}), d / "val" / "part-00000.parquet")
     with pytest.raises(E.ShardSchemaError, match="version none"):
         read_split(d, "val")
@@ -144,7 +144,7 @@ def test_unknown_example_token(shards_dir):
     cfg = load_config(model="tiny", overrides=[f"data.shards={shards_dir}"])
     ex = pa.table({"sample_token": ["no-such-sample"], "task": ["qa"], "question": ["q"], "answer": ["a"]})
     with pytest.raises(E.UnknownSampleError, match="no-such-sample"):
-        build_dataset(cfg, "train", examples=ex)
+        build_dataset(cfg.data, cfg.model.vision, "train", examples=ex)
 
 
 def test_cli_prints_one_line_error(tmp_path, capsys):

@@ -9,6 +9,7 @@ import torch
 
 from odvla.model.batch import TENSOR_KEYS, TEXT_KEYS
 from odvla.platform.data.collate import collate, rows_from_table
+from odvla.platform.data.rows import RowSpec
 from odvla.platform.data.image_ops import decode_resize, normalize, scale_intrinsics
 from odvla.platform.data.rows import resample_polyline
 from odvla.platform.data.shards import read_split
@@ -25,7 +26,7 @@ def cfg(shards_dir):
 def val_rows(cfg, ray_session):
     from odvla.platform.data.pipeline import build_dataset
 
-    return build_dataset(cfg, "val").take_all()
+    return build_dataset(cfg.data, cfg.model.vision, "val").take_all()
 
 
 def test_worker_shards_follow_the_contract(cfg, ray_session):
@@ -37,7 +38,7 @@ def test_worker_shards_follow_the_contract(cfg, ray_session):
 
     H, W = cfg.model.vision.image_height, cfg.model.vision.image_width
     Na, Nm, P = cfg.data.max_agents, cfg.data.max_map_elements, cfg.model.vision.map_points
-    parts = build_dataset(cfg, "train").streaming_split(2, equal=False)
+    parts = build_dataset(cfg.data, cfg.model.vision, "train").streaming_split(2, equal=False)
     got, batches, errors = [[], []], [], []
 
     def consume(i):
@@ -75,7 +76,8 @@ def test_pipeline_equals_single_process_path(cfg, shards_dir, val_rows):
     from odvla.platform.data.pipeline import resolve_dataroot
 
     table = read_split(shards_dir, "val").slice(0, 3)
-    ref = rows_from_table(table, resolve_dataroot(cfg), cfg)
+    spec = RowSpec.from_config(cfg.data, cfg.model.vision)
+    ref = rows_from_table(table, resolve_dataroot(cfg.data), spec)
     by_tok = {r["sample_token"]: r for r in val_rows}
     assert len(val_rows) == 20
     for r in ref:
@@ -110,7 +112,7 @@ def test_examples_expand_samples(cfg, shards_dir, ray_session):
     other = read_split(shards_dir, "train")["sample_token"].to_pylist()[0]  # another split's sample: not here
     ex = pa.table({"sample_token": [toks[0], toks[0], toks[5], other], "task": ["qa", "caption_scene", "qa", "qa"],
                    "question": ["q1", "q2", "q3", "q4"], "answer": ["a1", "a2", "a3", "a4"]})
-    rows = build_dataset(cfg, "val", examples=ex).take_all()
+    rows = build_dataset(cfg.data, cfg.model.vision, "val", examples=ex).take_all()
     assert sorted((r["sample_token"], r["task"], r["question"], r["answer"]) for r in rows) == sorted(
         [(toks[0], "qa", "q1", "a1"), (toks[0], "caption_scene", "q2", "a2"), (toks[5], "qa", "q3", "a3")])
     a, b = [r for r in rows if r["sample_token"] == toks[0]]

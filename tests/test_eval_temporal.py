@@ -28,6 +28,7 @@ def test_id_switches_and_velocity_error():
 def scene_rows(shards_dir):
     from odvla.platform.config import load_config
     from odvla.platform.data.collate import rows_from_table
+    from odvla.platform.data.rows import RowSpec
     from odvla.platform.data.pipeline import resolve_dataroot
     from odvla.platform.data.shards import read_split
 
@@ -36,7 +37,8 @@ def scene_rows(shards_dir):
     first = t["scene_token"][0].as_py()
     keep = [i for i, (s, f) in enumerate(zip(t["scene_token"].to_pylist(), t["frame_index"].to_pylist()))
             if s == first and f < 3]
-    return cfg, rows_from_table(t.take(keep), resolve_dataroot(cfg), cfg)
+    spec = RowSpec.from_config(cfg.data, cfg.model.vision)
+    return cfg, rows_from_table(t.take(keep), resolve_dataroot(cfg.data), spec)
 
 
 def test_stateless_scene_eval_equals_per_keyframe_generate(scene_rows):
@@ -143,7 +145,7 @@ def test_run_eval_temporal_off_is_the_stateless_scene_eval_and_on_carries_tracks
     # data.clip_len=2 as the export trained: evaluation still plans single keyframes
     cfg = load_config(model="tiny", overrides=common + ["eval.temporal=false", "eval.batch_size=4", "data.clip_len=2"])
     off = run_eval(cfg, str(tracking_export), out_dir=tmp_path / "off")
-    ref = plan_scenes(cfg, str(tracking_export), "val", temporal=False)
+    ref = plan_scenes(cfg.data, cfg.model.vision, cfg.eval, str(tracking_export), "val", temporal=False)
     got = {r["sample_token"]: r for r in pq.read_table(off.predictions_path).to_pylist()}
     assert len(got) == len(ref["sample_token"]) == off.metrics["predict/samples"]
     for i, tok in enumerate(ref["sample_token"]):

@@ -239,6 +239,7 @@ def test_request_from_shards_matches_training_inputs(shards_dir, synth_root):
     """A sample sent through the API is preprocessed exactly like the training pipeline prepares it."""
     from odvla.platform.config import load_config
     from odvla.platform.data.collate import rows_from_table
+    from odvla.platform.data.rows import RowSpec
     from odvla.platform.data.image_ops import normalize
     from odvla.platform.data.shards import read_split
     from odvla.serve.client import request_from_shards
@@ -247,7 +248,7 @@ def test_request_from_shards_matches_training_inputs(shards_dir, synth_root):
     cfg = load_config(model="tiny")
     table = read_split(shards_dir, "val").slice(1, 1)  # frame 1: part of the history is missing
     token = table.column("sample_token")[0].as_py()
-    train_row = rows_from_table(table, synth_root, cfg)[0]
+    train_row = rows_from_table(table, synth_root, RowSpec.from_config(cfg.data, cfg.model.vision))[0]
 
     req = _parse(request_from_shards(shards_dir, token))
     assert req.frame_index == 1 and req.scene_token == table.column("scene_token")[0].as_py()

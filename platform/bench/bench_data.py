@@ -110,7 +110,7 @@ def run(args) -> int:
             examples = pa.table({"sample_token": tokens, "task": ["planning"] * n, "question": [""] * n,
                                  "answer": [""] * n})
         t0 = time.perf_counter()
-        ds = build_dataset(cfg, args.split, examples=examples)
+        ds = build_dataset(cfg.data, cfg.model.vision, args.split, examples=examples)
         n_ray, t_first = 0, None
         for b in ds.iter_torch_batches(batch_size=args.batch_size, collate_fn=collate):
             n_ray += len(b["sample_token"])

@@ -15,11 +15,16 @@ clips share frames. Shuffling happens downstream on clip rows (the train workers
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyarrow as pa
 
 from odvla.model.clip_batch import CLIP_KEY
 from odvla.platform.data.rows import SHARD_COLUMNS, RowSpec, build_rows
+
+if TYPE_CHECKING:
+    from odvla.platform.config.schema import DataConfig
 
 CLIP_LOSSES = ("last", "all")
 
@@ -108,28 +113,29 @@ def prepare_scene_clips(batch: pa.Table, dataroot: str, spec: RowSpec, clip_len:
     return block.slice(0, 0) if empty else block
 
 
-def build_clip_dataset(cfg, split: str, by_sample, dataroot: str):
-    """A ``ray.data.Dataset`` of clip rows of ``split`` (one block per scene, in shard order of the scenes)."""
+def build_clip_dataset(data: DataConfig, spec: RowSpec, split: str, by_sample, dataroot: str):
+    """A ``ray.data.Dataset`` of clip rows of ``split`` (one block per scene, in shard order of the scenes): clips of
+    ``data.clip_len`` keyframes from ``data.shards``, rows sized by ``spec``."""
     import ray
 
     from odvla.platform.data.shards import read_split
 
-    T = int(cfg.data.clip_len)
+    T = int(data.clip_len)
     if T < 1:
         raise ValueError(f"data.clip_len={T}: must be >= 1 (1 = single keyframes)")
-    supervision(T, cfg.data.clip_loss)  # a bad clip_loss fails on the driver, naming the key
-    table = read_split(cfg.data.shards, split, columns=SHARD_COLUMNS)
+    supervision(T, data.clip_loss)  # a bad clip_loss fails on the driver, naming the key
+    table = read_split(data.shards, split, columns=SHARD_COLUMNS)
     if by_sample is not None:  # scenes without any example of the mixture contribute no rows
         keep = set(by_sample)
         scenes = [t for t in scene_tables(table) if keep & set(t.column("sample_token").to_pylist())]
     else:
         scenes = scene_tables(table)
     if not scenes:
-        raise ValueError(f"data.clip_len={T}: no {split} scene in {cfg.data.shards}")
+        raise ValueError(f"data.clip_len={T}: no {split} scene in {data.shards}")
     ds = ray.data.from_arrow(scenes)
     return ds.map_batches(
         prepare_scene_clips, batch_format="pyarrow", batch_size=None,
-        compute=ray.data.TaskPoolStrategy(size=int(cfg.data.decode_concurrency))
-        if int(cfg.data.decode_concurrency) > 0 else None, num_cpus=1,
-        fn_kwargs={"dataroot": dataroot, "spec": RowSpec.from_config(cfg), "clip_len": T,
-                   "clip_loss": str(cfg.data.clip_loss), "examples": by_sample})
+        compute=ray.data.TaskPoolStrategy(size=int(data.decode_concurrency))
+        if int(data.decode_concurrency) > 0 else None, num_cpus=1,
+        fn_kwargs={"dataroot": dataroot, "spec": spec, "clip_len": T,
+                   "clip_loss": str(data.clip_loss), "examples": by_sample})

@@ -61,11 +61,12 @@ collate = Collate()
 """``collate(rows) -> dict``: the model batch (see ``Collate``)."""
 
 
-def rows_from_table(table, dataroot, cfg) -> list[dict]:
+def rows_from_table(table, dataroot, spec: RowSpec) -> list[dict]:
     """Single-process path (eval, serve, bench): shard rows -> training-ready per-sample dicts.
 
     ``table`` needs the shard columns used by the pipeline; rows without ``task``/``question``/``answer`` become
-    'planning' rows. Images are decoded and resized exactly as in ``pipeline.build_dataset``.
+    'planning' rows. Images are decoded and resized exactly as in ``pipeline.build_dataset`` (``spec``:
+    ``RowSpec.from_config(data, vision)``).
     """
     import pyarrow as pa
 
@@ -73,5 +74,5 @@ def rows_from_table(table, dataroot, cfg) -> list[dict]:
     for k, default in (("task", "planning"), ("question", ""), ("answer", "")):
         if k not in table.column_names:
             table = table.append_column(k, pa.array([default] * n, pa.string()))
-    cols = build_rows(table, str(dataroot), RowSpec.from_config(cfg))
+    cols = build_rows(table, str(dataroot), spec)
     return [{k: v[i] for k, v in cols.items()} for i in range(n)]

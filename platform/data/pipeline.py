@@ -8,6 +8,7 @@ Train workers take their part with ``ray.train.get_dataset_shard(name).iter_torc
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -16,17 +17,21 @@ from odvla.platform.data.errors import UnknownSampleError
 from odvla.platform.data.rows import SHARD_COLUMNS, TEXT_FIELDS, RowSpec, build_rows
 from odvla.platform.data.shards import check_version, read_manifest, shard_files
 
+if TYPE_CHECKING:
+    from odvla.model.config import VisionConfig
+    from odvla.platform.config.schema import DataConfig
+
 EXAMPLE_COLUMNS = ("sample_token", "task", "question", "answer")
 
 
-def resolve_dataroot(cfg) -> str:
-    """The dataroot the shards' image paths are relative to: ``cfg.data.dataroot`` or the manifest's."""
-    if cfg.data.dataroot:
-        return str(cfg.data.dataroot)
-    return str(read_manifest(cfg.data.shards)["dataroot"])
+def resolve_dataroot(data: DataConfig) -> str:
+    """The dataroot the shards' image paths are relative to: ``data.dataroot`` or the manifest's of ``data.shards``."""
+    if data.dataroot:
+        return str(data.dataroot)
+    return str(read_manifest(data.shards)["dataroot"])
 
 
-def _examples_by_sample(cfg, split: str, examples: pa.Table) -> dict[str, list[tuple[str, str, str]]]:
+def _examples_by_sample(data: DataConfig, split: str, examples: pa.Table) -> dict[str, list[tuple[str, str, str]]]:
     missing = [c for c in EXAMPLE_COLUMNS if c not in examples.column_names]
     if missing:
         raise ValueError(f"examples table lacks column(s) {', '.join(missing)}")
@@ -36,7 +41,7 @@ def _examples_by_sample(cfg, split: str, examples: pa.Table) -> dict[str, list[t
     import pyarrow.parquet as pq
     from pathlib import Path
 
-    for d in (Path(cfg.data.shards) / s for s in ("train", "val", "test")):
+    for d in (Path(data.shards) / s for s in ("train", "val", "test")):
         for f in sorted(d.glob("*.parquet")) if d.is_dir() else []:
             toks = pq.read_table(f, columns=["sample_token"]).column(0).to_pylist()
             known.update(toks)
@@ -46,7 +51,7 @@ def _examples_by_sample(cfg, split: str, examples: pa.Table) -> dict[str, list[t
     for tok, task, q, a in zip(*(cols[c] for c in EXAMPLE_COLUMNS)):
         if tok not in known:
             raise UnknownSampleError("an example refers to a sample that no shard holds", sample_token=tok,
-                                     path=str(cfg.data.shards))
+                                     path=str(data.shards))
         if tok in here:  # examples of the other splits belong to their own datasets
             by[tok].append((task, q or "", a or ""))
     return dict(by)
@@ -83,8 +88,9 @@ def _prepare_batch(batch: pa.Table, dataroot: str, spec: RowSpec, examples) -> p
     return BlockAccessor.batch_to_block(res)
 
 
-def build_dataset(cfg, split: str, examples: pa.Table | None = None):
-    """A ``ray.data.Dataset`` of training-ready rows of ``split`` (see ``model/batch.py`` for the fields).
+def build_dataset(data: DataConfig, vision: VisionConfig, split: str, examples: pa.Table | None = None):
+    """A ``ray.data.Dataset`` of training-ready rows of ``split`` (see ``model/batch.py`` for the fields): the shards
+    of ``data.shards``, images resized to ``vision``'s network size (``RowSpec.from_config(data, vision)``).
 
     ``examples`` (columns sample_token, task, question, answer) expands each sample into its examples (samples
     without examples are not part of this dataset); ``None`` gives one 'planning' row per sample with empty
@@ -93,27 +99,28 @@ def build_dataset(cfg, split: str, examples: pa.Table | None = None):
     """
     import ray
 
-    if not cfg.data.shards:
+    if not data.shards:
         raise ValueError("data.shards is not set (run `odvla prepare` and pass --set data.shards=DIR)")
-    files = shard_files(cfg.data.shards, split)
+    files = shard_files(data.shards, split)
     for f in files:
         check_version(f)
-    dataroot = resolve_dataroot(cfg)
-    by_sample = _examples_by_sample(cfg, split, examples) if examples is not None else None
-    if int(cfg.data.clip_len) != 1:  # rows are scene clips (odvla.platform.data.clips)
+    dataroot = resolve_dataroot(data)
+    spec = RowSpec.from_config(data, vision)
+    by_sample = _examples_by_sample(data, split, examples) if examples is not None else None
+    if int(data.clip_len) != 1:  # rows are scene clips (odvla.platform.data.clips)
         from odvla.platform.data.clips import build_clip_dataset
 
-        return build_clip_dataset(cfg, split, by_sample, dataroot)
+        return build_clip_dataset(data, spec, split, by_sample, dataroot)
     # streaming repartition into blocks of one decode batch, so the decode stage runs as many small tasks in
     # parallel (a shard file is read as one block, which one task would otherwise decode before any batch leaves)
-    bs = max(int(cfg.data.decode_batch_size), 1)
+    bs = max(int(data.decode_batch_size), 1)
     ds = ray.data.read_parquet([str(f) for f in files]).select_columns(SHARD_COLUMNS)
     ds = ds.repartition(target_num_rows_per_block=bs)
     return ds.map_batches(
-        _prepare_batch, batch_format="pyarrow", batch_size=int(cfg.data.decode_batch_size),
-        compute=ray.data.TaskPoolStrategy(size=int(cfg.data.decode_concurrency))
-        if int(cfg.data.decode_concurrency) > 0 else None, num_cpus=1,
-        fn_kwargs={"dataroot": dataroot, "spec": RowSpec.from_config(cfg), "examples": by_sample})
+        _prepare_batch, batch_format="pyarrow", batch_size=int(data.decode_batch_size),
+        compute=ray.data.TaskPoolStrategy(size=int(data.decode_concurrency))
+        if int(data.decode_concurrency) > 0 else None, num_cpus=1,
+        fn_kwargs={"dataroot": dataroot, "spec": spec, "examples": by_sample})
 
 
 __all__ = ["build_dataset", "resolve_dataroot", "TEXT_FIELDS"]

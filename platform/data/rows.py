@@ -11,12 +11,17 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from odvla.model.constants import CAMERAS, FUTURE_STEPS, PAST_STEPS
 from odvla.platform.data.image_ops import decode_resize, normalize, scale_intrinsics
+
+if TYPE_CHECKING:
+    from odvla.model.config import VisionConfig
+    from odvla.platform.config.schema import DataConfig
 
 TEXT_FIELDS = ("sample_token", "scene_token", "task", "question", "answer")
 SHARD_COLUMNS = [
@@ -44,10 +49,10 @@ class RowSpec:
     """``model.vision.backbone``: its input normalisation is applied to the images."""
 
     @classmethod
-    def from_config(cls, cfg) -> "RowSpec":
-        v = cfg.model.vision
-        return cls((int(v.image_height), int(v.image_width)), int(cfg.data.max_agents),
-                   int(cfg.data.max_map_elements), int(v.map_points), v.backbone)
+    def from_config(cls, data: DataConfig, vision: VisionConfig) -> "RowSpec":
+        """From the ``data`` section (padding limits) and ``model.vision`` (image size, map points, backbone)."""
+        return cls((int(vision.image_height), int(vision.image_width)), int(data.max_agents),
+                   int(data.max_map_elements), int(vision.map_points), vision.backbone)
 
 
 def resample_polyline(pts: np.ndarray, n: int) -> np.ndarray:

@@ -4,7 +4,7 @@
 
 Steps (``jobs/evaluate.py`` and ``odvla eval`` call this):
 1. resolve the export (folder, ``runs:/<id>[/export]`` or ``models:/odvla-planner/<version|alias>``);
-2. predictions: the val split through ``build_dataset(cfg, split)`` (one planning row per sample) and Ray Data
+2. predictions: the val split through ``build_dataset(data, vision, split)`` (one planning row per sample) and Ray Data
    ``map_batches`` over ``eval.concurrency`` model replicas (``eval.num_gpus_per_replica`` GPUs each), written to
    ``predictions.parquet`` (sample token, predicted and GT waypoints, parsed flag, error, answer text, the
    agent tracks the keyframe left);
@@ -29,7 +29,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -41,6 +41,10 @@ from odvla.platform.eval.planning_frame import planning_inputs, prediction_to_pl
 from odvla.platform.eval.planning_metrics import compute_planning_metrics
 from odvla.platform.eval.report import results_table
 from odvla.platform.eval.tracking_metrics import TRUTH_COLUMNS, tracking_figures
+
+if TYPE_CHECKING:
+    from odvla.model.config import VisionConfig
+    from odvla.platform.config.schema import DataConfig, EvalConfig, TrackingConfig
 
 log = logging.getLogger("odvla.eval")
 
@@ -141,16 +145,17 @@ def baseline_metrics(data_cfg, eval_cfg, seed: int, val: pa.Table, truth: Option
     return out
 
 
-def _qa_examples(cfg, split: str) -> Optional[pa.Table]:
+def _qa_examples(data: DataConfig, eval_cfg: EvalConfig, seed: int, split: str) -> Optional[pa.Table]:
+    """The QA examples of ``split`` in the conversation store (``data.instructions`` or beside ``data.shards``), at
+    most ``eval_cfg.qa_max_examples``; None when the store has none."""
     from odvla.platform.data.conversations.mixture import build_examples
     from odvla.platform.data.conversations.schema import conversations_dir
 
-    conv = Path(cfg.data.instructions) if cfg.data.instructions else conversations_dir(Path(cfg.data.shards))
+    conv = Path(data.instructions) if data.instructions else conversations_dir(Path(data.shards))
     if not sorted((conv / split).glob("*.parquet")):
         return None
-    ex = build_examples(cfg.data.shards, split, {t: 1.0 for t in QA_TASKS}, seed=cfg.train.seed,
-                        conversations=conv)
-    limit = int(getattr(cfg.eval, "qa_max_examples", 0) or 0)
+    ex = build_examples(data.shards, split, {t: 1.0 for t in QA_TASKS}, seed=seed, conversations=conv)
+    limit = int(getattr(eval_cfg, "qa_max_examples", 0) or 0)
     if limit and ex.num_rows > limit:
         ex = ex.slice(0, limit)
     return ex if ex.num_rows else None
@@ -184,13 +189,14 @@ def _concat(a: dict, b: dict) -> dict:
     return {k: np.concatenate([a[k], b[k]]) for k in a}
 
 
-def _scene_predictions(cfg, export_ref: str, split: str, tracking_uri: Optional[str]) -> dict:
+def _scene_predictions(data: DataConfig, vision: VisionConfig, eval_cfg: EvalConfig, export_ref: str, split: str,
+                       tracking_uri: Optional[str]) -> dict:
     """Planning rows of every keyframe of ``split`` from ``plan_scenes`` with temporal state (the columns
     ``predict_dataset`` gives, tracks included)."""
     from odvla.platform.eval.predict import OUTPUT_COLUMNS, TRACK_COLUMNS
     from odvla.platform.eval.scene_eval import plan_scenes
 
-    got = plan_scenes(cfg, export_ref, split, temporal=True, tracking_uri=tracking_uri)
+    got = plan_scenes(data, vision, eval_cfg, export_ref, split, temporal=True, tracking_uri=tracking_uri)
     return {k: got[k] for k in OUTPUT_COLUMNS + TRACK_COLUMNS}
 
 
@@ -226,7 +232,7 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
 
     # one pass of the replicas: a planning row for every sample, then the QA examples (when the store has any)
     tokens = val.column("sample_token").to_pylist()
-    qa = _qa_examples(cfg, split)
+    qa = _qa_examples(cfg.data, cfg.eval, cfg.train.seed, split)
     examples = pa.table({"sample_token": tokens, "task": ["planning"] * len(tokens), "question": [""] * len(tokens),
                          "answer": [""] * len(tokens)})
     if qa is not None:  # references stay here; the model sees '' as the answer
@@ -240,15 +246,16 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     turi = resolve_tracking_uri(cfg.tracking.tracking_uri) if remote else None
     temporal = bool(cfg.eval.temporal)
     if temporal:  # planning: whole scenes in keyframe order carrying SceneState; QA rows stay per-example
-        allcols = _scene_predictions(cfg, actor_ref, split, turi)
+        allcols = _scene_predictions(cfg.data, cfg.model.vision, cfg.eval, actor_ref, split, turi)
         if qa is not None:
             allcols = _concat(allcols, predict_dataset(
-                build_dataset(cfg, split, examples=examples.slice(len(tokens))), actor_ref, cfg.eval.batch_size,
-                cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens, tracking_uri=turi))
+                build_dataset(cfg.data, cfg.model.vision, split, examples=examples.slice(len(tokens))), actor_ref,
+                cfg.eval.batch_size, cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens,
+                tracking_uri=turi))
     else:
-        allcols = predict_dataset(build_dataset(cfg, split, examples=examples), actor_ref, cfg.eval.batch_size,
-                                  cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens,
-                                  tracking_uri=turi)
+        allcols = predict_dataset(build_dataset(cfg.data, cfg.model.vision, split, examples=examples), actor_ref,
+                                  cfg.eval.batch_size, cfg.eval.concurrency, cfg.eval.num_gpus_per_replica,
+                                  cfg.eval.max_new_tokens, tracking_uri=turi)
     seconds = time.perf_counter() - t0
     is_plan = allcols["task"] == "planning"
     cols = {k: v[is_plan] for k, v in allcols.items()}
@@ -314,23 +321,24 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     table_md = results_table(metrics)
     (out / "results.md").write_text(table_md)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    _plots(cfg, val, pred, out / "plots", cfg.eval.plots)
-    _log_mlflow(cfg, run_id, metrics, out)
+    _plots(cfg.data, split, val, pred, out / "plots", cfg.eval.plots)
+    _log_mlflow(cfg.tracking, run_id, metrics, out)
     return EvalResult(metrics, table_md, predictions_path, out)
 
 
-def _plots(cfg, val: pa.Table, pred: np.ndarray, folder: Path, count: int) -> list[Path]:
-    """BEV and front-camera PNGs for the first ``count`` samples (evenly spread over the split)."""
+def _plots(data: DataConfig, split: str, val: pa.Table, pred: np.ndarray, folder: Path, count: int) -> list[Path]:
+    """BEV and front-camera PNGs for ``count`` samples of ``val`` (evenly spread over the split ``split`` of
+    ``data.shards``, its cameras under ``data``'s dataroot)."""
     if count <= 0:
         return []
     from odvla.platform.data.pipeline import resolve_dataroot
     from odvla.platform.eval.plots import bev_plot, camera_plot
 
-    full = read_split_table(cfg.data.shards, cfg.eval.split)
+    full = read_split_table(data.shards, split)
     idx = np.unique(np.linspace(0, val.num_rows - 1, min(count, val.num_rows)).round().astype(int))
     pos = {t: i for i, t in enumerate(full.column("sample_token").to_pylist())}
     try:
-        dataroot = resolve_dataroot(cfg)
+        dataroot = resolve_dataroot(data)
     except (FileNotFoundError, KeyError, ValueError) as e:
         log.warning("eval: no dataroot for camera pictures (%s); BEV plots only", e)
         dataroot = None
@@ -344,8 +352,9 @@ def _plots(cfg, val: pa.Table, pred: np.ndarray, folder: Path, count: int) -> li
     return paths
 
 
-def _log_mlflow(cfg, run_id: Optional[str], metrics: dict, out: Path) -> None:
-    """Metrics, table, plots and predictions into the given run, else into the active run, else nowhere."""
+def _log_mlflow(tracking_cfg: TrackingConfig, run_id: Optional[str], metrics: dict, out: Path) -> None:
+    """Metrics, table, plots and predictions into the given run, else into the active run, else nowhere (the store of
+    ``tracking_cfg.tracking_uri``)."""
     import mlflow
 
     from odvla.platform.tracking.resilient import ResilientTracker
@@ -356,6 +365,6 @@ def _log_mlflow(cfg, run_id: Optional[str], metrics: dict, out: Path) -> None:
         if active is None:
             return
         run_id = active.info.run_id
-    tracker = ResilientTracker(resolve_tracking_uri(cfg.tracking.tracking_uri), run_id)
+    tracker = ResilientTracker(resolve_tracking_uri(tracking_cfg.tracking_uri), run_id)
     tracker.log_metrics({f"eval/{k}": float(v) for k, v in metrics.items() if np.isfinite(v)}, step=0)
     tracker.log_artifacts(out, artifact_path="eval")

@@ -11,11 +11,16 @@ Output columns: those of ``odvla.platform.eval.predict.OUTPUT_COLUMNS`` plus, pe
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from odvla.model.constants import FUTURE_STEPS
+
+if TYPE_CHECKING:
+    from odvla.model.config import VisionConfig
+    from odvla.platform.config.schema import DataConfig, EvalConfig
+    from odvla.platform.data.rows import RowSpec
 
 
 def plan_scene(model, rows: list[dict], temporal: bool, max_new_tokens: Optional[int] = None,
@@ -67,44 +72,43 @@ class ScenePlanner:
     """Ray Data class UDF over blocks of one scene's shard rows: ``ds.map_batches(ScenePlanner, batch_size=None,
     batch_format='pyarrow', compute=ActorPoolStrategy(size=n), fn_constructor_kwargs={...})``."""
 
-    def __init__(self, export_dir: str, cfg_dict: dict, dataroot: str, temporal: bool,
+    def __init__(self, export_dir: str, spec: RowSpec, dataroot: str, temporal: bool,
                  max_new_tokens: Optional[int] = None, use_gpu: bool = False, tracking_uri: Optional[str] = None):
         import torch
 
-        from odvla.platform.config import from_dict
         from odvla.platform.export import load_export
 
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model, _ = load_export(export_dir, device=self.device, tracking_uri=tracking_uri)
         self.model.eval()
-        self.cfg, self.dataroot, self.temporal, self.max_new = from_dict(cfg_dict), dataroot, temporal, max_new_tokens
+        self.spec, self.dataroot, self.temporal, self.max_new = spec, dataroot, temporal, max_new_tokens
 
     def __call__(self, table) -> dict:
         from odvla.platform.data.collate import rows_from_table
 
-        return plan_scene(self.model, rows_from_table(table, self.dataroot, self.cfg), self.temporal,
+        return plan_scene(self.model, rows_from_table(table, self.dataroot, self.spec), self.temporal,
                           self.max_new, self.device)
 
 
-def plan_scenes(cfg, export_ref: str, split: str, temporal: bool, tracking_uri: Optional[str] = None) -> dict:
-    """Every scene of ``split`` through the actor pool (``eval.concurrency`` replicas); columns concatenated."""
-    import dataclasses
-
+def plan_scenes(data: DataConfig, vision: VisionConfig, eval_cfg: EvalConfig, export_ref: str, split: str,
+                temporal: bool, tracking_uri: Optional[str] = None) -> dict:
+    """Every scene of ``split`` of ``data.shards`` through the actor pool (``eval_cfg.concurrency`` replicas), rows
+    sized for ``vision`` (the export's ``model.vision``); columns concatenated."""
     import ray
 
     from odvla.platform.data.clips import scene_tables
     from odvla.platform.data.pipeline import resolve_dataroot
-    from odvla.platform.data.rows import SHARD_COLUMNS
+    from odvla.platform.data.rows import SHARD_COLUMNS, RowSpec
     from odvla.platform.data.shards import read_split
 
-    scenes = scene_tables(read_split(cfg.data.shards, split, columns=SHARD_COLUMNS))
+    scenes = scene_tables(read_split(data.shards, split, columns=SHARD_COLUMNS))
     ds = ray.data.from_arrow(scenes).map_batches(
         ScenePlanner, batch_size=None, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=int(cfg.eval.concurrency)),
-        num_gpus=cfg.eval.num_gpus_per_replica if cfg.eval.num_gpus_per_replica > 0 else None,
-        fn_constructor_kwargs={"export_dir": str(export_ref), "cfg_dict": dataclasses.asdict(cfg),
-                               "dataroot": resolve_dataroot(cfg), "temporal": bool(temporal),
-                               "max_new_tokens": cfg.eval.max_new_tokens,
-                               "use_gpu": cfg.eval.num_gpus_per_replica > 0, "tracking_uri": tracking_uri})
+        compute=ray.data.ActorPoolStrategy(size=int(eval_cfg.concurrency)),
+        num_gpus=eval_cfg.num_gpus_per_replica if eval_cfg.num_gpus_per_replica > 0 else None,
+        fn_constructor_kwargs={"export_dir": str(export_ref), "spec": RowSpec.from_config(data, vision),
+                               "dataroot": resolve_dataroot(data), "temporal": bool(temporal),
+                               "max_new_tokens": eval_cfg.max_new_tokens,
+                               "use_gpu": eval_cfg.num_gpus_per_replica > 0, "tracking_uri": tracking_uri})
     parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

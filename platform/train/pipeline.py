@@ -50,8 +50,8 @@ def run_pipeline(cfg: Config, stages: Optional[Iterable[str]] = None, parent_run
     tracker = ResilientTracker(uri, None)
     opened = tracker.call("open pipeline run", lambda: get_or_create_run(
         tracker.client, ensure_experiment(tracker.client, cfg.tracking.experiment, uri),
-        f"{_storage_path(cfg)}/{name}", name, {TAG_PIPELINE: "true", "odvla.stages": "+".join(stages), **(tags or {})},
-        parent_run_id))
+        f"{_storage_path(cfg.train)}/{name}", name,
+        {TAG_PIPELINE: "true", "odvla.stages": "+".join(stages), **(tags or {})}, parent_run_id))
     if opened is not None:
         tracker.run_id = opened[0]
     tracker.log_params({"pipeline.stages": "+".join(stages), "model.preset": cfg.model.preset,

@@ -6,22 +6,25 @@ examples. The row count comes from Parquet metadata / the examples table, never 
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from odvla.platform.config import Config
+if TYPE_CHECKING:
+    from odvla.model.config import VisionConfig
+    from odvla.platform.config.schema import DataConfig, StageConfig
 
 
 def _planning_only(mixture: dict) -> bool:
     return set(mixture) == {"planning"} and float(mixture["planning"]) == 1.0
 
 
-def stage_examples(cfg: Config, split: str = "train"):
-    """None (one 'planning' row per sample) or the examples table of the stage's mixture."""
-    if _planning_only(cfg.stage.mixture):
+def stage_examples(data: DataConfig, stage: StageConfig, seed: int, split: str = "train"):
+    """None (one 'planning' row per sample) or the examples table of ``stage.mixture`` (sampled with ``seed``,
+    ``train.seed``)."""
+    if _planning_only(stage.mixture):
         return None
     from odvla.platform.data.conversations.mixture import examples_for_stage
 
-    return examples_for_stage(cfg, split)
+    return examples_for_stage(data, stage, seed, split)
 
 
 def mixture_report(examples) -> Optional[dict]:
@@ -32,20 +35,21 @@ def mixture_report(examples) -> Optional[dict]:
     return mixture_counts(examples)
 
 
-def build_stage_dataset(cfg: Config, split: str = "train"):
-    """-> (ray.data.Dataset, num_rows, mixture report or None)."""
-    if not cfg.data.shards:
+def build_stage_dataset(data: DataConfig, vision: VisionConfig, stage: StageConfig, seed: int,
+                        split: str = "train"):
+    """-> (ray.data.Dataset, num_rows, mixture report or None): the rows of ``stage``'s mixture of ``data.shards``,
+    images at ``vision``'s size; ``seed`` (``train.seed``) samples the mixture."""
+    if not data.shards:
         raise ValueError("data.shards is not set: run `odvla prepare` (or `odvla demo`) and pass "
                          "--set data.shards=<folder>")
     from odvla.platform.data.pipeline import build_dataset
     from odvla.platform.data.shards import read_split
 
-    examples = stage_examples(cfg, split)
+    examples = stage_examples(data, stage, seed, split)
     if examples is None:
-        num_rows = read_split(cfg.data.shards, split, columns=["sample_token"]).num_rows
+        num_rows = read_split(data.shards, split, columns=["sample_token"]).num_rows
     else:
         num_rows = examples.num_rows
     if num_rows == 0:
-        raise ValueError(f"stage {cfg.stage.name}: no {split} rows in {cfg.data.shards} for mixture "
-                         f"{cfg.stage.mixture}")
-    return build_dataset(cfg, split, examples), num_rows, mixture_report(examples)
+        raise ValueError(f"stage {stage.name}: no {split} rows in {data.shards} for mixture {stage.mixture}")
+    return build_dataset(data, vision, split, examples), num_rows, mixture_report(examples)

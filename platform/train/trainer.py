@@ -55,9 +55,9 @@ class CapacityError(RuntimeError):
     """The cluster did not offer the stage's workers their resources within ``train.capacity_timeout_s``."""
 
 
-def _storage_path(cfg: Config) -> str:
+def _storage_path(train_cfg) -> str:
     """``train.storage_path`` as a URI or a durable absolute folder (never Ray's working-dir copy of a job)."""
-    return resolve_storage_path(cfg.train.storage_path)
+    return resolve_storage_path(train_cfg.storage_path)
 
 
 def worker_resources(train_cfg) -> dict:
@@ -87,17 +87,18 @@ def capacity_message(stage: str, train_cfg, waited_s: float, available: dict, to
             f"(-1 waits forever), then rerun with the same train.run_name to resume from the last checkpoint.")
 
 
-def _open_run(cfg: Config, uri: str, run_key: str, run_name: str, init: InitSource,
-              parent_run_id: Optional[str]):
-    """(tracker, resumed) for the stage's MLflow run; a store that cannot be reached gives a disabled tracker."""
+def _open_run(stage_name: str, model_preset: str, experiment: str, uri: str, run_key: str, run_name: str,
+              init: InitSource, parent_run_id: Optional[str]):
+    """(tracker, resumed) for the stage's MLflow run in ``experiment`` (``tracking.experiment``); a store that cannot
+    be reached gives a disabled tracker."""
     from odvla.platform.tracking import ResilientTracker, ensure_experiment, get_or_create_run
     from odvla.platform.tracking.lineage import TAG_INIT_FROM, TAG_INIT_FROM_RUN, TAG_STAGE
 
     tracker = ResilientTracker(uri, None)
-    tags = {TAG_STAGE: cfg.stage.name, TAG_INIT_FROM: init.ref or "", TAG_INIT_FROM_RUN: init.run_id,
-            "odvla.model_preset": cfg.model.preset}
+    tags = {TAG_STAGE: stage_name, TAG_INIT_FROM: init.ref or "", TAG_INIT_FROM_RUN: init.run_id,
+            "odvla.model_preset": model_preset}
     opened = tracker.call("open run", lambda: get_or_create_run(
-        tracker.client, ensure_experiment(tracker.client, cfg.tracking.experiment, uri), run_key, run_name, tags,
+        tracker.client, ensure_experiment(tracker.client, experiment, uri), run_key, run_name, tags,
         parent_run_id))
     if opened is None:
         return tracker, False
@@ -128,16 +129,17 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
 
     check_stage(cfg.stage)
     run_name = default_run_name(cfg.train, cfg.stage.name)
-    storage = _storage_path(cfg)
+    storage = _storage_path(cfg.train)
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     init = resolve_init(cfg.stage, previous)
     t = cfg.train
 
-    tracker, resumed = _open_run(cfg, uri, f"{storage}/{run_name}", run_name, init, parent_run_id)
+    tracker, resumed = _open_run(cfg.stage.name, cfg.model.preset, cfg.tracking.experiment, uri,
+                                 f"{storage}/{run_name}", run_name, init, parent_run_id)
     print(f"[odvla.train] {cfg.stage.name}: run {run_name!r} under {storage} "
           f"({'resuming' if resumed else 'new'}; MLflow {uri} run {tracker.run_id})", flush=True)
     _warn_if_no_cpu_left_for_data(t)
-    dataset, num_rows, mixture = build_stage_dataset(cfg)
+    dataset, num_rows, mixture = build_stage_dataset(cfg.data, cfg.model.vision, cfg.stage, t.seed)
     total_steps = planned_steps(t, cfg.data.batch_size, num_rows, t.num_workers)
     if not resumed:
         tracker.log_params({**flatten(to_dict(cfg)), "data.train_rows": num_rows, "train.total_steps": total_steps})

@@ -17,12 +17,16 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from .generate import generate_from_table, read_shard_split
 from .schema import TASKS, conversations_dir, read_split_conversations
+
+if TYPE_CHECKING:
+    from odvla.platform.config.schema import DataConfig, StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +123,9 @@ def mixture_counts(table: pa.Table) -> dict[str, dict]:
     return json.loads(raw)["tasks"]
 
 
-def examples_for_stage(cfg, split: str) -> pa.Table:
-    """``build_examples`` from a ``Config``: shards ``cfg.data.shards``, store ``cfg.data.instructions``
-    (default beside the shards), weights ``cfg.stage.mixture``, seed ``cfg.train.seed``."""
-    if not cfg.data.shards:
+def examples_for_stage(data: DataConfig, stage: StageConfig, seed: int, split: str) -> pa.Table:
+    """``build_examples`` of a stage: shards ``data.shards``, store ``data.instructions`` (default beside the
+    shards), weights ``stage.mixture``, ``seed`` (``train.seed``)."""
+    if not data.shards:
         raise ValueError("data.shards is not set: examples are built from prepared shards")
-    return build_examples(cfg.data.shards, split, dict(cfg.stage.mixture), seed=cfg.train.seed,
-                          conversations=cfg.data.instructions)
+    return build_examples(data.shards, split, dict(stage.mixture), seed=seed, conversations=data.instructions)
