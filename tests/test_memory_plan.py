@@ -46,7 +46,7 @@ def test_presets_fit_their_gpus(preset):
     cfg = load_config(model=preset, stage="stage3")
     gpus = TRIAL_GPUS[preset][0]
     assert gpus <= gpus_per_node  # a trial's GPUs fit one p5 node
-    row = plan(cfg, gpus, seq_len=512, stages=(cfg.train.zero_stage,), measured=GENEROUS)[0]
+    row = plan(cfg.model, cfg.data.batch_size, gpus, seq_len=512, stages=(cfg.train.zero_stage,), measured=GENEROUS)[0]
     assert row.fits, (row.total / GiB, row)
     check_fits(row)
 
@@ -55,11 +55,12 @@ def test_a_plan_that_cannot_fit_names_the_keys():
     # 7.7 B params on 8 GPUs at 8 samples per GPU: ZeRO-1 keeps the 16-bit weights and gradients whole (31 GB) beside
     # the activations; ZeRO-3 splits them
     cfg = load_config(model="7b", stage="stage3", overrides=["data.batch_size=8"])
-    rows = {r.zero: r for r in plan(cfg, 8, seq_len=512, measured=GENEROUS)}
+    rows = {r.zero: r for r in plan(cfg.model, cfg.data.batch_size, 8, seq_len=512, measured=GENEROUS)}
     assert rows[3].fits and not rows[1].fits
     assert rows[1].total > rows[2].total > rows[3].total
     with pytest.raises(MemoryPlanError, match=r"train\.zero_stage=1 on train\.num_workers=8 .*data\.batch_size=8"):
         check_fits(rows[1])
-    one_gpu = plan(load_config(model="7b", stage="stage3"), 1, seq_len=512, stages=(3,), measured=GENEROUS)[0]
+    seven_b = load_config(model="7b", stage="stage3")
+    one_gpu = plan(seven_b.model, seven_b.data.batch_size, 1, seq_len=512, stages=(3,), measured=GENEROUS)[0]
     with pytest.raises(MemoryPlanError, match=r"'7b' does not fit a 80 GB GPU: train\.zero_stage=3"):
         check_fits(one_gpu)  # 18 bytes per parameter of model states alone: 139 GB

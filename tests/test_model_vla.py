@@ -37,7 +37,7 @@ def test_composition_and_forward(model):
     assert model.config.llm.hidden_size == model.llm.config.hidden_size
     assert model.llm.get_input_embeddings().num_embeddings >= len(model.tokenizer)
     model.set_trainable(STAGE_PARTS["stage3"])
-    batch = make_batch(model.config, 2, tasks=["planning", "qa"])
+    batch = make_batch(model.config.vision, 2, tasks=["planning", "qa"])
     out = model(batch)
     assert set(out) == set(LOSSES) | {"answer_tokens"}
     for k in LOSSES:
@@ -54,7 +54,7 @@ def test_visual_tokens_reach_the_llm(model):
     """Changing only the images changes the LM loss (the projected tokens are spliced in), the text being equal."""
     model.set_trainable(STAGE_PARTS["stage3"])
     model.eval()
-    b1 = make_batch(model.config, 1, seed=3)
+    b1 = make_batch(model.config.vision, 1, seed=3)
     b2 = dict(b1, images=b1["images"] * 0 + 1.0)
     with torch.no_grad():
         assert abs(model(b1)["lm"].item() - model(b2)["lm"].item()) > 1e-6
@@ -81,7 +81,7 @@ def test_gradients_reach_exactly_the_stage_set(model, stage, heads):
     names = set(model.set_trainable(STAGE_PARTS[stage] + (["agent_heads"] if heads else [])))
     model.train()
     model.zero_grad(set_to_none=True)
-    out = model(make_batch(model.config, 2, seed=1))
+    out = model(make_batch(model.config.vision, 2, seed=1))
     sum(out[k] for k in LOSSES).backward()
     params = dict(model.named_parameters())
     with_grad = {n for n, p in params.items() if p.grad is not None and p.grad.abs().sum() > 0}
@@ -114,7 +114,7 @@ def test_gradients_reach_exactly_the_stage_set(model, stage, heads):
 
 def test_generate_constrained_parses_and_returns_states(model):
     model.set_trainable(STAGE_PARTS["stage3"])
-    batch = make_batch(model.config, 3, seed=2, tasks=["planning", "qa", "planning"])
+    batch = make_batch(model.config.vision, 3, seed=2, tasks=["planning", "qa", "planning"])
     out = model.generate(batch, max_new_tokens=120)
     assert len(out.answers) == 3 and out.trajectories.shape == (3, 6, 2)
     assert out.parsed[0] and out.parsed[2] and out.errors[0] is None
@@ -123,7 +123,7 @@ def test_generate_constrained_parses_and_returns_states(model):
     assert all(isinstance(s, SceneState) for s in out.states) and len(out.states) == 3
     assert all(1 <= n <= 120 for n in out.num_generated_tokens)
     # the next keyframe of the same scenes continues from the returned states
-    nxt = make_batch(model.config, 3, seed=3, tasks=["planning"] * 3)
+    nxt = make_batch(model.config.vision, 3, seed=3, tasks=["planning"] * 3)
     nxt["frame_index"] = torch.ones(3, dtype=torch.long)
     nxt["scene_token"] = batch["scene_token"]
     model.train()  # generate runs in eval mode and restores the caller's mode
@@ -142,7 +142,7 @@ def test_constrained_decoding_parses_every_random_input(text):
     m = OpenDriveVLA(tiny_cfg(**text))
     parsed, free = [], []
     for seed in range(4):
-        batch = make_batch(m.config, 6, seed=10 + seed)
+        batch = make_batch(m.config.vision, 6, seed=10 + seed)
         parsed += m.generate(batch).parsed
         if seed == 0:
             free += m.generate(batch, constrained=False, max_new_tokens=40).parsed
@@ -156,7 +156,7 @@ def test_ego_token_and_residual_answers():
     torch.manual_seed(0)
     cfg = tiny_cfg(ego_token=True, traj_encoding="residual", compact_tokens=True, number_choice="median")
     m = OpenDriveVLA(cfg)
-    batch = make_batch(cfg, 2, seed=4, tasks=["planning", "qa"])
+    batch = make_batch(cfg.vision, 2, seed=4, tasks=["planning", "qa"])
     tb = m.chat.encode(batch, with_answers=True)
     assert (tb.input_ids == m.ego_token_id).sum(1).tolist() == [1, 0]
     m.eval()
@@ -170,9 +170,9 @@ def test_ego_token_and_residual_answers():
     m.train()
     sum(m(batch)[k] for k in LOSSES).backward()
     assert m.ego_projector.fc1.weight.grad.abs().sum() > 0
-    out = m.generate(make_batch(cfg, 2, seed=6, tasks=["planning", "planning"]))
+    out = m.generate(make_batch(cfg.vision, 2, seed=6, tasks=["planning", "planning"]))
     assert all(out.parsed)
-    b2 = make_batch(cfg, 2, seed=6, tasks=["planning", "planning"])
+    b2 = make_batch(cfg.vision, 2, seed=6, tasks=["planning", "planning"])
     for b in range(2):
         np.testing.assert_allclose(out.trajectories[b],
                                    m.codec.decode(out.answers[b], b2["ego_state"][b].numpy()))
@@ -189,7 +189,7 @@ def test_overfit_one_batch():
     torch.manual_seed(0)
     cfg = tiny_cfg()
     m = OpenDriveVLA(cfg)
-    batch = make_batch(cfg, 2, seed=5)
+    batch = make_batch(cfg.vision, 2, seed=5)
     m.set_trainable(STAGE_PARTS["stage2"])
     m.train()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=3e-3, weight_decay=0.0)
@@ -210,7 +210,7 @@ def test_overfit_one_batch():
 def test_gradient_checkpointing_same_loss_and_grads():
     cfgs = [tiny_cfg(), tiny_cfg()]
     cfgs[1].gradient_checkpointing = True
-    batch = make_batch(cfgs[0], 2, seed=7)
+    batch = make_batch(cfgs[0].vision, 2, seed=7)
     grads = []
     for cfg in cfgs:
         torch.manual_seed(0)
@@ -229,7 +229,7 @@ def test_bf16_forward_and_generate():
     torch.manual_seed(0)
     m = OpenDriveVLA(tiny_cfg()).to(torch.bfloat16)
     m.set_trainable(STAGE_PARTS["stage2"])
-    batch = make_batch(m.config, 2, seed=8)
+    batch = make_batch(m.config.vision, 2, seed=8)
     out = m(batch)
     assert torch.isfinite(out["lm"]) and out["lm"].dtype == torch.float32
     out["lm"].backward()
@@ -260,7 +260,7 @@ def test_llm_and_tokenizer_from_local_hf_folder(tmp_path):
     ref = Qwen2ForCausalLM.from_pretrained(tmp_path / "qwen")
     torch.testing.assert_close(m.llm.model.layers[0].mlp.up_proj.weight, ref.model.layers[0].mlp.up_proj.weight)
     m.set_trainable(STAGE_PARTS["stage2"])
-    batch = make_batch(cfg, 2, seed=9)
+    batch = make_batch(cfg.vision, 2, seed=9)
     assert torch.isfinite(m(batch)["lm"])
     assert all(m.generate(batch, max_new_tokens=100).parsed)
 

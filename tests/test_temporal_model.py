@@ -27,7 +27,7 @@ def scene_frames(cfg, T: int = 4) -> list[dict]:
     annotated in frames 0-1 only, agent B appears from frame 2."""
     frames = []
     for t in range(T):
-        b = synthetic_batch(cfg, 1, seed=10 + t)
+        b = synthetic_batch(cfg.vision, 1, seed=10 + t)
         boxes = torch.zeros(1, 3, 9)
         boxes[..., 3:6] = torch.tensor([1.9, 4.5, 1.6])
         ids = torch.full((1, 3), -1, dtype=torch.long)

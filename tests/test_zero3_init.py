@@ -33,12 +33,12 @@ def test_zero3_config_errors_name_the_key():
     ds = build_ds_config(cfg.train, 1, 2)
     assert not torch.distributed.is_initialized()
     with pytest.raises(Zero3ConfigError, match=r"train\.zero_stage=3: .*process group"):
-        build_model(cfg, ds)  # outside the train workers: named, not DeepSpeed's batch-size assertion
+        build_model(cfg.model, ds)  # outside the train workers: named, not DeepSpeed's batch-size assertion
     with pytest.raises(Zero3ConfigError, match=r"train\.zero_stage"):
-        check_zero3(cfg, build_ds_config(load_config(model="tiny").train, 1, 2))
+        check_zero3(build_ds_config(load_config(model="tiny").train, 1, 2))
     bad = dict(ds, zero_optimization={"stage": 3})
     with pytest.raises(Zero3ConfigError, match="stage3_gather_16bit_weights_on_model_save"):
-        check_zero3(cfg, bad)
+        check_zero3(bad)
 
 
 def test_local_parameter_counts_of_a_whole_model():

@@ -176,12 +176,14 @@ def preset_sizes(model_cfg) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), _largest_layer(model)
 
 
-def plan(cfg, gpus: int, seq_len: int, gpu_gb: float = H100_GB, stages=(1, 2, 3), measured=None) -> list[PlanRow]:
-    """Plan rows of ``cfg``'s model at each ZeRO stage of ``stages`` on ``gpus`` GPUs of ``gpu_gb`` GB."""
-    params, largest = preset_sizes(cfg.model)
-    act = activation_bytes_per_sample(cfg.model, seq_len, measured) * int(cfg.data.batch_size)
-    return [PlanRow(cfg.model.preset, z, gpus, params, model_states_bytes(params, largest, z, gpus), act,
-                    int(cfg.data.batch_size), gpu_gb * 1e9) for z in stages]
+def plan(model_cfg, micro_batch: int, gpus: int, seq_len: int, gpu_gb: float = H100_GB, stages=(1, 2, 3),
+         measured=None) -> list[PlanRow]:
+    """Plan rows of the model ``model_cfg`` (``model``) at ``micro_batch`` samples per GPU (``data.batch_size``) at
+    each ZeRO stage of ``stages`` on ``gpus`` GPUs of ``gpu_gb`` GB."""
+    params, largest = preset_sizes(model_cfg)
+    act = activation_bytes_per_sample(model_cfg, seq_len, measured) * int(micro_batch)
+    return [PlanRow(model_cfg.preset, z, gpus, params, model_states_bytes(params, largest, z, gpus), act,
+                    int(micro_batch), gpu_gb * 1e9) for z in stages]
 
 
 def check_fits(row: PlanRow) -> None:
@@ -214,7 +216,8 @@ def run(args) -> int:
 
     if args.check:
         cfg = load_config(model=args.model, stage="stage3", overrides=args.overrides)
-        row = plan(cfg, int(cfg.train.num_workers), args.seq_len, args.gpu_gb, stages=(cfg.train.zero_stage,))[0]
+        row = plan(cfg.model, cfg.data.batch_size, int(cfg.train.num_workers), args.seq_len, args.gpu_gb,
+                   stages=(cfg.train.zero_stage,))[0]
         _print([row], args)
         check_fits(row)
         return 0
@@ -227,7 +230,7 @@ def run(args) -> int:
               + ", ".join(f"{k} {v / GiB:.3f}" for k, v in {**measured["llm"], "vision": measured["vision"]}.items()),
               flush=True)
         for gpus in [int(g) for g in args.gpus.split(",")]:
-            rows += plan(cfg, gpus, args.seq_len, args.gpu_gb, measured=measured)
+            rows += plan(cfg.model, cfg.data.batch_size, gpus, args.seq_len, args.gpu_gb, measured=measured)
     _print(rows, args)
     return 0
 

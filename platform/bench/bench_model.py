@@ -8,11 +8,15 @@ preset's tokenizer on random trajectories, released text form vs compact number 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from odvla.model.constants import CAMERAS
+
+if TYPE_CHECKING:
+    from odvla.model.config import VisionConfig
 
 
 def add_args(p) -> None:
@@ -28,11 +32,11 @@ def add_args(p) -> None:
     p.add_argument("--trajectories", type=int, default=200, help="random trajectories for the token counts")
 
 
-def synthetic_batch(cfg, B: int = 2, seed: int = 0, tasks=None) -> dict:
-    """A batch of model/batch.py for ``cfg`` (ModelConfig): random images, six cameras around the ego, straight-ish
-    motion, 3 boxes, 2 map lines. Ego frame, metres."""
+def synthetic_batch(vision: VisionConfig, B: int = 2, seed: int = 0, tasks=None) -> dict:
+    """A batch of model/batch.py sized for ``vision`` (``model.vision``: image size, map points): random images, six
+    cameras around the ego, straight-ish motion, 3 boxes, 2 map lines. Ego frame, metres."""
     g = torch.Generator().manual_seed(seed)
-    v = cfg.vision
+    v = vision
     tasks = tasks or ["planning"] * B
     speed = 2 + torch.rand(B, generator=g) * 8
     steps = torch.arange(1, 7, dtype=torch.float32) * 0.5
@@ -123,7 +127,7 @@ def run(args) -> int:
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
           f"(LLM {sum(p.numel() for p in model.llm.parameters()) / 1e6:.2f} M)")
     B = args.batch_size
-    batch = _to(synthetic_batch(mcfg, B, seed=0), dev)
+    batch = _to(synthetic_batch(mcfg.vision, B, seed=0), dev)
     for stage, parts in (("stage2", ["projectors", "llm"]), ("stage3", ["projectors", "llm", "vision"])):
         model.set_trainable(parts)
         model.train()
@@ -153,7 +157,7 @@ def run(args) -> int:
         for i in range(args.steps + 1):
             sync()
             t0 = time.perf_counter()
-            g = m.generate(_to(synthetic_batch(mcfg, B, seed=100 + i), dev), max_new_tokens=args.max_new_tokens)
+            g = m.generate(_to(synthetic_batch(mcfg.vision, B, seed=100 + i), dev), max_new_tokens=args.max_new_tokens)
             sync()
             if i:
                 times.append(time.perf_counter() - t0)

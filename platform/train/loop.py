@@ -120,7 +120,7 @@ def setup_worker(config: dict) -> Worker:
 
     ds_config = build_ds_config(cfg.train, cfg.data.batch_size, world)
     init = resolve_export(config["init_from"], config["tracking_uri"]) if config.get("init_from") else None
-    model = build_model(cfg, ds_config, init)  # ZeRO-3: the LLM is partitioned over the ranks as it is built
+    model = build_model(cfg.model, ds_config, init)  # ZeRO-3: the LLM is partitioned over the ranks as it is built
     partition = gather_parameter_counts(model, rank, world)
     trainable = model.set_trainable(cfg.stage.trainable)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -1,8 +1,8 @@
 """Build the model for a DeepSpeed engine; under ZeRO-3 the LLM is built partitioned, never whole on one rank.
 
-    build_model(cfg, ds_config, init_from)
-      zero_stage < 3: OpenDriveVLA(cfg.model)  (+ the init export's weights)
-      zero_stage 3:   OpenDriveVLA(cfg.model, llm_context=<deepspeed.zero.Init>)
+    build_model(model_cfg, ds_config, init_from)        (the ZeRO stage is the DeepSpeed dict's)
+      zero_stage < 3: OpenDriveVLA(model_cfg)  (+ the init export's weights)
+      zero_stage 3:   OpenDriveVLA(model_cfg, llm_context=<deepspeed.zero.Init>)
                         each LLM parameter is split over the ranks as soon as its module is built
                         (``p.ds_tensor``: this rank's 1/world slice, ``p.data`` an empty placeholder)
                       random init: transformers' ZeRO-3 init (each module gathered, initialised on rank 0, split)
@@ -19,16 +19,19 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
+
+if TYPE_CHECKING:
+    from odvla.model.config import ModelConfig
 
 
 class Zero3ConfigError(ValueError):
     """A ZeRO-3 setup that cannot be built; the message names the config key."""
 
 
-def check_zero3(cfg, ds_config: dict) -> None:
+def check_zero3(ds_config: dict) -> None:
     """Reject ZeRO-3 settings that cannot be built, naming the key: a ``train.zero_stage`` other than 3 in a
     ZeRO-3 DeepSpeed dict, or one that would not gather the weights for the export. (A vocabulary the embedding
     would have to grow after partitioning is refused by ``build_model``, naming ``model.llm.vocab_size``.)"""
@@ -85,20 +88,21 @@ def _llm_context(ds_config: dict, random_init: bool):
     return ctx
 
 
-def build_model(cfg, ds_config: dict, init_from: Optional[str | os.PathLike] = None):
-    """The stage's model for a DeepSpeed engine built from ``ds_config`` (``build_ds_config``); ``init_from``: an
-    export folder whose weights replace the initial ones. ZeRO-3 (``train.zero_stage: 3``): the LLM partitioned
-    across the ranks from its first parameter (see the module docstring)."""
+def build_model(model_cfg: ModelConfig, ds_config: dict, init_from: Optional[str | os.PathLike] = None):
+    """The stage's model (``model_cfg``: ``model``) for a DeepSpeed engine built from ``ds_config``
+    (``build_ds_config``, whose ``zero_optimization.stage`` is ``train.zero_stage``); ``init_from``: an export
+    folder whose weights replace the initial ones. ZeRO-3: the LLM partitioned across the ranks from its first
+    parameter (see the module docstring)."""
     from odvla.model.vla import OpenDriveVLA
     from odvla.platform.export import load_weights
 
-    if int(cfg.train.zero_stage) != 3:
-        model = OpenDriveVLA(cfg.model)
+    if int(ds_config.get("zero_optimization", {}).get("stage", 0)) != 3:
+        model = OpenDriveVLA(model_cfg)
         if init_from:
             load_weights(model, init_from)
         return model
 
-    check_zero3(cfg, ds_config)
+    check_zero3(ds_config)
     if not torch.distributed.is_initialized():
         raise Zero3ConfigError("train.zero_stage=3: the model is partitioned over the ranks of a torch.distributed "
                                "process group and none is initialised (build it inside the Ray Train workers, or "
@@ -106,19 +110,19 @@ def build_model(cfg, ds_config: dict, init_from: Optional[str | os.PathLike] = N
     import deepspeed
 
     deepspeed.init_distributed(dist_backend=torch.distributed.get_backend())  # adopts Ray Train's process group
-    random_init = not cfg.model.llm.path
+    random_init = not model_cfg.llm.path
     try:
         with _transformers_zero3(ds_config):
             # a vocabulary larger than the model's (llm.path + added tokens) grows the embedding gathered
-            model = OpenDriveVLA(cfg.model, llm_context=_llm_context(ds_config, random_init))
+            model = OpenDriveVLA(model_cfg, llm_context=_llm_context(ds_config, random_init))
             if random_init:
                 from transformers.integrations.deepspeed import initialize_weights_zero3
 
                 initialize_weights_zero3(model.llm)
                 model.llm.tie_weights()
     except (RuntimeError, ValueError, AssertionError) as e:
-        raise Zero3ConfigError(f"train.zero_stage=3: could not build model preset {cfg.model.preset!r} partitioned "
-                               f"(model.llm.path={cfg.model.llm.path!r}): {e}") from e
+        raise Zero3ConfigError(f"train.zero_stage=3: could not build model preset {model_cfg.preset!r} partitioned "
+                               f"(model.llm.path={model_cfg.llm.path!r}): {e}") from e
     if init_from:
         load_weights_partitioned(model, init_from)
     return model

@@ -101,7 +101,7 @@ def _sequence_length(export_dir: Path) -> tuple[int, object]:
             seen["L"] = int(emb.shape[1])
 
     h = model.llm.register_forward_pre_hook(hook, with_kwargs=True)
-    batch = {k: (v.to("cuda") if torch.is_tensor(v) else v) for k, v in synthetic_batch(model.config, 1).items()}
+    batch = {k: (v.to("cuda") if torch.is_tensor(v) else v) for k, v in synthetic_batch(model.config.vision, 1).items()}
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         model(batch)
     h.remove()
