@@ -379,12 +379,14 @@ def build_app(args: dict | AppArgs | None = None):
     args = args if isinstance(args, AppArgs) else AppArgs(**(args or {}))
     if isinstance(args.set, str):
         args.set = [args.set]
-    return build_app_from_config(args, load_config(model=None, files=args.config, overrides=args.set))
+    cfg = load_config(model=None, files=args.config, overrides=args.set)
+    return build_app_from_config(args, cfg.serve, cfg.tracking)
 
 
-def build_app_from_config(args: AppArgs, cfg):
-    """The application for a resolved ``Config`` (``cfg.serve``); ``args.model`` wins over ``serve.model``."""
-    s = cfg.serve
+def build_app_from_config(args: AppArgs, serve_cfg, tracking_cfg):
+    """The application for the ``serve`` and ``tracking`` sections of a resolved config; ``args.model`` wins over
+    ``serve.model``; ``tracking_cfg.tracking_uri`` resolves ``models:/`` and ``runs:/`` references."""
+    s = serve_cfg
     ref = args.model or s.model
     if not ref:
         raise ValueError("no model to serve: pass --model REF (export folder or models:/odvla-planner/<version>) "
@@ -393,7 +395,7 @@ def build_app_from_config(args: AppArgs, cfg):
     if ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
         from odvla.platform.tracking.store import resolve_tracking_uri
 
-        tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri)  # absolute: replicas run elsewhere
+        tracking_uri = resolve_tracking_uri(tracking_cfg.tracking_uri)  # absolute: replicas run elsewhere
     elif Path(ref).exists():
         ref = str(Path(ref).resolve())
     planner = Planner.options(**planner_options(s)).bind(

@@ -209,7 +209,8 @@ def run(args) -> int:
                     f"serve.num_replicas={args.replicas}", f"serve.num_cpus={num_cpus}",
                     f"serve.num_gpus={args.num_gpus}", f"serve.torch_threads={threads}",
                     "serve.max_queued_requests=1000", *args.overrides])
-                serve.run(build_app_from_config(AppArgs(model=model), cfg), name="odvla-bench", route_prefix="/")
+                serve.run(build_app_from_config(AppArgs(model=model), cfg.serve, cfg.tracking), name="odvla-bench",
+                          route_prefix="/")
                 from odvla.serve.client import PlannerClient
 
                 PlannerClient(url).wait_ready(300)

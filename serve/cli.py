@@ -65,7 +65,7 @@ def run_serve(args) -> int:
     if not ray.is_initialized():
         ray.init(address=args.address, include_dashboard=False, configure_logging=False)
     serve.start(http_options={"host": host, "port": port, "request_timeout_s": s.request_timeout_s + 5})
-    app = build_app_from_config(AppArgs(model=ref), cfg)
+    app = build_app_from_config(AppArgs(model=ref), cfg.serve, cfg.tracking)
     serve.run(app, name=args.name, route_prefix="/", blocking=False)
     print(f"OpenDriveVLA planner serving {ref} at http://{host}:{port}  (docs: http://{host}:{port}/docs)",
           flush=True)

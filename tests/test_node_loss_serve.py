@@ -101,7 +101,8 @@ def test_serving_survives_a_lost_node(tmp_path):
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": PORT})
         load = None
         try:
-            serve.run(build_app_from_config(AppArgs(model=str(export)), cfg), name=APP, route_prefix="/")
+            serve.run(build_app_from_config(AppArgs(model=str(export)), cfg.serve, cfg.tracking), name=APP,
+                      route_prefix="/")
             with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=60) as c:
                 _wait(lambda: c.get("/readyz").status_code == 200, 180, "the planner app to be ready")
             placed = _wait(lambda: len(_planner_nodes()) == 2 and _planner_nodes(), 60, "two Planner replicas")

@@ -71,7 +71,7 @@ def served(ray_session, registry):
     old = os.environ.get("ODVLA_SERVE_TOKEN")
     os.environ["ODVLA_SERVE_TOKEN"] = TOKEN
     try:
-        app = build_app_from_config(AppArgs(model=MODEL_REF), cfg)
+        app = build_app_from_config(AppArgs(model=MODEL_REF), cfg.serve, cfg.tracking)
     finally:
         if old is None:
             os.environ.pop("ODVLA_SERVE_TOKEN", None)

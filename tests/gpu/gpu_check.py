@@ -126,8 +126,8 @@ def _serve(export_dir: Path, requests: int, port: int) -> list[dict]:
     try:
         cfg = load_config(model=None, overrides=["serve.num_gpus=1", "serve.num_replicas=1",
                                                   "serve.max_queued_requests=1000"])
-        serve.run(build_app_from_config(AppArgs(model=str(export_dir)), cfg), name="odvla-gpu-check",
-                  route_prefix="/")
+        app = build_app_from_config(AppArgs(model=str(export_dir)), cfg.serve, cfg.tracking)
+        serve.run(app, name="odvla-gpu-check", route_prefix="/")
         PlannerClient(url).wait_ready(300)
         return measure(url, synthetic_request(image_hw=(900, 1600)), [1, 8], requests, {})
     finally:
