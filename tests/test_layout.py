@@ -90,3 +90,117 @@ def test_eval_and_serve_do_not_import_training():
     graph = _import_graph()
     for user in ("platform.eval", "serve"):
         assert "platform.train" not in graph.get(user, {}), graph[user].get("platform.train")
+
+
+# Only entry points see the root ``Config``; every other function takes the sections it reads (DESIGN.md, Config).
+ROOT_CONFIG_FILES = ("platform/cli/", "jobs/", "platform/config/", "tune/trial.py", "tune/sweep.py")
+"""Whole files that may take the root: the CLI, jobs/, the config package itself, the trial driver and the sweep."""
+ROOT_CONFIG_FUNCTIONS = {
+    # run-level entry points: they log the whole config to MLflow or write it into an export
+    ("platform/train/trainer.py", "run_stage"), ("platform/train/pipeline.py", "run_pipeline"),
+    ("platform/eval/evaluate.py", "run_eval"), ("platform/export.py", "save_export"),
+    ("platform/tracking/sweep_runs.py", "open_sweep_run"), ("platform/tracking/sweep_runs.py", "TrialRun.open"),
+    ("tune/recipe.py", "SweepRecipe.resolve"),
+    # a stage's root config from the pipeline's root, and the demo driver (``odvla demo``)
+    ("platform/train/stages.py", "stage_config"), ("platform/demo.py", "run_demo"), ("platform/demo.py", "_run_demo"),
+}
+
+
+def _root_sections(schema_source: str) -> set:
+    """The field names of ``class Config`` (the root) in the schema module's source."""
+    import ast
+
+    root = next(n for n in ast.parse(schema_source).body if isinstance(n, ast.ClassDef) and n.name == "Config")
+    return {s.target.id for s in root.body if isinstance(s, ast.AnnAssign)}
+
+
+def _functions(tree):
+    """(qualified name, FunctionDef) of every function and method, nested ones too."""
+    import ast
+
+    todo = [("", tree)]
+    while todo:
+        prefix, node = todo.pop()
+        for ch in ast.iter_child_nodes(node):
+            if isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield prefix + ch.name, ch
+                todo.append((prefix + ch.name + ".", ch))
+            elif isinstance(ch, ast.ClassDef):
+                todo.append((prefix + ch.name + ".", ch))
+            else:
+                todo.append((prefix, ch))
+
+
+def root_config_takers(sources: dict, sections: set) -> dict:
+    """{(file, qualified name): parameter} of every function in ``sources`` ({file: source}) that takes the root
+    config: a parameter annotated ``Config`` (not ``DataConfig`` & co.), or one named ``cfg`` / ``config`` whose
+    function reads a root section of it (``cfg.data``) or hands it on to a function that takes the root (by name,
+    to a fixed point)."""
+    import ast
+
+    funcs = [(f, q, fn) for f, src in sources.items() for q, fn in _functions(ast.parse(src))]
+
+    def params(fn):
+        a = fn.args
+        return a.posonlyargs + a.args + a.kwonlyargs
+
+    def annotated_root(p) -> bool:
+        return p.annotation is not None and "Config" in re.findall(r"\w+", ast.unparse(p.annotation))
+
+    def callee(call) -> str:
+        f = call.func
+        return f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+
+    found: dict = {}
+    changed = True
+    while changed:
+        changed = False
+        takers = {q.split(".")[-1] for _, q in found} | {q.split(".")[-1] for _, q in ROOT_CONFIG_FUNCTIONS}
+        for f, q, fn in funcs:
+            if (f, q) in found:
+                continue
+            for p in params(fn):
+                hit = annotated_root(p)
+                if not hit and p.arg in ("cfg", "config"):
+                    for n in ast.walk(fn):
+                        if (isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == p.arg
+                                and n.attr in sections):
+                            hit = True  # reads cfg.<root section>
+                        elif isinstance(n, ast.Call) and callee(n) in takers and any(
+                                isinstance(a, ast.Name) and a.id == p.arg
+                                for a in list(n.args) + [k.value for k in n.keywords]):
+                            hit = True  # hands cfg on to a function that takes the root
+                        if hit:
+                            break
+                if hit:
+                    found[(f, q)] = p.arg
+                    changed = True
+                    break
+    return found
+
+
+def test_root_config_detector_sees_reads_hand_ons_and_annotations():
+    sections = {"data", "model", "train"}
+    src = ("def reads(cfg):\n    return cfg.data.shards\n"
+           "def hands_on(config, n):\n    return reads(config)\n"
+           "def annotated(c: 'Config'):\n    return c\n"
+           "def a_section(cfg: 'ModelConfig', data: 'DataConfig'):\n    return cfg.vision, data.shards\n"
+           "class K:\n    def method(self, cfg):\n        return cfg.train.lr\n")
+    assert root_config_takers({"x.py": src}, sections) == {
+        ("x.py", "reads"): "cfg", ("x.py", "hands_on"): "config", ("x.py", "annotated"): "c",
+        ("x.py", "K.method"): "cfg"}
+
+
+def test_only_entry_points_take_the_root_config():
+    sources = {str(p.relative_to(ROOT)): p.read_text()
+               for folder in ("model", "platform", "jobs", "tune", "serve") for p in (ROOT / folder).rglob("*.py")}
+    sections = _root_sections(sources["platform/config/schema.py"])
+    assert {"data", "model", "stage", "train", "eval", "tracking"} <= sections
+    found = root_config_takers(sources, sections)
+    assert ("platform/train/trainer.py", "run_stage") in found  # the detector sees a real entry point
+    stale = sorted(k for k in ROOT_CONFIG_FUNCTIONS if k not in found)
+    assert stale == [], f"allow-listed entry points that no longer take the root config (remove them): {stale}"
+    offenders = sorted(f"{f}: {q}({p})" for (f, q), p in found.items()
+                       if (f, q) not in ROOT_CONFIG_FUNCTIONS and not f.startswith(ROOT_CONFIG_FILES))
+    assert offenders == [], ("functions that take the root Config outside the entry points; pass the sections "
+                             "they read (data, model.vision, eval, ...) instead:\n" + "\n".join(offenders))
