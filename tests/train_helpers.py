@@ -6,6 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+from odvla.platform.bench.fault_injection import PauseAfterFirstCheckpoint  # noqa: F401 - the tests' worker hook
+
 
 class Background:
     """Runs ``fn()`` in a thread; ``result()`` re-raises its exception."""
@@ -56,10 +58,10 @@ def committed_checkpoints(run_dir: Path) -> list[dict]:
         return []
 
 
-class PauseAfterFirstCheckpoint:
-    """Worker hook (``run_stage(worker_hooks=[...])``): rank 0 writes ``rank0-<attempt>.pid`` ("<pid> <step>
-    <node id>") after the first checkpoint of each attempt and, on attempt 0, waits (at most ``wait_s``) for a
-    ``go`` file in ``folder``, so a test can kill a worker, a node or the tracking server at a known step."""
+class PauseEachRunAfterFirstCheckpoint:
+    """Worker hook for several runs at once (a sweep's trials): rank 0 of each Ray Train run writes
+    ``<run name>.ckpt`` ("<step> <node id>") after its first checkpoint and, on attempt 0, waits (at most ``wait_s``)
+    for a ``go`` file in ``folder``."""
 
     def __init__(self, folder: Path | str, wait_s: float = 180.0):
         self.folder = str(folder)
@@ -67,23 +69,18 @@ class PauseAfterFirstCheckpoint:
         self._fired = False
 
     def after_checkpoint(self, step: int, attempt: int, rank: int) -> None:
-        import os
+        import ray
+        import ray.train
 
         if rank != 0 or self._fired:
             return
         self._fired = True
-        node = ""
-        try:
-            import ray
-
-            node = ray.get_runtime_context().get_node_id()
-        except Exception:  # noqa: BLE001 - the node id is informative only
-            pass
         d = Path(self.folder)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".rank0-{attempt}.pid"
-        tmp.write_text(f"{os.getpid()} {step} {node}\n")
-        tmp.rename(d / f"rank0-{attempt}.pid")
+        name = ray.train.get_context().get_experiment_name()
+        tmp = d / f".{name}.ckpt"
+        tmp.write_text(f"{step} {ray.get_runtime_context().get_node_id()}\n")
+        tmp.rename(d / f"{name}.ckpt")
         if attempt == 0:
             deadline = time.monotonic() + self.wait_s
             while not (d / "go").exists() and time.monotonic() < deadline:

@@ -117,8 +117,24 @@ def _trial_dirname(trial) -> str:
     return f"{trial.trial_id}-{_trial_name(trial)}"
 
 
-def run_sweep(cfg: Config, recipe: SweepRecipe, restore: bool = False) -> dict:
+def trial_driver_resources(sw) -> dict:
+    """What one trial driver holds: ``TRIAL_CPUS`` CPUs plus ``sweep.trial_resources`` (``sw`` = the ``sweep``
+    section); ConfigError naming the key for a value that is not a positive number."""
+    extra = {}
+    for k, v in dict(sw.trial_resources or {}).items():
+        try:
+            extra[str(k)] = float(v)
+        except (TypeError, ValueError):
+            extra[str(k)] = math.nan
+        if not extra[str(k)] > 0:
+            raise ConfigError(f"sweep.trial_resources.{k}: {v!r} is not a positive amount of a Ray resource")
+    return {"cpu": TRIAL_CPUS, **extra}
+
+
+def run_sweep(cfg: Config, recipe: SweepRecipe, restore: bool = False, worker_hooks: tuple = ()) -> dict:
     """Run (or resume) the sweep described by ``cfg.sweep``; every trial's config is built from ``recipe``.
+
+    ``worker_hooks``: passed to every stage's ``run_stage`` (fault injection in tests).
 
     Returns ``{'table_md', 'table_path', 'plot_path', 'parent_run_id', 'failed' (trial ids), 'interrupted',
     'rows' (one dict per trial), 'best' (row or None), 'experiment_path'}``.
@@ -133,8 +149,8 @@ def run_sweep(cfg: Config, recipe: SweepRecipe, restore: bool = False) -> dict:
 
     ctx = TrialContext(recipe=plan.recipe, sweep_name=plan.name, sweep_dir=plan.loc.uri,
                        tracking_uri=plan.tracking_uri, experiment=cfg.tracking.experiment,
-                       parent_run_id=plan.parent_run_id)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), {"cpu": TRIAL_CPUS})
+                       parent_run_id=plan.parent_run_id, worker_hooks=tuple(worker_hooks))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), trial_driver_resources(sw))
 
     if restore:
         tuner = tune.Tuner.restore(plan.loc.uri, trainable=trainable, resume_unfinished=True,

@@ -49,6 +49,8 @@ class TrialContext:
     tracking_uri: str
     experiment: str
     parent_run_id: str | None
+    worker_hooks: tuple = ()
+    """Objects with ``after_checkpoint(step, attempt, rank)`` run on the train workers (fault injection in tests)."""
 
 
 def stage_configs(ctx: TrialContext, params: dict, trial_id: str) -> list:
@@ -100,7 +102,9 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     configs = stage_configs(ctx, params, trial_id)
-    run = TrialRun.open(ctx, trial_id, params, configs[-1])
+    import ray
+
+    run = TrialRun.open(ctx, trial_id, params, configs[-1], node_id=ray.get_runtime_context().get_node_id())
     done = _load_progress()
     try:
         for i, cfg in enumerate(configs):
@@ -112,7 +116,8 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
                 previous = InitSource(done[-1]["export_dir"], done[-1]["run_id"] or "")
             # The first stage keeps its preset/user init_from ('auto' with no previous stage = base weights).
             # register=False: a sweep explores; the user registers the trial they pick.
-            result = run_stage(cfg, parent_run_id=run.run_id, previous=previous, register=False)
+            result = run_stage(cfg, parent_run_id=run.run_id, previous=previous, register=False,
+                               worker_hooks=ctx.worker_hooks)
             loss = train_loss_of(result.metrics)
             if math.isnan(loss):
                 loss = run.logged_loss(result.run_id)

@@ -202,7 +202,11 @@ class SweepConfig:
     max_concurrent_trials: int = 1
     """Trials running at once; 0 = as many of the largest trial as the cluster's GPUs hold."""
     max_failures: int = 1
-    """Retries of a failed trial before it is reported as failed."""
+    """Retries of a failed trial (an error, or its node lost) before it is reported as failed; a retry continues
+    after the trial's last finished stage, and its interrupted stage from that stage's last checkpoint."""
+    trial_resources: dict = field(default_factory=dict)
+    """Extra (custom) Ray resources each trial driver holds besides its 1 CPU, e.g. {"on_demand": 1} to keep the
+    drivers off preemptible nodes (their train workers ask for ``train.worker_resources``)."""
     storage_path: str = "runs/sweeps"
     """Folder (shared storage on a cluster) of the sweep's Tune experiment, results table and resume state."""
     name: Optional[str] = None

@@ -1,7 +1,7 @@
 """MLflow runs of a sweep: one parent run per sweep, one nested run per trial, stage runs nested under it.
 
     sweep run (tags odvla.kind=sweep, odvla.sweep=<name>; artifacts: results.md, results.png, sweep config)
-      └─ trial run (tags odvla.kind=trial, odvla.trial_id, odvla.sweep; params stages/model_size/lr;
+      └─ trial run (tags odvla.kind=trial, odvla.trial_id, odvla.sweep, odvla.trial_nodes; params stages/model_size/lr;
          metrics loss/<stage>, trial_attempt, eval/...; artifacts: config.yaml, eval/)
            └─ stage runs (created by ``run_stage``; tagged here with odvla.trial_id)
 
@@ -18,6 +18,8 @@ from odvla.platform.tracking.resilient import ResilientTracker
 from odvla.platform.tracking.store import ensure_experiment
 
 PARENT_TAG = "mlflow.parentRunId"
+NODES_TAG = "odvla.trial_nodes"
+"""Tag of a trial run: the Ray node ids its attempts ran on, comma-separated, in order."""
 
 
 class TrackingClient(ResilientTracker):
@@ -115,7 +117,10 @@ class TrialRun:
         self.trial_id = trial_id
 
     @classmethod
-    def open(cls, ctx, trial_id: str, params: dict, cfg: Config) -> "TrialRun":
+    def open(cls, ctx, trial_id: str, params: dict, cfg: Config, node_id: str | None = None) -> "TrialRun":
+        """Create the trial's run, or reopen it on a retry or resume (one run per trial, whatever happens).
+        ``node_id``: the Ray node this attempt runs on, appended to the tag ``odvla.trial_nodes`` (comma-separated,
+        one per attempt), so a trial retried after its node was lost shows where each attempt ran."""
         c = TrackingClient(ctx.tracking_uri)
         exp = c.experiment_id(ctx.experiment)
         if exp is None:
@@ -123,8 +128,10 @@ class TrialRun:
         existing = c.call("search trial run", "search_runs", [exp],
                           filter_string=f"tags.`odvla.trial_id` = '{trial_id}' and tags.`odvla.sweep` = "
                                         f"'{ctx.sweep_name}' and tags.`odvla.kind` = 'trial'") or []
+        nodes = ""
         if existing:
             rid = existing[0].info.run_id
+            nodes = existing[0].data.tags.get(NODES_TAG, "")
             c.call("reopen trial run", "update_run", rid, status="RUNNING")
             attempts = len(c.call("read attempts", "get_metric_history", rid, "trial_attempt") or [])
         else:
@@ -143,6 +150,8 @@ class TrialRun:
         self = cls(c, rid, trial_id)
         # One 'attempt' metric point per start of the trial: retries and resumes are visible in MLflow.
         c.call("log attempt", "log_metric", rid, "trial_attempt", attempts + 1, step=attempts)
+        if node_id:
+            c.call("tag trial node", "set_tag", rid, NODES_TAG, ",".join(filter(None, [nodes, node_id])))
         return self
 
     def logged_loss(self, stage_run_id: str | None) -> float:
