@@ -31,6 +31,7 @@ import torch
 from odvla.platform.config import from_dict
 from odvla.platform.train.checkpoint import EXPORT_DIR, TrainState, load_into, new_checkpoint_dir, save_shard
 from odvla.platform.train.deepspeed_config import build_ds_config, build_scheduler
+from odvla.platform.train.mixed_precision import match_norm_buffers
 from odvla.platform.train.sample_log import SampleLog
 
 LOSS_TERMS = ("lm", "det", "map", "motion")
@@ -130,6 +131,7 @@ def setup_worker(config: dict) -> Worker:
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=params, config=ds_config,
         lr_scheduler=lambda opt: build_scheduler(opt, cfg.train, total_steps))
+    match_norm_buffers(engine.module)  # bf16: DeepSpeed cast the weights, not the BatchNorm statistics
     return Worker(config=config, cfg=cfg, rank=rank, world=world, engine=engine, scheduler=scheduler,
                   total_steps=total_steps, num_params=sum(getattr(p, "ds_numel", p.numel()) for p in params),
                   num_tensors=len(trainable), state=TrainState(run_id=config.get("run_id")),

@@ -1,0 +1,56 @@
+"""bf16 DeepSpeed engines: DeepSpeed casts the parameters to bf16 and keeps the buffers in float32, so a frozen
+(eval-mode) ResNet's BatchNorm got bf16 weights with float32 running statistics and the first forward of every bf16
+run failed. After ``match_norm_buffers`` the real engine runs the visual encoder in bf16, and Qwen2's rotary
+``inv_freq`` buffer is left in float32."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from odvla.platform.config import load_config
+
+
+@pytest.fixture
+def one_rank_group():
+    """A 1-rank gloo process group for an in-process DeepSpeed engine, destroyed afterwards."""
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_bf16_engine_runs_the_frozen_backbone(one_rank_group):
+    import deepspeed
+
+    from odvla.model.vla import OpenDriveVLA
+    from odvla.platform.train.deepspeed_config import build_ds_config
+    from odvla.platform.train.mixed_precision import match_norm_buffers
+
+    cfg = load_config(model="tiny", stage="stage1", overrides=["train.bf16=true", "train.zero_stage=2"])
+    torch.manual_seed(0)
+    model = OpenDriveVLA(cfg.model)
+    model.set_trainable(cfg.stage.trainable)  # stage 1: the visual encoder is frozen, in eval mode
+    params = [p for p in model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=params,
+                                      config=build_ds_config(cfg.train, 1, 1))
+    backbone = engine.module.vision.backbone
+    assert not backbone.training
+    bn = backbone.stem[1]
+    assert bn.weight.dtype == torch.bfloat16 and bn.running_mean.dtype == torch.float32  # DeepSpeed's cast
+    images = torch.rand(6, 3, cfg.model.vision.image_height, cfg.model.vision.image_width, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="BFloat16|Float"):
+        backbone(images)  # what every bf16 run hit before
+
+    n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in engine.module.modules())
+    assert match_norm_buffers(engine.module) == 2 * n_bn > 0
+    assert bn.running_var.dtype == torch.bfloat16
+    with torch.no_grad():
+        feats = backbone(images)
+    assert all(f.dtype == torch.bfloat16 and torch.isfinite(f.float()).all() for f in feats)
+    inv_freq = [b for n, b in engine.module.named_buffers() if n.endswith("inv_freq")]
+    assert inv_freq and all(b.dtype == torch.float32 for b in inv_freq)  # not rounded to 16 bits
+    assert match_norm_buffers(engine.module) == 0  # idempotent
