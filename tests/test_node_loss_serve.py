@@ -9,13 +9,13 @@ request fails. Prints the figure: requests failed / sent, time to recover.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
 import pytest
 
 from cluster_helpers import TRAIN_NODE, add_train_node, kill_node, multinode_cluster
+from odvla.serve.fault_bench import Load, planner_nodes as _planner_nodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,50 +24,6 @@ APP = "odvla-node-loss"
 CLIENTS = 3
 AFTER_RECOVERY = 12
 """Requests that must all succeed once the replacement replica is up."""
-
-
-class Load:
-    """``CLIENTS`` threads posting the same /v1/plan body in a loop; every outcome is recorded as
-    (sent monotonic s, done monotonic s, status or exception name, Retry-After, message)."""
-
-    def __init__(self, body: dict, clients: int = CLIENTS):
-        self.body, self.results, self.stop = body, [], threading.Event()
-        self._lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(clients)]
-        for t in self.threads:
-            t.start()
-
-    def _loop(self):
-        with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=90) as client:
-            while not self.stop.is_set():
-                t0 = time.monotonic()
-                try:
-                    r = client.post("/v1/plan", json=self.body)
-                    rec = (t0, time.monotonic(), r.status_code, r.headers.get("retry-after"),
-                           r.text[:300] if r.status_code != 200 else "")
-                except httpx.HTTPError as e:  # a hang ends here as a ReadTimeout
-                    rec = (t0, time.monotonic(), type(e).__name__, None, str(e)[:300])
-                with self._lock:
-                    self.results.append(rec)
-
-    def count(self, since: float = 0.0, status=200) -> int:
-        with self._lock:
-            return sum(1 for r in self.results if r[0] >= since and r[2] == status)
-
-    def finish(self) -> list:
-        self.stop.set()
-        for t in self.threads:
-            t.join(120)
-        assert not any(t.is_alive() for t in self.threads), "a client request never returned"
-        return list(self.results)
-
-
-def _planner_nodes() -> dict[str, str]:
-    """node id -> name of the live Planner replica actor on it (the GCS actor table: no dashboard here)."""
-    import ray
-
-    return {a["Address"]["NodeID"]: a["Name"] for a in ray._private.state.actors().values()
-            if a["State"] == "ALIVE" and a["ActorClassName"].endswith(":Planner")}
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -108,7 +64,7 @@ def test_serving_survives_a_lost_node(tmp_path):
             placed = _wait(lambda: len(_planner_nodes()) == 2 and _planner_nodes(), 60, "two Planner replicas")
             assert set(placed) == {n.node_id for n in nodes}, f"replicas not one per worker node: {placed}"
 
-            load = Load(body)
+            load = Load(f"http://127.0.0.1:{PORT}", body, clients=CLIENTS)
             _wait(lambda: load.count() >= 2 * CLIENTS, 180, "the first answers under load")
             victim = nodes[0]
             killed_at = kill_node(cluster, victim)

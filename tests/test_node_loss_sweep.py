@@ -11,8 +11,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from rich.console import Console
 
 from cluster_helpers import add_train_node, kill_node, multinode_cluster, node_by_id
+from odvla.platform.bench.bench_faults import FaultFigure, fault_table, table_rows
 from odvla.platform.config import load_config
 from train_helpers import Background, PauseEachRunAfterFirstCheckpoint, committed_checkpoints, wait_for
 
@@ -90,6 +92,11 @@ def test_sweep_trial_on_a_lost_node_is_retried_and_the_sweep_finishes(shards_dir
     assert repeated_steps(log_dir) == 0
     recover_s = history[EVERY + 1] / 1000.0 - killed_wall
     assert recover_s > 0
-    print(f"\n[fault figure] sweep trial node loss, replacement after 5 s: first step of the retried trial "
-          f"{recover_s:.1f} s after the kill, steps repeated {repeated_steps(log_dir)}, trial retries 1, "
-          f"sweep finished {finished_after:.0f} s after the kill", flush=True)
+    # the figure, as `odvla bench faults` prints it
+    figure = FaultFigure("sweep trial node loss", recover_s, repeated_steps(log_dir),
+                         note=f"replacement after 5 s, trial retries 1, sweep finished {finished_after:.0f} s "
+                              "after the kill")
+    (row,) = table_rows([figure])
+    assert row[:4] == ("sweep trial node loss", f"{recover_s:.1f}", "0", "-")
+    print(f"\n[fault figure] {' | '.join(row)}", flush=True)
+    Console(width=160).print(fault_table([figure]))
