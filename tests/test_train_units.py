@@ -2,6 +2,8 @@
 planning, the consolidated export (real tiny OpenDriveVLA), and export references through a real MLflow store."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -104,6 +106,8 @@ def test_export_roundtrip_real_model(tiny_export):
     a, b = model.state_dict(), loaded.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    # load_export builds without the LLM's random init (model_for_weights): the output embedding is still tied
+    assert loaded.llm.lm_head.weight.data_ptr() == loaded.llm.get_input_embeddings().weight.data_ptr()
     # a fresh model differs until the export's weights are loaded into it
     from odvla.model.vla import OpenDriveVLA
 
@@ -113,6 +117,22 @@ def test_export_roundtrip_real_model(tiny_export):
     assert not torch.equal(other.state_dict()[name], a[name])
     load_weights(other, out)
     assert torch.equal(other.state_dict()[name], a[name])
+
+
+def test_uninitialised_model_refuses_an_export_missing_a_weight(tiny_export, tmp_path):
+    """Without a random init, a weight the export lacks would be uninitialised memory: load_weights names it."""
+    from safetensors.torch import load_file, save_file
+
+    from odvla.platform.export import WEIGHTS, load_weights, model_for_weights
+
+    _, cfg, out = tiny_export
+    state = load_file(str(out / WEIGHTS))
+    gone = next(k for k in state if k.startswith("llm.model.layers.0."))
+    del state[gone]
+    (tmp_path / "partial").mkdir()
+    save_file(state, str(tmp_path / "partial" / WEIGHTS))
+    with pytest.raises(ValueError, match=re.escape(gone)):
+        load_weights(model_for_weights(cfg.model), tmp_path / "partial")
 
 
 def test_bad_export_reference_names_the_path(tmp_path):

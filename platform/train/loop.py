@@ -227,6 +227,19 @@ def finish_step(w: Worker, loss: torch.Tensor, out: dict, window: StepWindow) ->
         w.tracker.log_metrics({**w.last, "epoch": state.epoch}, step=state.global_step)
 
 
+def peak_rss_gb(w: Worker) -> float:
+    """Largest peak resident memory of any rank's process so far, in GB (10^9 bytes; Linux ``ru_maxrss`` is KiB).
+    A collective: every rank calls it."""
+    import resource
+
+    mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    if w.world == 1:
+        return mine
+    peaks = [None] * w.world
+    torch.distributed.all_gather_object(peaks, mine)
+    return max(peaks)
+
+
 def report_checkpoint(w: Worker, final: bool = False) -> None:
     """Every rank saves its DeepSpeed shard (collective) and reports it with the metrics; the final checkpoint
     also holds the consolidated export (rank 0). Rank 0 writes the sample log of the steps since the last one."""
@@ -245,8 +258,11 @@ def report_checkpoint(w: Worker, final: bool = False) -> None:
     if w.sample_log is not None:
         w.sample_log.flush()
     s, t = w.state, w.tracker
-    metrics = {**w.last, "global_step": s.global_step, "epoch": s.epoch, "samples_seen": s.samples_seen,
-               "tokens_seen": s.tokens_seen, "restarts": s.restarts, "final": final,
+    rss = peak_rss_gb(w)
+    if w.rank == 0:
+        w.tracker.log_metrics({"peak_rss_gb": rss}, step=s.global_step)
+    metrics = {**w.last, "peak_rss_gb": rss, "global_step": s.global_step, "epoch": s.epoch,
+               "samples_seen": s.samples_seen, "tokens_seen": s.tokens_seen, "restarts": s.restarts, "final": final,
                "tracking_dropped": t.dropped if t else 0, "tracking_failures": t.failures if t else 0,
                "tracking_lost": bool(t and t.lost)}
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)),

@@ -94,12 +94,13 @@ def build_model(model_cfg: ModelConfig, ds_config: dict, init_from: Optional[str
     folder whose weights replace the initial ones. ZeRO-3: the LLM partitioned across the ranks from its first
     parameter (see the module docstring)."""
     from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.export import load_weights
+    from odvla.platform.export import load_weights, model_for_weights
 
     if int(ds_config.get("zero_optimization", {}).get("stage", 0)) != 3:
-        model = OpenDriveVLA(model_cfg)
-        if init_from:
-            load_weights(model, init_from)
+        if not init_from:
+            return OpenDriveVLA(model_cfg)
+        model = model_for_weights(model_cfg)  # the export replaces every weight: no random init to pay for
+        load_weights(model, init_from)
         return model
 
     check_zero3(ds_config)
