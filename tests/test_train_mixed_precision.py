@@ -54,3 +54,25 @@ def test_bf16_engine_runs_the_frozen_backbone(one_rank_group):
     inv_freq = [b for n, b in engine.module.named_buffers() if n.endswith("inv_freq")]
     assert inv_freq and all(b.dtype == torch.float32 for b in inv_freq)  # not rounded to 16 bits
     assert match_norm_buffers(engine.module) == 0  # idempotent
+
+
+def test_bf16_engine_llm_is_built_in_bf16(tmp_path):
+    """With ``train.bf16`` the LLM is built in bf16 (from an export too): it never exists in float32 on a rank."""
+    from odvla.platform.export import save_export
+    from odvla.platform.train.deepspeed_config import build_ds_config
+    from odvla.platform.train.partitioned_init import build_model
+
+    cfg = load_config(model="tiny", overrides=["train.bf16=true", "train.zero_stage=2"])
+    ds = build_ds_config(cfg.train, 1, 1)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ds)
+    assert {p.dtype for p in model.llm.parameters()} == {torch.bfloat16}
+    assert next(model.vision.parameters()).dtype == torch.float32  # DeepSpeed casts the rest
+    assert torch.get_default_dtype() == torch.float32  # restored after the build
+    out = save_export(model, cfg, tmp_path / "export")
+    again = build_model(cfg.model, ds, init_from=out)
+    assert {p.dtype for p in again.llm.parameters()} == {torch.bfloat16}
+    a, b = model.llm.state_dict(), again.llm.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fp32 = build_model(cfg.model, build_ds_config(load_config(model="tiny").train, 1, 1))
+    assert {p.dtype for p in fp32.llm.parameters()} == {torch.float32}

@@ -88,18 +88,28 @@ def _llm_context(ds_config: dict, random_init: bool):
     return ctx
 
 
+def engine_dtype(ds_config: dict) -> Optional[torch.dtype]:
+    """The 16-bit dtype a DeepSpeed engine built from ``ds_config`` casts the parameters to; None for float32."""
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return None
+
+
 def build_model(model_cfg: ModelConfig, ds_config: dict, init_from: Optional[str | os.PathLike] = None):
     """The stage's model (``model_cfg``: ``model``) for a DeepSpeed engine built from ``ds_config``
     (``build_ds_config``, whose ``zero_optimization.stage`` is ``train.zero_stage``); ``init_from``: an export
     folder whose weights replace the initial ones. ZeRO-3: the LLM partitioned across the ranks from its first
     parameter (see the module docstring)."""
     from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.export import load_weights, model_for_weights
+    from odvla.platform.export import default_dtype, load_weights, model_for_weights
 
     if int(ds_config.get("zero_optimization", {}).get("stage", 0)) != 3:
+        dtype = engine_dtype(ds_config)  # the engine casts to it anyway: the LLM is built in it (half the memory)
         if not init_from:
-            return OpenDriveVLA(model_cfg)
-        model = model_for_weights(model_cfg)  # the export replaces every weight: no random init to pay for
+            return OpenDriveVLA(model_cfg, llm_context=(lambda: default_dtype(dtype)) if dtype else None)
+        model = model_for_weights(model_cfg, llm_dtype=dtype)  # the export replaces every weight: no random init
         load_weights(model, init_from)
         return model
 
