@@ -1,7 +1,8 @@
 """`odvla demo` end to end, as `make demo` runs it: synthetic nuScenes -> shards -> instruction data -> the four
-stages on `tiny` (Ray Train + DeepSpeed on the CPU) -> evaluation. The trained planner must beat the
-constant-velocity baseline clearly on the synthetic val split (UniAD L2 averaged over 1/2/3 s), every answer must
-parse, and the printed table and MLflow location must be there."""
+stages on `tiny` (Ray Train + DeepSpeed on the CPU; stage3 on scene clips) -> evaluation scene by scene with
+temporal state. The trained planner must beat the constant-velocity baseline clearly on the synthetic val split
+(UniAD L2 averaged over 1/2/3 s), every answer must parse, the printed table and MLflow location must be there, and
+the tracking figures with and without temporal state must be printed and sane."""
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ def test_demo_planner_beats_constant_velocity(ray_session, mlflow_sqlite, tmp_pa
     from mlflow.tracking import MlflowClient
 
     from odvla.platform.config import stage_names
-    from odvla.platform.demo import demo_steps, run_demo
+    from odvla.platform.demo import DEMO_CLIP_LEN, STATELESS, demo_steps, run_demo
 
     res = run_demo(tmp_path / "demo", overrides=[
         f"tracking.tracking_uri={mlflow_sqlite}", "tracking.experiment=test-demo",
@@ -40,3 +41,19 @@ def test_demo_planner_beats_constant_velocity(ray_session, mlflow_sqlite, tmp_pa
     assert re.search(r"stage3: step \d+/400 ", printed)  # progress lines read from the stage's MLflow run
     run = MlflowClient(mlflow_sqlite).get_run(res.pipeline.results[-1].run_id)
     assert run.data.metrics["eval/uniad/L2_avg"] == pytest.approx(model)
+
+    # the tracker: stage3 trained on clips of 2 keyframes, evaluated scene by scene carrying SceneState; the same
+    # export's tracks without state beside it
+    assert run.data.params["data.clip_len"] == str(DEMO_CLIP_LEN) and m["predict/temporal"] == 1.0
+    st = res.stateless_tracking
+    for key in ("id_switches", "velocity_error", "recall", "matched", "tracks", "gt_agents"):
+        assert f"tracking/{key}" in m and f"{STATELESS}{key}" in st, key
+    agents = m["tracking/gt_agents"]
+    assert agents == st[f"{STATELESS}gt_agents"] > 0
+    for figs, p in ((m, "tracking/"), (st, STATELESS)):
+        assert 0.0 <= figs[f"{p}recall"] <= 1.0 and figs[f"{p}matched"] <= agents
+        assert figs[f"{p}id_switches"] <= figs[f"{p}matched"]
+        assert figs[f"{p}matched"] == 0 or 0.0 <= figs[f"{p}velocity_error"] < 10.0  # m/s
+    assert m["tracking/tracks"] > 0 and st[f"{STATELESS}tracks"] > 0  # the trained tracker gives birth to tracks
+    assert m["tracking/id_switches"] <= st[f"{STATELESS}id_switches"]  # carried state keeps identities
+    assert "## Tracking" in printed and "## Tracker without / with temporal state" in printed
