@@ -134,6 +134,11 @@ def build_model(model_cfg: ModelConfig, ds_config: dict, init_from: Optional[str
     except (RuntimeError, ValueError, AssertionError) as e:
         raise Zero3ConfigError(f"train.zero_stage=3: could not build model preset {model_cfg.preset!r} partitioned "
                                f"(model.llm.path={model_cfg.llm.path!r}): {e}") from e
+    dtype = engine_dtype(ds_config)
+    if dtype is not None:  # DeepSpeed casts no parameter of a ZeRO-3-initialised model: the parts built whole
+        for p in model.parameters():  # (vision, projectors) join the partitioned LLM's 16-bit dtype here
+            if not hasattr(p, "ds_id") and p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
     if init_from:
         load_weights_partitioned(model, init_from)
     return model
