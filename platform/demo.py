@@ -133,7 +133,8 @@ def _run_demo(stream, out: Path, overrides: list, stages: Optional[list], scenes
                            keyframes=keyframes or cfg.data.synth_keyframes, seed=cfg.data.synth_seed,
                            image_wh=(cfg.data.synth_image_width, cfg.data.synth_image_height))
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)  # its own local instance, even beside a `ray start` cluster
     _say(console, f"[bold]2/5 prepare shards[/bold] -> {out / 'shards'}")
     manifest = prepare(root, cfg.data.version, out / "shards", rows_per_shard=cfg.data.rows_per_shard)
     cfg.data.shards = str(out / "shards")
