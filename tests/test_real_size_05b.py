@@ -4,7 +4,7 @@ DeepSpeed engine, gradient checkpointing. Only the visual encoder is made small 
 coarse BEV) so two workers fit on 2 cores and 24 GB.
 
 stage1 -> stage2 -> stage2_5 run one optimiser step each with ZeRO-2, each from the previous stage's export; stage3
-runs two steps with ZeRO-3 and loses its rank-1 worker after the step-1 checkpoint, resumes from it, and exports
+runs two steps with ZeRO-3 and loses its rank-0 worker process after the step-1 checkpoint, resumes from it, and exports
 bf16 safetensors, which Ray Serve loads and answers one /v1/plan with a parsed six-waypoint trajectory.
 
 Each finished stage's DeepSpeed shards are deleted once the next stage has its export, as a disk-limited user would
