@@ -60,6 +60,13 @@ def _drop_shards(run_dir: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_05b_every_stage_zero2_zero3_resume_export_and_serve(ray_session, shards_dir, mlflow_sqlite, tmp_path):
+    try:
+        _every_stage(tmp_path, shards_dir, mlflow_sqlite)
+    finally:  # about 20 GB of checkpoints and exports: not left for the rest of the suite
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+def _every_stage(tmp_path, shards_dir, mlflow_sqlite) -> None:
     from mlflow.tracking import MlflowClient
     from safetensors import safe_open
 
