@@ -7,7 +7,7 @@ Everything runs locally: a Ray instance on this machine, the local MLflow store 
 without gradients hands its BEV and tracked agent queries on) and the evaluation runs each val scene in keyframe
 order carrying ``SceneState``. Prints the metrics table (model beside the constant-velocity and ego-MLP baselines),
 the tracker's figures without and with temporal state, and where the MLflow runs are. ``demo_stage_overrides``
-gives the demo's training settings, chosen by measurement on 2 CPU cores so the whole pipeline takes about 11
+gives the demo's training settings, chosen by measurement on 2 CPU cores so the whole pipeline takes about 12
 minutes on an idle 2-core machine (stage 3: 400 steps of 4 samples with 2 CPUs per worker; the planner's val L2
 must come out clearly below constant velocity's, which ``tests/test_demo.py`` checks).
 """
