@@ -77,17 +77,14 @@ def _wait(predicate, timeout: float, what: str):
     return value
 
 
-def serve_node_loss(args, tmp: Path):
-    """The ``serve`` fault of ``odvla bench faults``; returns a ``FaultFigure``."""
-    import httpx
-    from ray import serve
-
+def serve_fault_setup(tmp: Path):
+    """-> (export folder, /v1/plan body, root config) of the serve node-loss fault: a random ``tiny`` export under
+    ``tmp``, a body of 90 x 160 JPEGs asking for at most 60 new tokens, and two ``Planner`` replicas of 0 CPU that
+    each hold one ``TRAIN_NODE`` resource (so one per worker node), small batches and 1 s health checks."""
     from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.bench.bench_faults import FaultFigure
-    from odvla.platform.bench.fault_injection import TRAIN_NODE, add_train_node, kill_node, local_multinode_cluster
+    from odvla.platform.bench.fault_injection import TRAIN_NODE
     from odvla.platform.config import load_config
     from odvla.platform.export import save_export
-    from odvla.serve.app import AppArgs, build_app_from_config
     from odvla.serve.bench import synthetic_request
 
     export = save_export(OpenDriveVLA(load_config(model="tiny").model), load_config(model="tiny"),
@@ -98,6 +95,19 @@ def serve_node_loss(args, tmp: Path):
         "serve.num_replicas=2", "serve.num_cpus=0", f"serve.replica_resources.{TRAIN_NODE}=1",
         "serve.max_batch_size=4", "serve.max_ongoing_requests=4", "serve.batch_wait_timeout_s=0.01",
         "serve.request_timeout_s=60", "serve.health_check_period_s=1"])
+    return export, body, cfg
+
+
+def serve_node_loss(args, tmp: Path):
+    """The ``serve`` fault of ``odvla bench faults``; returns a ``FaultFigure``."""
+    import httpx
+    from ray import serve
+
+    from odvla.platform.bench.bench_faults import FaultFigure
+    from odvla.platform.bench.fault_injection import add_train_node, kill_node, local_multinode_cluster
+    from odvla.serve.app import AppArgs, build_app_from_config
+
+    export, body, cfg = serve_fault_setup(tmp)
     url = f"http://127.0.0.1:{PORT}"
     with local_multinode_cluster(workers=2, head_cpus=2, worker_cpus=0) as (cluster, nodes):
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": PORT})

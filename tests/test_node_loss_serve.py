@@ -14,8 +14,8 @@ import time
 import httpx
 import pytest
 
-from cluster_helpers import TRAIN_NODE, add_train_node, kill_node, multinode_cluster
-from odvla.serve.fault_bench import Load, planner_nodes as _planner_nodes
+from cluster_helpers import add_train_node, kill_node, multinode_cluster
+from odvla.serve.fault_bench import Load, planner_nodes as _planner_nodes, serve_fault_setup
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,20 +37,9 @@ def _wait(predicate, timeout: float, what: str):
 def test_serving_survives_a_lost_node(tmp_path):
     from ray import serve
 
-    from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.config import load_config
-    from odvla.platform.export import save_export
     from odvla.serve.app import AppArgs, build_app_from_config
-    from odvla.serve.bench import synthetic_request
 
-    export = save_export(OpenDriveVLA(load_config(model="tiny").model), load_config(model="tiny"),
-                         tmp_path / "export")
-    body = synthetic_request(image_hw=(90, 160))
-    body["max_new_tokens"] = 60
-    cfg = load_config(overrides=[
-        "serve.num_replicas=2", "serve.num_cpus=0", f"serve.replica_resources.{TRAIN_NODE}=1",
-        "serve.max_batch_size=4", "serve.max_ongoing_requests=4", "serve.batch_wait_timeout_s=0.01",
-        "serve.request_timeout_s=60", "serve.health_check_period_s=1"])
+    export, body, cfg = serve_fault_setup(tmp_path)  # the bench's setup: one Planner replica per worker node
     # worker nodes without CPUs: only the Planner replicas (0 CPU + one odvla_train_node each) land there; the
     # ingress (0.25 CPU), the controller and the proxy stay on the head, which this test does not kill
     with multinode_cluster(workers=2, head_cpus=2, worker_cpus=0) as (cluster, nodes):

@@ -37,6 +37,7 @@ def _steps_of(run_dir) -> list[int]:
 def test_preemption_notice_checkpoints_before_the_node_goes(shards_dir, tmp_path):
     import ray
     from ray.core.generated import autoscaler_pb2
+    from ray.train.v2._internal.constants import DEFAULT_PREEMPTION_POLL_INTERVAL_S
 
     from odvla.platform.train import run_stage
     from odvla.platform.train.sample_log import LOG_DIR, read_sample_log, repeated_steps
@@ -57,7 +58,9 @@ def test_preemption_notice_checkpoints_before_the_node_goes(shards_dir, tmp_path
         accepted, why = gcs.drain_node(node_id, autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
                                        "spot instance reclaim (test)", int((noticed_at + 60) * 1000))
         assert accepted, why
-        time.sleep(3)  # Ray Train's preemption watcher polls the drains
+        # Ray Train's preemption watcher polls the drains every DEFAULT_PREEMPTION_POLL_INTERVAL_S (5 s) and hands
+        # what it saw to the workers: step 3 may only start once a poll has certainly come (3 s raced with it)
+        time.sleep(2 * DEFAULT_PREEMPTION_POLL_INTERVAL_S)
         (hook / "go").write_text("")
         wait_for(lambda: EVERY + 1 in _steps_of(storage / "preempted"), 120,
                  "the just-in-time checkpoint of step 3", bg)

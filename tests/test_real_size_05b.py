@@ -31,7 +31,7 @@ SMALL_VISION = [
     "model.vision.decoder_heads=4"]
 """The visual encoder at toy size; the LLM keeps every dimension of the preset."""
 
-PORT = 8131
+PORT = 8133
 
 
 def _cfg(stage: str, zero: int, steps: int, every: int, init, shards_dir, tmp_path, uri):
