@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from odvla.platform.bench.fault_injection import PauseAfterFirstCheckpoint  # noqa: F401 - the tests' worker hook
+from odvla.platform.bench.fault_injection import PauseAfterFirstCheckpoint  # the tests' worker hook (and the base of the one below)
 
 
 class Background:
@@ -58,33 +58,15 @@ def committed_checkpoints(run_dir: Path) -> list[dict]:
         return []
 
 
-class PauseEachRunAfterFirstCheckpoint:
+class PauseEachRunAfterFirstCheckpoint(PauseAfterFirstCheckpoint):
     """Worker hook for several runs at once (a sweep's trials): rank 0 of each Ray Train run writes
     ``<run name>.ckpt`` ("<step> <node id>") after its first checkpoint and, on attempt 0, waits (at most ``wait_s``)
     for a ``go`` file in ``folder``."""
 
-    def __init__(self, folder: Path | str, wait_s: float = 180.0):
-        self.folder = str(folder)
-        self.wait_s = wait_s
-        self._fired = False
-
-    def after_checkpoint(self, step: int, attempt: int, rank: int) -> None:
-        import ray
+    def marker(self, step: int, attempt: int, node: str) -> tuple[str, str]:
         import ray.train
 
-        if rank != 0 or self._fired:
-            return
-        self._fired = True
-        d = Path(self.folder)
-        d.mkdir(parents=True, exist_ok=True)
-        name = ray.train.get_context().get_experiment_name()
-        tmp = d / f".{name}.ckpt"
-        tmp.write_text(f"{step} {ray.get_runtime_context().get_node_id()}\n")
-        tmp.rename(d / f"{name}.ckpt")
-        if attempt == 0:
-            deadline = time.monotonic() + self.wait_s
-            while not (d / "go").exists() and time.monotonic() < deadline:
-                time.sleep(0.1)
+        return f"{ray.train.get_context().get_experiment_name()}.ckpt", f"{step} {node}\n"
 
 
 def _ship_by_value() -> None:

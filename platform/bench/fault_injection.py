@@ -78,6 +78,10 @@ class PauseAfterFirstCheckpoint:
         self.wait_s = wait_s
         self._fired = False
 
+    def marker(self, step: int, attempt: int, node: str) -> tuple[str, str]:
+        """(file name, text) that rank 0 writes after the first checkpoint of an attempt."""
+        return f"rank0-{attempt}.pid", f"{os.getpid()} {step} {node}\n"
+
     def after_checkpoint(self, step: int, attempt: int, rank: int) -> None:
         if rank != 0 or self._fired:
             return
@@ -89,11 +93,12 @@ class PauseAfterFirstCheckpoint:
             node = ray.get_runtime_context().get_node_id()
         except Exception:  # noqa: BLE001 - the node id is informative only
             pass
+        name, text = self.marker(step, attempt, node)
         d = Path(self.folder)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f".rank0-{attempt}.pid"
-        tmp.write_text(f"{os.getpid()} {step} {node}\n")
-        tmp.rename(d / f"rank0-{attempt}.pid")
+        tmp = d / f".{name}"
+        tmp.write_text(text)
+        tmp.rename(d / name)
         if attempt == 0:
             deadline = time.monotonic() + self.wait_s
             while not (d / "go").exists() and time.monotonic() < deadline:
