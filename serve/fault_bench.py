@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 CLIENTS = 3
@@ -98,18 +99,32 @@ def serve_fault_setup(tmp: Path):
     return export, body, cfg
 
 
-def serve_node_loss(args, tmp: Path):
-    """The ``serve`` fault of ``odvla bench faults``; returns a ``FaultFigure``."""
+@dataclass
+class ServeNodeLossRun:
+    """What one serve node loss left: every request's outcome (``Load`` records), the monotonic times of the kill
+    and of the replacement replica running, the Planner placement before the kill (node id -> replica), and the
+    worker nodes' ids."""
+    results: list
+    killed_at: float
+    recovered_at: float
+    placed: dict
+    worker_nodes: list
+
+
+def run_serve_node_loss(tmp: Path, cluster_context, replace_after: float = 5.0) -> ServeNodeLossRun:
+    """Serve the fault's app (``serve_fault_setup``) on the cluster ``cluster_context`` yields as (cluster, worker
+    nodes) (a head plus two CPU-less worker nodes: only the Planner replicas land there), put ``CLIENTS`` clients on
+    it, kill the node of one replica, add a replacement node ``replace_after`` s later, and wait for its replica and
+    ``AFTER_RECOVERY`` answers after it."""
     import httpx
     from ray import serve
 
-    from odvla.platform.bench.bench_faults import FaultFigure
-    from odvla.platform.bench.fault_injection import add_train_node, kill_node, local_multinode_cluster
+    from odvla.platform.bench.fault_injection import add_train_node, kill_node
     from odvla.serve.app import AppArgs, build_app_from_config
 
     export, body, cfg = serve_fault_setup(tmp)
     url = f"http://127.0.0.1:{PORT}"
-    with local_multinode_cluster(workers=2, head_cpus=2, worker_cpus=0) as (cluster, nodes):
+    with cluster_context as (cluster, nodes):
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": PORT})
         load = None
         try:
@@ -117,13 +132,13 @@ def serve_node_loss(args, tmp: Path):
                       route_prefix="/")
             with httpx.Client(base_url=url, timeout=60) as c:
                 _wait(lambda: c.get("/readyz").status_code == 200, 180, "the planner app to be ready")
-            _wait(lambda: len(planner_nodes()) == 2, 60, "two Planner replicas")
+            placed = _wait(lambda: len(planner_nodes()) == 2 and planner_nodes(), 60, "two Planner replicas")
             load = Load(url, body)
             _wait(lambda: load.count() >= 2 * CLIENTS, 180, "the first answers under load")
-            victim = next(n for n in nodes if n.node_id in planner_nodes())
+            victim = next(n for n in nodes if n.node_id in placed)
             killed_at = kill_node(cluster, victim)
-            time.sleep(args.replace_after)
-            add_train_node(cluster, cpus=0)
+            time.sleep(replace_after)
+            add_train_node(cluster, cpus=0)  # the replacement node (a new spot instance joining)
 
             def replaced():
                 dep = serve.status().applications[APP].deployments["Planner"]
@@ -132,14 +147,26 @@ def serve_node_loss(args, tmp: Path):
                         and victim.node_id not in live and time.monotonic())
 
             recovered_at = _wait(replaced, 240, "Serve to run a replacement replica on the new node")
-            _wait(lambda: load.count(since=recovered_at) >= AFTER_RECOVERY, 240, "answers after the replacement")
+            _wait(lambda: load.count(since=recovered_at) >= AFTER_RECOVERY, 240,
+                  f"{AFTER_RECOVERY} answers after the replacement replica is up")
             results = load.finish()
         finally:
             if load is not None:
                 load.stop.set()
             serve.shutdown()
+    return ServeNodeLossRun(results, killed_at, recovered_at, placed, [n.node_id for n in nodes])
+
+
+def serve_node_loss(args, tmp: Path):
+    """The ``serve`` fault of ``odvla bench faults``; returns a ``FaultFigure``."""
+    from odvla.platform.bench.bench_faults import FaultFigure
+    from odvla.platform.bench.fault_injection import local_multinode_cluster
+
+    run = run_serve_node_loss(tmp, local_multinode_cluster(workers=2, head_cpus=2, worker_cpus=0),
+                              args.replace_after)
+    results, killed_at = run.results, run.killed_at
     failed = sum(1 for r in results if r[2] != 200)
     first_ok = min((r[1] for r in results if r[0] >= killed_at and r[2] == 200), default=float("nan"))
     return FaultFigure(f"serve node loss ({CLIENTS} clients)", first_ok - killed_at, None, failed, len(results),
                        note=f"2 replicas on 2 nodes, replacement after {args.replace_after:g} s, its replica "
-                            f"running {recovered_at - killed_at:.0f} s after the kill")
+                            f"running {run.recovered_at - killed_at:.0f} s after the kill")

@@ -9,71 +9,19 @@ request fails. Prints the figure: requests failed / sent, time to recover.
 """
 from __future__ import annotations
 
-import time
-
-import httpx
 import pytest
 
-from cluster_helpers import add_train_node, kill_node, multinode_cluster
-from odvla.serve.fault_bench import Load, planner_nodes as _planner_nodes, serve_fault_setup
+from cluster_helpers import multinode_cluster
+from odvla.serve.fault_bench import AFTER_RECOVERY, CLIENTS, run_serve_node_loss
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PORT = 8131
-APP = "odvla-node-loss"
-CLIENTS = 3
-AFTER_RECOVERY = 12
-"""Requests that must all succeed once the replacement replica is up."""
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.5)
-    return value
-
-
 def test_serving_survives_a_lost_node(tmp_path):
-    from ray import serve
-
-    from odvla.serve.app import AppArgs, build_app_from_config
-
-    export, body, cfg = serve_fault_setup(tmp_path)  # the bench's setup: one Planner replica per worker node
     # worker nodes without CPUs: only the Planner replicas (0 CPU + one odvla_train_node each) land there; the
     # ingress (0.25 CPU), the controller and the proxy stay on the head, which this test does not kill
-    with multinode_cluster(workers=2, head_cpus=2, worker_cpus=0) as (cluster, nodes):
-        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": PORT})
-        load = None
-        try:
-            serve.run(build_app_from_config(AppArgs(model=str(export)), cfg.serve, cfg.tracking), name=APP,
-                      route_prefix="/")
-            with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=60) as c:
-                _wait(lambda: c.get("/readyz").status_code == 200, 180, "the planner app to be ready")
-            placed = _wait(lambda: len(_planner_nodes()) == 2 and _planner_nodes(), 60, "two Planner replicas")
-            assert set(placed) == {n.node_id for n in nodes}, f"replicas not one per worker node: {placed}"
-
-            load = Load(f"http://127.0.0.1:{PORT}", body, clients=CLIENTS)
-            _wait(lambda: load.count() >= 2 * CLIENTS, 180, "the first answers under load")
-            victim = nodes[0]
-            killed_at = kill_node(cluster, victim)
-            time.sleep(5)
-            add_train_node(cluster, cpus=0)  # the replacement node (a new spot instance joining)
-
-            def replaced():
-                dep = serve.status().applications[APP].deployments["Planner"]
-                live = _planner_nodes()
-                return (dep.replica_states.get("RUNNING", 0) == 2 and dep.status == "HEALTHY" and len(live) == 2
-                        and victim.node_id not in live and time.monotonic())
-
-            recovered_at = _wait(replaced, 240, "Serve to run a replacement replica on the new node")
-            _wait(lambda: load.count(since=recovered_at) >= AFTER_RECOVERY, 240,
-                  f"{AFTER_RECOVERY} answers after the replacement replica is up")
-            results = load.finish()
-        finally:
-            if load is not None:
-                load.stop.set()
-            serve.shutdown()
+    run = run_serve_node_loss(tmp_path, multinode_cluster(workers=2, head_cpus=2, worker_cpus=0), replace_after=5)
+    assert set(run.placed) == set(run.worker_nodes), f"replicas not one per worker node: {run.placed}"
+    results, killed_at, recovered_at = run.results, run.killed_at, run.recovered_at
 
     statuses = [r[2] for r in results]
     assert set(statuses) <= {200, 503}, f"not 200/503 (a 5xx, or a hang ending in a client timeout): " \
