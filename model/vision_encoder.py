@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .agent_queries import AgentQueryTransformer
-from .backbone import ImageBackbone
+from .backbone import ImageBackbone, backbone_spec
 from .bev import BEVEncoder, align_prev_bev, rigid_inverse, sine_positional_encoding
 from .config import ModelConfig
 from .constants import CAMERAS, DETECTION_CLASSES, MAP_CLASSES
@@ -231,6 +231,8 @@ class VisionEncoder(nn.Module):
         samples = list(batch.get("sample_token") or [f"#{b}" for b in range(B)])
 
         param_dtype = next(self.backbone.parameters()).dtype
+        if images.dtype == torch.uint8:  # raw RGB from the data pipeline / server: the backbone's normalisation
+            images = backbone_spec(self.config.vision.backbone).normalize(images)
         if not torch.is_autocast_enabled(images.device.type):
             images = images.to(param_dtype)
         feats = self.backbone(images.flatten(0, 1))  # levels [B*6, Cf, h, w]

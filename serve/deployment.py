@@ -67,14 +67,17 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()[:12]
 
 
-def collate_items(items: list[dict], normalize) -> dict:
-    """Items of ``preprocess.scene_item`` -> the model batch (model/batch.py) for inference (no ground truth)."""
+def collate_items(items: list[dict]) -> dict:
+    """Items of ``preprocess.scene_item`` -> the model batch (model/batch.py) for inference (no ground truth).
+    Images go in as uint8 ``[B, 6, 3, H, W]``, as in training: the vision encoder applies its backbone's
+    normalisation."""
     import torch
 
+    from odvla.platform.data.image_ops import to_chw
+
     b = len(items)
-    images = normalize(np.stack([it["images"] for it in items]))  # [B,6,3,H,W] float32
     batch = {
-        "images": torch.from_numpy(np.ascontiguousarray(images)),
+        "images": torch.from_numpy(to_chw(np.stack([it["images"] for it in items]))),
         "intrinsics": torch.from_numpy(np.stack([it["intrinsics"] for it in items])),
         "sensor2ego": torch.from_numpy(np.stack([it["sensor2ego"] for it in items])),
         "ego_state": torch.from_numpy(np.stack([it["ego_state"] for it in items])),
@@ -97,7 +100,6 @@ class Planner:
                  device: str = "auto", tracking_uri: Optional[str] = None):
         import torch
 
-        from odvla.platform.data.image_ops import normalize
         from odvla.platform.export import load_export
 
         if torch_threads > 0:
@@ -106,8 +108,6 @@ class Planner:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.model, self.cfg = load_export(model_ref, device=device, tracking_uri=tracking_uri)
-        backbone = self.cfg.model.vision.backbone
-        self._normalize = lambda images: normalize(images, backbone)  # the export's backbone's normalisation
         self.model.eval()
         self.sessions = SessionStore(session_idle_s)
         ctx = serve.get_replica_context()
@@ -242,7 +242,7 @@ class Planner:
         import torch
 
         t0, c0 = time.perf_counter(), time.process_time()
-        batch = collate_items(items, self._normalize)
+        batch = collate_items(items)
         batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         t1, c1 = time.perf_counter(), time.process_time()
         try:

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from odvla.model.constants import COMMANDS, PAST_STEPS
-from odvla.platform.data.image_ops import decode_resize, normalize, scale_intrinsics
+from odvla.platform.data.image_ops import decode_resize, scale_intrinsics
 from odvla.serve.schemas import SceneFields
 
 MAX_IMAGE_PIXELS = 40_000_000

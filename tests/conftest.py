@@ -33,11 +33,26 @@ INTEGRATION_FIXTURES = {"ray_session", "mlflow_server"}
 """Fixtures that start a Ray cluster or a server: a test that uses one is an integration test."""
 
 
+LAST_MODULES = ("test_real_size_05b.py",)
+"""Run after everything else: the 0.5b curriculum needs most of a 24 GB machine, so it starts on a freshly restarted
+Ray instance with no earlier test's processes around, and nothing runs after it that it could starve."""
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests that use a cluster or server fixture are integration tests, whether or not they say so."""
+    """Tests that use a cluster or server fixture are integration tests, whether or not they say so; the
+    ``LAST_MODULES`` go to the end of the run."""
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    items.sort(key=lambda item: item.path.name in LAST_MODULES)  # stable: the order is otherwise unchanged
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the item (``item.rep_call``) for the fixtures below."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +70,22 @@ def ray_session():
 @pytest.fixture(autouse=True)
 def _shared_ray_is_up(request):
     """A multi-node test stops the shared instance while it runs its own cluster; tests after it that use
-    ``ray_session`` get it back (module fixtures are restored by ``cluster_helpers.multinode_cluster`` itself)."""
+    ``ray_session`` get it back (module fixtures are restored by ``cluster_helpers.multinode_cluster`` itself).
+
+    After a test that failed (or hit its timeout) the shared instance is shut down: a training run it left going
+    in a background thread, with its workers, data tasks and memory, would otherwise starve every later test. The
+    next test that needs Ray starts a fresh one."""
     if "ray_session" in request.fixturenames:
         from local_ray import ensure_local_ray
 
         ensure_local_ray()
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 @pytest.fixture(scope="session")

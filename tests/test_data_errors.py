@@ -100,6 +100,26 @@ def test_image_ops_errors(tmp_path):
     assert e.value.path == str(bad) and "tok2" in str(e.value)
 
 
+def test_cut_off_jpeg_is_refused_not_decoded_grey(tmp_path):
+    """A JPEG cut off mid-scan (the header intact) is a CorruptImageError, from a path and from bytes alike."""
+    import io
+
+    from PIL import Image
+
+    from odvla.platform.data.image_ops import decode_resize
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 160, 3), dtype=np.uint8)).save(buf, "JPEG")
+    data = buf.getvalue()
+    assert decode_resize(data, (45, 80)).shape == (45, 80, 3)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    for src in (cut, cut.read_bytes()):
+        with pytest.raises(E.CorruptImageError, match="end-of-image") as e:
+            decode_resize(src, (45, 80), sample_token="tok3")
+        assert "tok3" in str(e.value)
+
+
 def test_pipeline_names_corrupt_image(synth_root, shards_dir, tmp_path, ray_session):
     """A JPEG that passes prepare's marker check but does not decode fails the Ray Data stage, naming it."""
     from odvla.platform.config import load_config

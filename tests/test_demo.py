@@ -16,6 +16,7 @@ CLEAR_MARGIN = 0.85
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_demo_planner_beats_constant_velocity(ray_session, mlflow_sqlite, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 

@@ -59,7 +59,15 @@ def _drop_shards(run_dir: Path) -> None:
 
 @pytest.mark.integration
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_05b_every_stage_zero2_zero3_resume_export_and_serve(ray_session, shards_dir, mlflow_sqlite, tmp_path):
+    import psutil
+
+    from local_ray import ensure_local_ray
+
+    ray_session.shutdown()  # a fresh instance: no idle worker of an earlier test holds memory (conftest runs this last)
+    ensure_local_ray()
+    print(f"[0.5b figure] memory available at the start: {psutil.virtual_memory().available / 2**30:.1f} GiB")
     try:
         _every_stage(tmp_path, shards_dir, mlflow_sqlite)
     finally:  # about 20 GB of checkpoints and exports: not left for the rest of the suite

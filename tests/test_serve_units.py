@@ -240,7 +240,7 @@ def test_request_from_shards_matches_training_inputs(shards_dir, synth_root):
     from odvla.platform.config import load_config
     from odvla.platform.data.collate import rows_from_table
     from odvla.platform.data.rows import RowSpec
-    from odvla.platform.data.image_ops import normalize
+    from odvla.platform.data.image_ops import to_chw
     from odvla.platform.data.shards import read_split
     from odvla.serve.client import request_from_shards
     from odvla.serve.preprocess import json_jpegs, scene_item
@@ -257,7 +257,7 @@ def test_request_from_shards_matches_training_inputs(shards_dir, synth_root):
                       hw)
     import numpy as np
 
-    np.testing.assert_array_equal(normalize(item["images"]), np.asarray(train_row["images"]))
+    np.testing.assert_array_equal(to_chw(item["images"]), np.asarray(train_row["images"]))
     for key in ("intrinsics", "sensor2ego", "ego_state", "past_traj", "past_mask"):
         np.testing.assert_allclose(item[key], np.asarray(train_row[key]), rtol=1e-6, atol=1e-6, err_msg=key)
     assert item["command"] == int(train_row["command"])

@@ -1,7 +1,7 @@
 """Data: samples/s of the Ray Data pipeline vs a plain single-process nuScenes-devkit loop on the same samples.
 
-Both sides build the same per-sample content: six JPEGs decoded, resized to the model input and ImageNet-normalised
-(the same ``image_ops``), scaled intrinsics, camera extrinsics, agent boxes in the ego frame and the future ego
+Both sides build the same per-sample content: six JPEGs decoded and resized to the model input, uint8 channel-first
+as the model batch carries them (the same ``image_ops``; the vision encoder normalises on its device), scaled intrinsics, camera extrinsics, agent boxes in the ego frame and the future ego
 waypoints. The Ray side reads the prepared shards (geometry precomputed by ``odvla prepare``) and decodes in
 ``map_batches`` on ``--workers`` CPU tasks, collating model batches; the devkit side walks the tables with
 ``NuScenes.get_sample_data`` / ``get_boxes`` in one process. Without ``--shards`` a synthetic dataroot is written
@@ -26,18 +26,17 @@ def add_args(p) -> None:
     p.add_argument("--keyframes", type=int, default=20)
     p.add_argument("--image-size", default="400x225", metavar="WxH", help="synthetic JPEG size")
     p.add_argument("--samples", type=int, default=0, help="limit to the first N samples (0 = all)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16, help="decode batch = iteration batch (default: 16)")
     p.add_argument("--workers", type=int, default=2, help="Ray CPUs / concurrent decode tasks")
 
 
-def _devkit_loop(dataroot: str, version: str, tokens: list[str], hw: tuple[int, int],
-                 backbone: str) -> tuple[float, float]:
+def _devkit_loop(dataroot: str, version: str, tokens: list[str], hw: tuple[int, int]) -> tuple[float, float]:
     """Seconds to load the devkit, seconds to build every sample with it."""
     from nuscenes.nuscenes import NuScenes
     from pyquaternion import Quaternion
 
     from odvla.model.constants import CAMERAS
-    from odvla.platform.data.image_ops import decode_resize, normalize, scale_intrinsics
+    from odvla.platform.data.image_ops import decode_resize, scale_intrinsics, to_chw
 
     t0 = time.perf_counter()
     nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
@@ -51,7 +50,7 @@ def _devkit_loop(dataroot: str, version: str, tokens: list[str], hw: tuple[int, 
             imgs.append(decode_resize(path, hw, sample_token=tok))
             Ks.append(scale_intrinsics(K, (sd["height"], sd["width"]), hw))
             nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        normalize(np.stack(imgs), backbone)
+        to_chw(np.stack(imgs))
         pose = nusc.get("ego_pose", nusc.get("sample_data", s["data"]["LIDAR_TOP"])["ego_pose_token"])
         q = Quaternion(pose["rotation"]).inverse
         for box in nusc.get_boxes(s["data"]["LIDAR_TOP"]):
@@ -65,6 +64,41 @@ def _devkit_loop(dataroot: str, version: str, tokens: list[str], hw: tuple[int, 
             fut.append(q.rotate(np.array(p["translation"]) - pose["translation"])[:2])
             nxt = ns["next"]
     return t1 - t0, time.perf_counter() - t1
+
+
+def _stage_costs(table, dataroot: str, spec, n: int) -> dict[str, float]:
+    """Milliseconds per sample of each step of one decode task and of the consumer, in this process, on the first
+    ``n`` samples: JPEG decode + resize (6 cameras), the rest of ``build_rows``, the Arrow block Ray Data stores,
+    block -> numpy (what the consumer gets) and ``collate`` (numpy -> torch)."""
+    import os
+
+    import pyarrow as pa
+    from ray.data.block import BlockAccessor
+
+    from odvla.platform.data.collate import collate
+    from odvla.platform.data.image_ops import decode_resize
+    from odvla.platform.data.rows import SHARD_COLUMNS, build_rows
+
+    t = table.select(SHARD_COLUMNS).slice(0, n)
+    for col in ("task", "question", "answer"):
+        t = t.append_column(col, pa.array([""] * t.num_rows, pa.string()))
+    paths = [os.path.join(dataroot, p) for ps in t.column("cam_paths").to_pylist() for p in ps]
+    clock = time.perf_counter
+    t0 = clock()
+    for p in paths:
+        decode_resize(p, spec.image_hw)
+    t1 = clock()
+    rows = build_rows(t, dataroot, spec)
+    t2 = clock()
+    block = BlockAccessor.batch_to_block(rows)
+    t3 = clock()
+    batch = BlockAccessor.for_block(block).to_numpy()
+    t4 = clock()
+    collate(batch)
+    t5 = clock()
+    ms = 1e3 / max(t.num_rows, 1)
+    return {"decode + resize (6 JPEGs)": (t1 - t0) * ms, "rest of build_rows": max(t2 - t1 - (t1 - t0), 0) * ms,
+            "rows -> Arrow block": (t3 - t2) * ms, "block -> numpy": (t4 - t3) * ms, "collate -> torch": (t5 - t4) * ms}
 
 
 def run(args) -> int:
@@ -121,7 +155,7 @@ def run(args) -> int:
     finally:
         if started:
             ray.shutdown()
-    t_load, t_dev = _devkit_loop(man["dataroot"], man["version"], tokens, hw, cfg.model.vision.backbone)
+    t_load, t_dev = _devkit_loop(man["dataroot"], man["version"], tokens, hw)
     ray_sps, dev_sps = n_ray / t_ray, len(tokens) / t_dev
     print(f"data bench: {len(tokens)} samples of '{args.split}', images -> {hw[0]}x{hw[1]}, "
           f"batch {args.batch_size}, {args.workers} Ray CPU(s)")
@@ -131,6 +165,11 @@ def run(args) -> int:
     print(f"{'devkit single-process loop':<44}{len(tokens):>8}{t_dev:>10.2f}{dev_sps:>11.1f}")
     print(f"{'  (+ NuScenes table load, not counted)':<44}{'':>8}{t_load:>10.2f}")
     print(f"ratio ray/devkit: {ray_sps / dev_sps:.2f}x end to end, {steady / dev_sps:.2f}x after the first batch")
+    from odvla.platform.data.rows import RowSpec
+
+    costs = _stage_costs(table, man["dataroot"], RowSpec.from_config(cfg.data, cfg.model.vision), args.batch_size)
+    print("where a sample's time goes (ms per sample, one process): "
+          + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
     if tmp is not None:
         tmp.cleanup()
     return 0

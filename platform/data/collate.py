@@ -15,6 +15,16 @@ from odvla.model.clip_batch import CLIP_KEY
 from odvla.platform.data.rows import RowSpec, build_rows
 
 INT_KEYS = {"command", "gt_labels", "gt_map_labels", "frame_index", "gt_instance"}
+UINT8_KEYS = {"images"}
+"""Kept as uint8 (raw RGB, ``model/batch.py``): the vision encoder normalises them on its device."""
+
+
+def _dtype(key: str, arr: np.ndarray) -> torch.dtype:
+    if key in INT_KEYS:
+        return torch.int64
+    if key in UINT8_KEYS and arr.dtype == np.uint8:
+        return torch.uint8
+    return torch.float32
 
 
 def _columns(rows) -> dict:
@@ -49,7 +59,7 @@ class Collate(NumpyBatchCollateFn):
                 arr = arr.astype(np.int64 if k in INT_KEYS else np.float32)
             if not arr.flags.writeable:
                 arr = arr.copy()
-            out[k] = torch.as_tensor(arr, dtype=torch.int64 if k in INT_KEYS else torch.float32)
+            out[k] = torch.as_tensor(arr, dtype=_dtype(k, arr))
         for k in TEXT_KEYS:
             out[k] = [[str(y) for y in x] for x in cols[k]] if clip else [str(x) for x in cols[k]]
         if clip:

@@ -1,41 +1,66 @@
-"""Image helpers shared by the data pipeline, eval and serve: decode + resize, intrinsics scaling, normalisation.
+"""Image helpers shared by the data pipeline, eval and serve: decode + resize, intrinsics scaling, channel layout.
 
-Images are RGB; ``[H, W, 3]`` uint8 after decoding, ``[3, H, W]`` float32 normalised for the network by the
-normalisation its backbone owns (``odvla.model.backbone.BackboneSpec.normalize``).
+Images are RGB; ``[H, W, 3]`` uint8 after decoding, ``[3, H, W]`` uint8 (``to_chw``) in the model's batch: the
+vision encoder applies the normalisation its backbone owns (``odvla.model.backbone.BackboneSpec.normalize``), so
+rows cross Ray's object store at one byte per pixel and channel.
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from odvla.model.backbone import backbone_spec
 from odvla.platform.data.errors import CorruptImageError, MissingImageError
+
+cv2.setNumThreads(1)  # one decode per Ray Data task / server thread: no OpenCV pool per process on top
+
+
+REDUCED_READS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2),
+                 (1, cv2.IMREAD_COLOR))
+"""OpenCV's JPEG reads at 1/8, 1/4, 1/2 and full size (libjpeg-turbo's DCT scaling: the pixels a reduced read skips
+are never decoded)."""
+
+
+def _reduction(src_wh: tuple[int, int], out_hw: tuple[int, int]) -> int:
+    """The read flag of the largest DCT reduction whose image is still at least ``out_hw`` in both dimensions."""
+    (w, h), (H, W) = src_wh, out_hw
+    return next(flag for f, flag in REDUCED_READS if f == 1 or (w // f >= W and h // f >= H))
 
 
 def decode_resize(src, out_hw: tuple[int, int], sample_token: str | None = None) -> np.ndarray:
-    """Decode a JPEG (bytes or a path) and resize it to ``out_hw`` = (H, W): uint8 ``[H, W, 3]``.
+    """Decode a JPEG (bytes or a path) and resize it to ``out_hw`` = (H, W): uint8 RGB ``[H, W, 3]``.
 
-    Uses the JPEG decoder's DCT scaling (``draft``) when shrinking a lot, then bilinear resampling. A missing file
-    raises ``MissingImageError``, an undecodable one ``CorruptImageError`` (both name the path and sample).
+    OpenCV decodes at the largest DCT reduction that keeps at least ``out_hw`` (1600 x 900 -> 800 x 450 for 704 x 384),
+    then resizes bilinearly (``INTER_LINEAR``, as mmcv's ``imresize`` in the UniAD / BEVFormer pipelines); the JPEG
+    header's size comes from Pillow without decoding. About 4x faster than Pillow's draft + resize at that size.
+    A missing file raises ``MissingImageError``, an undecodable one ``CorruptImageError`` (both name the path and
+    sample).
     """
     H, W = int(out_hw[0]), int(out_hw[1])
     where = None if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
     try:
-        f = io.BytesIO(bytes(src)) if where is None else open(Path(src), "rb")
+        data = bytes(src) if where is None else Path(src).read_bytes()
     except FileNotFoundError:
         raise MissingImageError("camera image not found", sample_token=sample_token, path=where) from None
     try:
-        with f, Image.open(f) as img:
-            img.draft("RGB", (W, H))
-            img = img.convert("RGB")
-            if img.size != (W, H):
-                img = img.resize((W, H), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
+        with Image.open(io.BytesIO(data)) as header:  # lazy: reads the header only
+            src_wh = header.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise CorruptImageError(f"cannot decode image: {e}", sample_token=sample_token, path=where) from None
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        # OpenCV would decode a cut-off JPEG with grey rows at the bottom: refuse it, as Pillow did
+        raise CorruptImageError("camera image is not a complete JPEG (no end-of-image marker)",
+                                sample_token=sample_token, path=where)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), _reduction(src_wh, (H, W)))
+    if img is None:
+        raise CorruptImageError(f"cannot decode image: OpenCV could not decode the {src_wh[0]}x{src_wh[1]} JPEG data",
+                                sample_token=sample_token, path=where)
+    if img.shape[:2] != (H, W):
+        img = cv2.resize(img, (W, H), interpolation=cv2.INTER_LINEAR)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def scale_intrinsics(K: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
@@ -48,6 +73,7 @@ def scale_intrinsics(K: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, 
     return K
 
 
-def normalize(images: np.ndarray, backbone: str = "resnet18") -> np.ndarray:
-    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]``, normalised as ``model.vision.backbone`` expects."""
-    return backbone_spec(backbone).normalize(images)
+def to_chw(images: np.ndarray) -> np.ndarray:
+    """uint8 ``[..., H, W, 3]`` -> uint8 ``[..., 3, H, W]`` (the model batch's layout), contiguous."""
+    x = np.asarray(images, dtype=np.uint8)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))

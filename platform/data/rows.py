@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from odvla.model.constants import CAMERAS, FUTURE_STEPS, PAST_STEPS
-from odvla.platform.data.image_ops import decode_resize, normalize, scale_intrinsics
+from odvla.platform.data.image_ops import decode_resize, scale_intrinsics
 
 if TYPE_CHECKING:
     from odvla.model.config import VisionConfig
@@ -45,14 +45,12 @@ class RowSpec:
     max_agents: int
     max_map_elements: int
     map_points: int
-    backbone: str = "resnet18"
-    """``model.vision.backbone``: its input normalisation is applied to the images."""
 
     @classmethod
     def from_config(cls, data: DataConfig, vision: VisionConfig) -> "RowSpec":
-        """From the ``data`` section (padding limits) and ``model.vision`` (image size, map points, backbone)."""
+        """From the ``data`` section (padding limits) and ``model.vision`` (image size, map points)."""
         return cls((int(vision.image_height), int(vision.image_width)), int(data.max_agents),
-                   int(data.max_map_elements), int(vision.map_points), vision.backbone)
+                   int(data.max_map_elements), int(vision.map_points))
 
 
 def resample_polyline(pts: np.ndarray, n: int) -> np.ndarray:
@@ -77,7 +75,7 @@ def build_rows(batch: pa.Table, dataroot: str, spec: RowSpec) -> dict[str, np.nd
     H, W = spec.image_hw
     Na, Nm, P = spec.max_agents, spec.max_map_elements, spec.map_points
     out = {
-        "images": np.zeros((B, len(CAMERAS), 3, H, W), np.float32),
+        "images": np.zeros((B, len(CAMERAS), 3, H, W), np.uint8),
         "intrinsics": np.zeros((B, len(CAMERAS), 3, 3), np.float32),
         "sensor2ego": np.zeros((B, len(CAMERAS), 4, 4), np.float32),
         "ego_state": np.zeros((B, 7), np.float32),
@@ -101,9 +99,8 @@ def build_rows(batch: pa.Table, dataroot: str, spec: RowSpec) -> dict[str, np.nd
     for i in range(B):
         tok = cols["sample_token"][i]
         src_hw = tuple(cols["image_hw"][i])
-        imgs = np.stack([decode_resize(os.path.join(dataroot, p), (H, W), sample_token=tok)
-                         for p in cols["cam_paths"][i]])
-        out["images"][i] = normalize(imgs, spec.backbone)
+        for c, p in enumerate(cols["cam_paths"][i]):  # one strided copy per camera, straight into [6, 3, H, W]
+            out["images"][i, c] = decode_resize(os.path.join(dataroot, p), (H, W), sample_token=tok).transpose(2, 0, 1)
         out["intrinsics"][i] = scale_intrinsics(_arr(cols["cam_intrinsics"][i], (-1, 3, 3)), src_hw, (H, W))
         out["sensor2ego"][i] = _arr(cols["cam_sensor2ego"][i], (-1, 4, 4))
         out["ego_state"][i] = _arr(cols["ego_state"][i], (7,))
