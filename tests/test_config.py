@@ -56,3 +56,18 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_config(model="huge")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(files=[tmp_path / "nope.yaml"])
+
+
+def test_override_into_a_mapping_sets_one_entry_and_naming_the_field_replaces_it():
+    """``--set stage.loss_weights.det=2`` changes one loss weight and keeps the others (replacing the mapping would
+    silently drop the planner's ``lm`` loss); ``--set stage.mixture={...}`` replaces the whole mixture."""
+    from odvla.platform.config import ConfigError, load_config
+
+    preset = load_config(stage="stage3").stage.loss_weights
+    cfg = load_config(stage="stage3", overrides=["stage.loss_weights.det=2.0"])
+    assert cfg.stage.loss_weights == {**preset, "det": 2.0} and preset["lm"] == 1.0
+    assert load_config(stage="stage3", overrides=["stage.mixture={qa: 1.0}"]).stage.mixture == {"qa": 1.0}
+    assert load_config(stage="stage2", overrides=["stage.mixture.qa=0.25"]).stage.mixture == \
+        {**load_config(stage="stage2").stage.mixture, "qa": 0.25}
+    with pytest.raises(ConfigError, match="stage.loss_weights.det is 0.5, not a mapping"):
+        load_config(stage="stage3", overrides=["stage.loss_weights.det.x=1"])

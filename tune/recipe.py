@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from odvla.platform.config import Config, load_config, parse_override
+from odvla.platform.config import Config, apply_override, load_config, parse_override
 from odvla.platform.config.loader import merge, read_yaml
 
 # Config fields that hold local paths (URIs such as s3://, runs:/, models:/ are left alone).
@@ -60,7 +60,7 @@ class SweepRecipe:
         for data in self.file_data:
             merge(cfg, data)
         for o in list(self.overrides) + list(self.path_overrides) + list(extra):
-            merge(cfg, parse_override(o))
+            apply_override(cfg, o)
         return cfg
 
 

@@ -1,6 +1,7 @@
 """Typed config: ``Config`` dataclass tree, presets, YAML and ``--set`` overrides."""
 from odvla.platform.config.loader import (  # noqa: F401
     ConfigError,
+    apply_override,
     dump_yaml,
     flatten,
     from_dict,

@@ -7,6 +7,7 @@ default silently.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from pathlib import Path
@@ -118,6 +119,33 @@ def parse_override(text: str) -> dict:
     return out
 
 
+def apply_override(cfg: Any, text: str) -> None:
+    """Apply one ``a.b=value`` override to ``cfg`` in place. A key that goes into a mapping-valued field sets that one
+    entry and keeps the others (``stage.loss_weights.det=2.0`` leaves ``lm``, ``map`` and ``motion`` as they were); a
+    key that names the field itself replaces the whole mapping (``stage.mixture={qa: 1.0}``)."""
+    data = parse_override(text)
+    parts = text.split("=", 1)[0].strip().split(".")
+    node, i = cfg, 0
+    while i < len(parts) - 1 and dataclasses.is_dataclass(getattr(node, parts[i], None)):
+        node, i = getattr(node, parts[i]), i + 1
+    current = getattr(node, parts[i], None) if parts[i] in {f.name for f in dataclasses.fields(node)} else None
+    if i == len(parts) - 1 or not isinstance(current, dict):
+        merge(cfg, data)  # a plain field, the whole mapping, or an unknown key (named by merge)
+        return
+    leaf: Any = data
+    for part in parts:
+        leaf = leaf[part]
+    updated = copy.deepcopy(current)
+    target = updated
+    for depth, part in enumerate(parts[i + 1:-1], start=i + 1):
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"override {text!r}: {'.'.join(parts[:depth + 1])} is {target!r}, not a mapping")
+    target[parts[-1]] = leaf
+    field = ".".join(parts[:i + 1])
+    setattr(node, parts[i], _coerce(field, typing.get_type_hints(type(node))[parts[i]], updated))
+
+
 def preset_path(kind: str, name: str) -> Path:
     """``presets/<kind>_<name>.yaml``; a stage may also be given as the path of its YAML file."""
     if kind == "stage" and name.endswith((".yaml", ".yml")):
@@ -163,7 +191,7 @@ def load_config(
     for f in files:
         merge(cfg, read_yaml(f))
     for o in overrides:
-        merge(cfg, parse_override(o))
+        apply_override(cfg, o)
     return cfg
 
 
