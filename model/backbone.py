@@ -4,8 +4,9 @@ torchvision FeaturePyramidNetwork.
 Backbones are entries of ``BACKBONES``: each ``BackboneSpec`` builds its trunk and owns the normalisation its
 weights expect (``spec.normalize``, applied by the vision encoder to the uint8 images it is given), so adding a
 backbone is one entry here. All cameras of a batch go through in one pass as ``[B*6, 3, H, W]``; the FPN returns
-three levels (strides 8, 16, 32 of the input) with ``fpn_channels`` channels each. Weights optionally come from a local file holding a torchvision
-ResNet state dict (e.g. ``resnet101-cd907fc2.pth``); the classification head (``fc.*``) is ignored.
+three levels (strides 8, 16, 32 of the input) with ``fpn_channels`` channels each. Weights optionally come from a
+local file holding a torchvision ResNet state dict (e.g. ``resnet101-cd907fc2.pth``); the classification head
+(``fc.*``) is ignored.
 """
 from __future__ import annotations
 

@@ -116,6 +116,15 @@ def mlflow_sqlite(tmp_path_factory):
     return resolve_tracking_uri(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
 
 
+@pytest.fixture
+def own_mlflow_store(tmp_path):
+    """A real MLflow store (SQLite + artifacts) under ``tmp_path / "mlflow"`` for one test that logs large exports:
+    they go with the test's ``tmp_path`` instead of piling up in the session's store."""
+    from odvla.platform.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op torch thread for a module of tiny-model tests: small tensors gain little from two, and on a busy

@@ -224,7 +224,7 @@ def test_each_backbone_builds_its_trunk_and_owns_its_normalisation():
         with torch.no_grad():
             assert [f.shape[1] for f in bb(torch.randn(1, 3, 64, 64))] == [8, 8, 8], name
         mean_u8 = np.round(np.asarray(spec.mean) * 255).astype(np.uint8)
-        x = spec.normalize(torch.from_numpy(np.ascontiguousarray(np.broadcast_to(mean_u8[:, None, None], (2, 3, 4, 5)))))
+        x = spec.normalize(torch.from_numpy(np.broadcast_to(mean_u8[:, None, None], (2, 3, 4, 5)).copy()))
         assert tuple(x.shape) == (2, 3, 4, 5) and x.dtype == torch.float32 and x.abs().max() < 0.01, name
 
 

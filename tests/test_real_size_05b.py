@@ -60,7 +60,7 @@ def _drop_shards(run_dir: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_05b_every_stage_zero2_zero3_resume_export_and_serve(ray_session, shards_dir, tmp_path):
+def test_05b_every_stage_zero2_zero3_resume_export_and_serve(ray_session, shards_dir, tmp_path, own_mlflow_store):
     import psutil
 
     from local_ray import ensure_local_ray
@@ -68,12 +68,8 @@ def test_05b_every_stage_zero2_zero3_resume_export_and_serve(ray_session, shards
     ray_session.shutdown()  # a fresh instance: no idle worker of an earlier test holds memory (conftest runs this last)
     ensure_local_ray()
     print(f"[0.5b figure] memory available at the start: {psutil.virtual_memory().available / 2**30:.1f} GiB")
-    from odvla.platform.tracking import resolve_tracking_uri
-
-    # its own MLflow store: the four ~1 GB exports it logs go with the test, not into the session's store
-    uri = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
-    try:
-        _every_stage(tmp_path, shards_dir, uri)
+    try:  # its own MLflow store (tmp_path / "mlflow"): the four ~1 GB exports it logs are removed below
+        _every_stage(tmp_path, shards_dir, own_mlflow_store)
     finally:  # about 25 GB of checkpoints, exports and logged exports: not left on the disk, failed or not
         shutil.rmtree(tmp_path / "runs", ignore_errors=True)
         shutil.rmtree(tmp_path / "mlflow", ignore_errors=True)

@@ -52,14 +52,12 @@ def test_local_parameter_counts_of_a_whole_model():
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_zero3_partitions_the_7b_width_model_and_exports_what_zero1_does(ray_session, shards_dir, tmp_path):
+def test_zero3_partitions_the_7b_width_model_and_exports_what_zero1_does(ray_session, shards_dir, tmp_path,
+                                                                           own_mlflow_store):
     from mlflow.tracking import MlflowClient
     from safetensors.torch import load_file
 
-    from odvla.platform.tracking import resolve_tracking_uri
-
-    # its own MLflow store under tmp_path: the two ~1 GB exports it logs are removed with it
-    mlflow_sqlite = resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
+    mlflow_sqlite = own_mlflow_store  # the two ~1 GB exports it logs go with tmp_path
 
     from odvla.model.vla import OpenDriveVLA
     from odvla.platform.export import WEIGHTS, save_export

@@ -1,11 +1,11 @@
 """Data: samples/s of the Ray Data pipeline vs a plain single-process nuScenes-devkit loop on the same samples.
 
-Both sides build the same per-sample content: six JPEGs decoded and resized to the model input, uint8 channel-first
-as the model batch carries them (the same ``image_ops``; the vision encoder normalises on its device), scaled intrinsics, camera extrinsics, agent boxes in the ego frame and the future ego
-waypoints. The Ray side reads the prepared shards (geometry precomputed by ``odvla prepare``) and decodes in
-``map_batches`` on ``--workers`` CPU tasks, collating model batches; the devkit side walks the tables with
-``NuScenes.get_sample_data`` / ``get_boxes`` in one process. Without ``--shards`` a synthetic dataroot is written
-and prepared first (not timed).
+Both sides build the same per-sample content: six JPEGs decoded and resized to the model input, uint8
+channel-first as the model batch carries them (the same ``image_ops``; the vision encoder normalises on its device),
+scaled intrinsics, camera extrinsics, agent boxes in the ego frame and the future ego waypoints. The Ray side reads
+the prepared shards (geometry precomputed by ``odvla prepare``) and decodes in ``map_batches`` on ``--workers`` CPU
+tasks, collating model batches; the devkit side walks the tables with ``NuScenes.get_sample_data`` / ``get_boxes``
+in one process. Without ``--shards`` a synthetic dataroot is written and prepared first (not timed).
 """
 from __future__ import annotations
 

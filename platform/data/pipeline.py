@@ -1,8 +1,9 @@
 """The Ray Data pipeline: Parquet shards -> a stream of training-ready rows for Ray Train.
 
 ``read_parquet`` streams the shard files; one ``map_batches`` stage on CPU workers decodes + resizes the six
-JPEGs of each sample (kept uint8: the vision encoder normalises them on its device), scales the intrinsics and pads agents/map elements (``rows.build_rows``),
-and expands each sample into its examples when an example table is given (images decoded once per sample).
+JPEGs of each sample (kept uint8: the vision encoder normalises them on its device), scales the intrinsics and pads
+agents/map elements (``rows.build_rows``), and expands each sample into its examples when an example table is given
+(images decoded once per sample).
 Train workers take their part with ``ray.train.get_dataset_shard(name).iter_torch_batches(collate_fn=collate)``.
 """
 from __future__ import annotations
@@ -114,7 +115,9 @@ def build_dataset(data: DataConfig, vision: VisionConfig, split: str, examples: 
     # streaming repartition into blocks of one decode batch, so the decode stage runs as many small tasks in
     # parallel (a shard file is read as one block, which one task would otherwise decode before any batch leaves)
     bs = max(int(data.decode_batch_size), 1)
-    ds = ray.data.read_parquet([str(f) for f in files], ray_remote_args={"num_cpus": 0.25}).select_columns(SHARD_COLUMNS)
+    # the read carries paths and geometry, not images: a quarter CPU, so it does not hold one of the decode slots
+    ds = ray.data.read_parquet([str(f) for f in files], ray_remote_args={"num_cpus": 0.25})
+    ds = ds.select_columns(SHARD_COLUMNS)
     ds = ds.repartition(target_num_rows_per_block=bs)
     return ds.map_batches(
         _prepare_batch, batch_format="pyarrow", batch_size=int(data.decode_batch_size),
