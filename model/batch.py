@@ -7,7 +7,9 @@ Geometry is in the nuScenes ego frame of the keyframe (x forward, y left, metres
 Tensors:
     images            uint8   [B, 6, 3, H, W]  RGB as decoded (the vision encoder applies its backbone's
                                                normalisation); a floating-point tensor is taken as already
-                                               normalised (synthetic benchmark batches)
+                                               normalised (synthetic benchmark batches); collated
+                                               batches give a view of channel-last rows [6, H, W, 3]
+                                               (non-contiguous; ``.contiguous()`` where memory order matters)
     intrinsics        float32 [B, 6, 3, 3]     pixels of the *resized* image
     sensor2ego        float32 [B, 6, 4, 4]     camera -> ego
     ego_state         float32 [B, 7]           vx, vy, ax, ay, yaw_rate, speed, steering (EGO_STATE_FIELDS)

@@ -69,15 +69,16 @@ def weights_fingerprint(model) -> str:
 
 def collate_items(items: list[dict]) -> dict:
     """Items of ``preprocess.scene_item`` -> the model batch (model/batch.py) for inference (no ground truth).
-    Images go in as uint8 ``[B, 6, 3, H, W]``, as in training: the vision encoder applies its backbone's
+    Images go in as uint8 ``[B, 6, 3, H, W]``, as in training: the items' channel-last ``[6, H, W, 3]`` stacked and
+    viewed channel-first without a copy (``collate.images_chw``), and the vision encoder applies its backbone's
     normalisation."""
     import torch
 
-    from odvla.platform.data.image_ops import to_chw
+    from odvla.platform.data.collate import images_chw
 
     b = len(items)
     batch = {
-        "images": torch.from_numpy(to_chw(np.stack([it["images"] for it in items]))),
+        "images": images_chw(np.stack([it["images"] for it in items])),
         "intrinsics": torch.from_numpy(np.stack([it["intrinsics"] for it in items])),
         "sensor2ego": torch.from_numpy(np.stack([it["sensor2ego"] for it in items])),
         "ego_state": torch.from_numpy(np.stack([it["ego_state"] for it in items])),

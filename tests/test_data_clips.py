@@ -7,7 +7,7 @@ import torch
 
 from odvla.model.clip_batch import CLIP_KEY, clip_frames
 from odvla.platform.data.clips import clip_windows, supervision
-from odvla.platform.data.collate import collate, rows_from_table
+from odvla.platform.data.collate import collate, images_chw, rows_from_table
 from odvla.platform.data.rows import RowSpec
 from odvla.platform.data.pipeline import resolve_dataroot
 from odvla.platform.data.shards import read_split
@@ -63,7 +63,8 @@ def test_clip_rows_are_consecutive_keyframes_of_one_scene(cfg, shards_dir, val_c
     for t in range(T):
         r = by_tok[frames[t]["sample_token"][i]]
         for k in ("images", "gt_boxes", "ego_state", "gt_instance", "ego2global"):
-            assert torch.allclose(frames[t][k][i].float(), torch.as_tensor(r[k]).float()), (t, k)
+            want = images_chw(r[k]) if k == "images" else torch.as_tensor(r[k])  # rows: channel-last images
+            assert torch.allclose(frames[t][k][i].float(), want.float()), (t, k)
     assert (frames[2]["gt_instance"][i][frames[2]["gt_labels"][i] >= 0] >= 0).all()
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from odvla.model.batch import TENSOR_KEYS, TEXT_KEYS
-from odvla.platform.data.collate import collate, rows_from_table
+from odvla.platform.data.collate import collate, images_chw, rows_from_table
 from odvla.platform.data.rows import RowSpec
-from odvla.platform.data.image_ops import decode_resize, scale_intrinsics, to_chw
+from odvla.platform.data.image_ops import decode_resize, scale_intrinsics
 from odvla.platform.data.rows import resample_polyline
 from odvla.platform.data.shards import read_split
 
@@ -90,6 +90,27 @@ def test_pipeline_equals_single_process_path(cfg, shards_dir, val_rows):
     assert b["images"].shape[0] == 3 and b["sample_token"] == [r["sample_token"] for r in ref]
 
 
+def test_rows_carry_channel_last_images_and_batches_view_them_channel_first(cfg, shards_dir, synth_root, val_rows):
+    """A pipeline row's images are uint8 [6, H, W, 3], as decoded; the collated batch is uint8 [B, 6, 3, H, W] (a
+    view of those rows) equal to each camera's decoded picture moved channel-first."""
+    H, W = cfg.model.vision.image_height, cfg.model.vision.image_width
+    shard = {r["sample_token"]: r for r in read_split(shards_dir, "val").to_pylist()}
+    rows = val_rows[:2]
+    for r in rows:
+        assert r["images"].shape == (6, H, W, 3) and r["images"].dtype == np.uint8
+    b = collate(rows)
+    assert tuple(b["images"].shape) == (2, 6, 3, H, W) and b["images"].dtype == torch.uint8
+    for i, r in enumerate(rows):
+        for c in (0, 5):
+            chw = decode_resize(synth_root / shard[r["sample_token"]]["cam_paths"][c], (H, W)).transpose(2, 0, 1)
+            np.testing.assert_array_equal(b["images"][i, c].numpy(), chw)
+    # a Ray Data numpy batch (one array per column) collates to a view of its memory, without a copy
+    arrays = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    b2 = collate(arrays)
+    assert b2["images"].data_ptr() == arrays["images"].ctypes.data and not b2["images"].is_contiguous()
+    assert torch.equal(b2["images"], b["images"])
+
+
 def test_padding_and_content(cfg, shards_dir, val_rows):
     shard = {r["sample_token"]: r for r in read_split(shards_dir, "val").to_pylist()}
     for r in val_rows[:5]:
@@ -152,8 +173,14 @@ def test_image_ops(synth_root, shards_dir):
     img = decode_resize(path, (64, 112))
     assert img.shape == (64, 112, 3) and img.dtype == np.uint8
     np.testing.assert_array_equal(decode_resize(path.read_bytes(), (64, 112)), img)
-    x = to_chw(np.stack([img, img]))
-    assert x.shape == (2, 3, 64, 112) and x.dtype == np.uint8 and x[0, 2, 5, 7] == img[5, 7, 2]
+    buf = np.zeros((2, 64, 112, 3), np.uint8)
+    assert np.shares_memory(decode_resize(path, (64, 112), out=buf[1]), buf)  # returns the slot it wrote
+    np.testing.assert_array_equal(buf[1], img)  # decoded straight into the slot, the other one untouched
+    assert not buf[0].any()
+    with pytest.raises(ValueError, match="out must be"):
+        decode_resize(path, (64, 112), out=np.zeros((3, 64, 112), np.uint8))  # a channel-first slot is refused
+    x = images_chw(buf)
+    assert tuple(x.shape) == (2, 3, 64, 112) and x.dtype == torch.uint8 and x[1, 2, 5, 7] == img[5, 7, 2]
     # a point projects to the same relative place in the full and the resized image
     K = np.array(row["cam_intrinsics"][:9]).reshape(3, 3)
     K2 = scale_intrinsics(K, (180, 320), (64, 112))

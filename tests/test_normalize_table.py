@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from odvla.model.backbone import BACKBONES
-from odvla.platform.data.image_ops import to_chw
+from odvla.platform.data.collate import images_chw
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,11 +25,15 @@ def test_normalize_equals_the_formula(name):
     np.testing.assert_allclose(out.numpy(), ref, rtol=1e-6, atol=1e-6)
 
 
-def test_to_chw_moves_the_channel_axis_and_keeps_uint8():
-    x = np.random.default_rng(1).integers(0, 256, (6, 5, 7, 3), dtype=np.uint8)
-    out = to_chw(x)
-    assert out.dtype == np.uint8 and out.shape == (6, 3, 5, 7) and out.flags.c_contiguous
-    assert np.array_equal(out[2, 1], x[2, :, :, 1])
+def test_images_chw_is_a_uint8_view_of_the_channel_last_rows():
+    x = np.random.default_rng(1).integers(0, 256, (2, 6, 5, 7, 3), dtype=np.uint8)
+    out = images_chw(x)
+    assert out.dtype == torch.uint8 and tuple(out.shape) == (2, 6, 3, 5, 7) and not out.is_contiguous()
+    assert out.data_ptr() == x.ctypes.data  # no copy
+    assert np.array_equal(out[1, 2, 1].numpy(), x[1, 2, :, :, 1])
+    assert np.array_equal(out.contiguous().numpy(), np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3)))
+    with pytest.raises(ValueError, match="channel-last"):
+        images_chw(np.zeros((2, 6, 3, 5, 7), np.uint8))  # channel-first rows are refused
 
 
 def test_encoder_normalises_uint8_images_itself():
@@ -47,5 +51,12 @@ def test_encoder_normalises_uint8_images_itself():
         a = enc({**batch, "images": raw}, compute_losses=False)
         b = enc({**batch, "images": backbone_spec(cfg.vision.backbone).normalize(raw)}, compute_losses=False)
         c = enc({**batch, "images": raw.float()}, compute_losses=False)  # not normalised: a different input
+        # collated batches are strided views of channel-last rows (collate.images_chw): the same picture
+        view = images_chw(raw.permute(0, 1, 3, 4, 2).contiguous())
+        assert torch.equal(view, raw) and not view.is_contiguous()
+        d = enc({**batch, "images": view}, compute_losses=False)
     assert torch.equal(a.scene_tokens, b.scene_tokens) and torch.equal(a.predictions["bev"], b.predictions["bev"])
+    # float rounding only: conv2d runs channels_last on the strided view
+    torch.testing.assert_close(d.scene_tokens, a.scene_tokens, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(d.predictions["bev"], a.predictions["bev"], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(a.scene_tokens, c.scene_tokens)

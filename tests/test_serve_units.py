@@ -238,9 +238,8 @@ def test_session_question_does_not_advance_state():
 def test_request_from_shards_matches_training_inputs(shards_dir, synth_root):
     """A sample sent through the API is preprocessed exactly like the training pipeline prepares it."""
     from odvla.platform.config import load_config
-    from odvla.platform.data.collate import rows_from_table
+    from odvla.platform.data.collate import collate, rows_from_table
     from odvla.platform.data.rows import RowSpec
-    from odvla.platform.data.image_ops import to_chw
     from odvla.platform.data.shards import read_split
     from odvla.serve.client import request_from_shards
     from odvla.serve.preprocess import json_jpegs, scene_item
@@ -256,8 +255,15 @@ def test_request_from_shards_matches_training_inputs(shards_dir, synth_root):
     item = scene_item(req, json_jpegs(req), [f"cameras.{i}.image" for i in range(6)], req.command, "planning", "",
                       hw)
     import numpy as np
+    import torch
 
-    np.testing.assert_array_equal(to_chw(item["images"]), np.asarray(train_row["images"]))
+    assert item["images"].shape == train_row["images"].shape == (6, *hw, 3)  # both channel-last
+    np.testing.assert_array_equal(item["images"], np.asarray(train_row["images"]))
+    from odvla.serve.deployment import collate_items
+
+    served, trained = collate_items([item])["images"], collate([train_row])["images"]
+    assert served.dtype == trained.dtype == torch.uint8 and tuple(served.shape) == (1, 6, 3, *hw)
+    assert torch.equal(served, trained)
     for key in ("intrinsics", "sensor2ego", "ego_state", "past_traj", "past_mask"):
         np.testing.assert_allclose(item[key], np.asarray(train_row[key]), rtol=1e-6, atol=1e-6, err_msg=key)
     assert item["command"] == int(train_row["command"])

@@ -1,7 +1,8 @@
 """Data: samples/s of the Ray Data pipeline vs a plain single-process nuScenes-devkit loop on the same samples.
 
-Both sides build the same per-sample content: six JPEGs decoded and resized to the model input, uint8
-channel-first as the model batch carries them (the same ``image_ops``; the vision encoder normalises on its device),
+Both sides build the same per-sample content: six JPEGs decoded and resized to the model input, each straight into
+its camera's slot of a uint8 channel-last ``[6, H, W, 3]`` as a training row carries it (the same
+``image_ops.decode_resize(..., out=)``; the batch views it channel-first, the vision encoder normalises on its device),
 scaled intrinsics, camera extrinsics, agent boxes in the ego frame and the future ego waypoints. The Ray side reads
 the prepared shards (geometry precomputed by ``odvla prepare``) and decodes in ``map_batches`` on ``--workers`` CPU
 tasks, collating model batches; the devkit side walks the tables with ``NuScenes.get_sample_data`` / ``get_boxes``
@@ -36,21 +37,20 @@ def _devkit_loop(dataroot: str, version: str, tokens: list[str], hw: tuple[int, 
     from pyquaternion import Quaternion
 
     from odvla.model.constants import CAMERAS
-    from odvla.platform.data.image_ops import decode_resize, scale_intrinsics, to_chw
+    from odvla.platform.data.image_ops import decode_resize, scale_intrinsics
 
     t0 = time.perf_counter()
     nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
     t1 = time.perf_counter()
     for tok in tokens:
         s = nusc.get("sample", tok)
-        imgs, Ks = [], []
-        for cam in CAMERAS:
+        imgs, Ks = np.empty((len(CAMERAS), hw[0], hw[1], 3), np.uint8), []  # as build_rows: channel-last
+        for c, cam in enumerate(CAMERAS):
             path, _, K = nusc.get_sample_data(s["data"][cam])
             sd = nusc.get("sample_data", s["data"][cam])
-            imgs.append(decode_resize(path, hw, sample_token=tok))
+            decode_resize(path, hw, sample_token=tok, out=imgs[c])
             Ks.append(scale_intrinsics(K, (sd["height"], sd["width"]), hw))
             nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        to_chw(np.stack(imgs))
         pose = nusc.get("ego_pose", nusc.get("sample_data", s["data"]["LIDAR_TOP"])["ego_pose_token"])
         q = Quaternion(pose["rotation"]).inverse
         for box in nusc.get_boxes(s["data"]["LIDAR_TOP"]):
@@ -68,8 +68,9 @@ def _devkit_loop(dataroot: str, version: str, tokens: list[str], hw: tuple[int, 
 
 def _stage_costs(table, dataroot: str, spec, n: int) -> dict[str, float]:
     """Milliseconds per sample of each step of one decode task and of the consumer, in this process, on the first
-    ``n`` samples: JPEG decode + resize (6 cameras), the rest of ``build_rows``, the Arrow block Ray Data stores,
-    block -> numpy (what the consumer gets) and ``collate`` (numpy -> torch)."""
+    ``n`` samples: JPEG decode + resize (6 cameras, each into its slot of a fresh channel-last image array allocated
+    as ``build_rows`` allocates it), the rest of ``build_rows`` (geometry, padding, text), the Arrow block Ray Data
+    stores, block -> numpy (what the consumer gets) and ``collate`` (numpy -> torch, images viewed channel-first)."""
     import os
 
     import pyarrow as pa
@@ -83,10 +84,12 @@ def _stage_costs(table, dataroot: str, spec, n: int) -> dict[str, float]:
     for col in ("task", "question", "answer"):
         t = t.append_column(col, pa.array([""] * t.num_rows, pa.string()))
     paths = [os.path.join(dataroot, p) for ps in t.column("cam_paths").to_pylist() for p in ps]
+    H, W = spec.image_hw
     clock = time.perf_counter
     t0 = clock()
-    for p in paths:
-        decode_resize(p, spec.image_hw)
+    imgs = np.empty((len(paths), H, W, 3), np.uint8)  # allocated as build_rows does
+    for p, dst in zip(paths, imgs):
+        decode_resize(p, spec.image_hw, out=dst)
     t1 = clock()
     rows = build_rows(t, dataroot, spec)
     t2 = clock()
@@ -97,7 +100,8 @@ def _stage_costs(table, dataroot: str, spec, n: int) -> dict[str, float]:
     collate(batch)
     t5 = clock()
     ms = 1e3 / max(t.num_rows, 1)
-    return {"decode + resize (6 JPEGs)": (t1 - t0) * ms, "rest of build_rows": max(t2 - t1 - (t1 - t0), 0) * ms,
+    return {"decode + resize (6 JPEGs)": (t1 - t0) * ms,
+            "rest of build_rows (geometry, padding)": max(t2 - t1 - (t1 - t0), 0) * ms,
             "rows -> Arrow block": (t3 - t2) * ms, "block -> numpy": (t4 - t3) * ms, "collate -> torch": (t5 - t4) * ms}
 
 

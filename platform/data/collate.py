@@ -3,6 +3,11 @@
 ``collate`` accepts what each consumer has at hand: a numpy batch (``dict`` column -> array, as Ray Data's
 ``iter_batches(batch_format='numpy')`` and ``iter_torch_batches(collate_fn=collate)`` give), a pandas DataFrame,
 or a list of per-sample dicts (``rows_from_table``).
+
+Rows carry images channel-last, uint8 ``[6, H, W, 3]`` (``[T, 6, H, W, 3]`` in clip rows), as the decode workers
+write them; the batch presents the model's ``[B, 6, 3, H, W]`` (``[B, T, 6, 3, H, W]``) as a view of the same
+memory (``images_chw``: non-contiguous, channel-last strides). Elementwise ops keep those strides and conv2d takes
+them (as channels_last); a consumer that needs contiguous memory calls ``.contiguous()`` on the tensor.
 """
 from __future__ import annotations
 
@@ -17,6 +22,16 @@ from odvla.platform.data.rows import RowSpec, build_rows
 INT_KEYS = {"command", "gt_labels", "gt_map_labels", "frame_index", "gt_instance"}
 UINT8_KEYS = {"images"}
 """Kept as uint8 (raw RGB, ``model/batch.py``): the vision encoder normalises them on its device."""
+
+
+def images_chw(images) -> torch.Tensor:
+    """Channel-last uint8 images ``[..., H, W, 3]`` (numpy or torch) -> the batch's ``[..., 3, H, W]`` as a view of
+    the same memory (no copy; ``torch.from_numpy`` shares a numpy array's buffer)."""
+    t = images if torch.is_tensor(images) else torch.from_numpy(np.asarray(images))
+    if t.dim() < 3 or t.shape[-1] != 3:
+        raise ValueError(f"collate: images of shape {tuple(t.shape)} are not channel-last [..., H, W, 3] "
+                         "(rows carry [6, H, W, 3], see odvla.platform.data.rows)")
+    return t.movedim(-1, -3)
 
 
 def _dtype(key: str, arr: np.ndarray) -> torch.dtype:
@@ -60,6 +75,8 @@ class Collate(NumpyBatchCollateFn):
             if not arr.flags.writeable:
                 arr = arr.copy()
             out[k] = torch.as_tensor(arr, dtype=_dtype(k, arr))
+            if k == "images":
+                out[k] = images_chw(out[k])
         for k in TEXT_KEYS:
             out[k] = [[str(y) for y in x] for x in cols[k]] if clip else [str(x) for x in cols[k]]
         if clip:
@@ -76,7 +93,8 @@ def rows_from_table(table, dataroot, spec: RowSpec) -> list[dict]:
 
     ``table`` needs the shard columns used by the pipeline; rows without ``task``/``question``/``answer`` become
     'planning' rows. Images are decoded and resized exactly as in ``pipeline.build_dataset`` (``spec``:
-    ``RowSpec.from_config(data, vision)``).
+    ``RowSpec.from_config(data, vision)``), channel-last uint8 ``[6, H, W, 3]`` per row like the pipeline's rows;
+    ``collate`` turns them into the batch's ``[B, 6, 3, H, W]``.
     """
     import pyarrow as pa
 

@@ -1,8 +1,11 @@
-"""Image helpers shared by the data pipeline, eval and serve: decode + resize, intrinsics scaling, channel layout.
+"""Image helpers shared by the data pipeline, eval and serve: decode + resize, intrinsics scaling.
 
-Images are RGB; ``[H, W, 3]`` uint8 after decoding, ``[3, H, W]`` uint8 (``to_chw``) in the model's batch: the
-vision encoder applies the normalisation its backbone owns (``odvla.model.backbone.BackboneSpec.normalize``), so
-rows cross Ray's object store at one byte per pixel and channel.
+Images are RGB uint8 and stay channel-last, ``[H, W, 3]``, as OpenCV decodes them: a training row carries
+``[6, H, W, 3]`` (each camera decoded straight into its slot, ``decode_resize(..., out=)``), and only the collated
+batch presents them as the model's ``[B, 6, 3, H, W]``, a strided torch view without a copy
+(``odvla.platform.data.collate.images_chw``). The vision encoder applies the normalisation its backbone owns
+(``odvla.model.backbone.BackboneSpec.normalize``) on its device, so rows cross Ray's object store at one byte per
+pixel and channel.
 """
 from __future__ import annotations
 
@@ -30,8 +33,12 @@ def _reduction(src_wh: tuple[int, int], out_hw: tuple[int, int]) -> int:
     return next(flag for f, flag in REDUCED_READS if f == 1 or (w // f >= W and h // f >= H))
 
 
-def decode_resize(src, out_hw: tuple[int, int], sample_token: str | None = None) -> np.ndarray:
+def decode_resize(src, out_hw: tuple[int, int], sample_token: str | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray:
     """Decode a JPEG (bytes or a path) and resize it to ``out_hw`` = (H, W): uint8 RGB ``[H, W, 3]``.
+
+    ``out``: a C-contiguous uint8 ``[H, W, 3]`` array (e.g. one camera's slot of a row's ``[6, H, W, 3]``) that the
+    final BGR -> RGB pass writes into, instead of a new array; it is also what is returned.
 
     OpenCV decodes at the largest DCT reduction that keeps at least ``out_hw`` (1600 x 900 -> 800 x 450 for 704 x 384),
     then resizes bilinearly (``INTER_LINEAR``, as mmcv's ``imresize`` in the UniAD / BEVFormer pipelines); the JPEG
@@ -40,6 +47,10 @@ def decode_resize(src, out_hw: tuple[int, int], sample_token: str | None = None)
     sample).
     """
     H, W = int(out_hw[0]), int(out_hw[1])
+    if out is not None and (out.shape != (H, W, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous
+                            or not out.flags.writeable):
+        raise ValueError(f"decode_resize: out must be a writeable C-contiguous uint8 array of shape {(H, W, 3)}, "
+                         f"got {out.dtype} {out.shape}")
     where = None if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
     try:
         data = bytes(src) if where is None else Path(src).read_bytes()
@@ -60,7 +71,12 @@ def decode_resize(src, out_hw: tuple[int, int], sample_token: str | None = None)
                                 sample_token=sample_token, path=where)
     if img.shape[:2] != (H, W):
         img = cv2.resize(img, (W, H), interpolation=cv2.INTER_LINEAR)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if out is None:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    rgb = cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out)  # OpenCV writes into ``out`` (same size and type)
+    if rgb.ctypes.data != out.ctypes.data:  # not expected; keep the contract whatever OpenCV did
+        out[...] = rgb
+    return out
 
 
 def scale_intrinsics(K: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
@@ -72,8 +88,3 @@ def scale_intrinsics(K: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, 
     K[..., 1, :] *= sy
     return K
 
-
-def to_chw(images: np.ndarray) -> np.ndarray:
-    """uint8 ``[..., H, W, 3]`` -> uint8 ``[..., 3, H, W]`` (the model batch's layout), contiguous."""
-    x = np.asarray(images, dtype=np.uint8)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
