@@ -118,6 +118,7 @@ def build_clip_dataset(data: DataConfig, spec: RowSpec, split: str, by_sample, d
     ``data.clip_len`` keyframes from ``data.shards``, rows sized by ``spec``."""
     import ray
 
+    from odvla.platform.data.decode_pool import decode_map
     from odvla.platform.data.shards import read_split
 
     T = int(data.clip_len)
@@ -133,9 +134,5 @@ def build_clip_dataset(data: DataConfig, spec: RowSpec, split: str, by_sample, d
     if not scenes:
         raise ValueError(f"data.clip_len={T}: no {split} scene in {data.shards}")
     ds = ray.data.from_arrow(scenes)
-    return ds.map_batches(
-        prepare_scene_clips, batch_format="pyarrow", batch_size=None,
-        compute=ray.data.TaskPoolStrategy(size=int(data.decode_concurrency))
-        if int(data.decode_concurrency) > 0 else None, num_cpus=1,
-        fn_kwargs={"dataroot": dataroot, "spec": spec, "clip_len": T,
-                   "clip_loss": str(data.clip_loss), "examples": by_sample})
+    return decode_map(ds, prepare_scene_clips, data.decode_concurrency, None, dataroot=dataroot, spec=spec,
+                      clip_len=T, clip_loss=str(data.clip_loss), examples=by_sample)

@@ -1,7 +1,8 @@
 """The Ray Data pipeline: Parquet shards -> a stream of training-ready rows for Ray Train.
 
-``read_parquet`` streams the shard files; one ``map_batches`` stage on CPU workers decodes + resizes the six
-JPEGs of each sample (kept uint8: the vision encoder normalises them on its device), scales the intrinsics and pads
+The split's shard rows (paths and geometry, no images) are read on the driver and cut into blocks of
+``data.decode_batch_size`` rows; one ``map_batches`` stage on a pool of decode actors (``decode_pool``) decodes +
+resizes the six JPEGs of each sample (kept uint8: the vision encoder normalises them on its device), scales the intrinsics and pads
 agents/map elements (``rows.build_rows``), and expands each sample into its examples when an example table is given
 (images decoded once per sample).
 Train workers take their part with ``ray.train.get_dataset_shard(name).iter_torch_batches(collate_fn=collate)``.
@@ -16,7 +17,8 @@ import pyarrow as pa
 
 from odvla.platform.data.errors import UnknownSampleError
 from odvla.platform.data.rows import SHARD_COLUMNS, TEXT_FIELDS, RowSpec, build_rows
-from odvla.platform.data.shards import check_version, read_manifest, shard_files
+from odvla.platform.data.decode_pool import decode_map
+from odvla.platform.data.shards import read_manifest, read_split
 
 if TYPE_CHECKING:
     from odvla.model.config import VisionConfig
@@ -102,9 +104,6 @@ def build_dataset(data: DataConfig, vision: VisionConfig, split: str, examples: 
 
     if not data.shards:
         raise ValueError("data.shards is not set (run `odvla prepare` and pass --set data.shards=DIR)")
-    files = shard_files(data.shards, split)
-    for f in files:
-        check_version(f)
     dataroot = resolve_dataroot(data)
     spec = RowSpec.from_config(data, vision)
     by_sample = _examples_by_sample(data, split, examples) if examples is not None else None
@@ -112,18 +111,13 @@ def build_dataset(data: DataConfig, vision: VisionConfig, split: str, examples: 
         from odvla.platform.data.clips import build_clip_dataset
 
         return build_clip_dataset(data, spec, split, by_sample, dataroot)
-    # streaming repartition into blocks of one decode batch, so the decode stage runs as many small tasks in
-    # parallel (a shard file is read as one block, which one task would otherwise decode before any batch leaves)
+    # the split's rows without images (paths and geometry, about 3 kB a sample) are read here and cut into blocks of
+    # one decode batch, so the decode actors start on the first block at once and run in parallel
     bs = max(int(data.decode_batch_size), 1)
-    # the read carries paths and geometry, not images: a quarter CPU, so it does not hold one of the decode slots
-    ds = ray.data.read_parquet([str(f) for f in files], ray_remote_args={"num_cpus": 0.25})
-    ds = ds.select_columns(SHARD_COLUMNS)
-    ds = ds.repartition(target_num_rows_per_block=bs)
-    return ds.map_batches(
-        _prepare_batch, batch_format="pyarrow", batch_size=int(data.decode_batch_size),
-        compute=ray.data.TaskPoolStrategy(size=int(data.decode_concurrency))
-        if int(data.decode_concurrency) > 0 else None, num_cpus=1,
-        fn_kwargs={"dataroot": dataroot, "spec": spec, "examples": by_sample})
+    table = read_split(data.shards, split, columns=SHARD_COLUMNS)
+    blocks = [table.slice(i, bs) for i in range(0, table.num_rows, bs)] or [table]
+    return decode_map(ray.data.from_arrow(blocks), _prepare_batch, data.decode_concurrency, bs,
+                      dataroot=dataroot, spec=spec, examples=by_sample)
 
 
 __all__ = ["build_dataset", "resolve_dataroot", "TEXT_FIELDS"]
