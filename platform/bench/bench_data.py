@@ -2,11 +2,12 @@
 
 Both sides build the same per-sample content: six JPEGs decoded and resized to the model input, each straight into
 its camera's slot of a uint8 channel-last ``[6, H, W, 3]`` as a training row carries it (the same
-``image_ops.decode_resize(..., out=)``; the batch views it channel-first, the vision encoder normalises on its device),
-scaled intrinsics, camera extrinsics, agent boxes in the ego frame and the future ego waypoints. The Ray side reads
-the prepared shards (geometry precomputed by ``odvla prepare``) and decodes in ``map_batches`` on ``--workers`` CPU
-tasks, collating model batches; the devkit side walks the tables with ``NuScenes.get_sample_data`` / ``get_boxes``
-in one process. Without ``--shards`` a synthetic dataroot is written and prepared first (not timed).
+``image_ops.decode_resize(..., out=)``; the batch views it channel-first, the vision encoder normalises on its
+device), scaled intrinsics, camera extrinsics, agent boxes in the ego frame and the future ego waypoints. The Ray
+side reads the prepared shards (geometry precomputed by ``odvla prepare``) and decodes in ``map_batches`` on
+``--workers`` decode actors (``decode_pool``), collating model batches; the devkit side walks the tables with
+``NuScenes.get_sample_data`` / ``get_boxes`` in one process. Without ``--shards`` a synthetic dataroot is written
+and prepared first (not timed).
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def add_args(p) -> None:
     p.add_argument("--keyframes", type=int, default=20)
     p.add_argument("--image-size", default="400x225", metavar="WxH", help="synthetic JPEG size")
     p.add_argument("--samples", type=int, default=0, help="limit to the first N samples (0 = all)")
-    p.add_argument("--batch-size", type=int, default=16, help="decode batch = iteration batch (default: 16)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="decode batch = iteration batch (default: data.decode_batch_size)")
     p.add_argument("--workers", type=int, default=2, help="Ray CPUs / concurrent decode tasks")
 
 
@@ -113,6 +115,7 @@ def run(args) -> int:
     from odvla.platform.data.shards import read_manifest, read_split
 
     cfg = config_from_args(args)
+    bs = int(args.batch_size or cfg.data.decode_batch_size)
     tmp = None
     shards = args.shards
     if not shards:
@@ -128,7 +131,7 @@ def run(args) -> int:
     man = read_manifest(shards)
     cfg.data.shards = shards
     cfg.data.decode_concurrency = args.workers
-    cfg.data.decode_batch_size = args.batch_size
+    cfg.data.decode_batch_size = bs
     table = read_split(shards, args.split)
     if args.samples:
         table = table.slice(0, args.samples)
@@ -150,19 +153,19 @@ def run(args) -> int:
         t0 = time.perf_counter()
         ds = build_dataset(cfg.data, cfg.model.vision, args.split, examples=examples)
         n_ray, t_first = 0, None
-        for b in ds.iter_torch_batches(batch_size=args.batch_size, collate_fn=collate):
+        for b in ds.iter_torch_batches(batch_size=bs, collate_fn=collate):
             n_ray += len(b["sample_token"])
             if t_first is None:
                 t_first = time.perf_counter()
         t_ray = time.perf_counter() - t0
-        steady = (n_ray - args.batch_size) / max(time.perf_counter() - t_first, 1e-9) if t_first else float("nan")
+        steady = (n_ray - bs) / max(time.perf_counter() - t_first, 1e-9) if t_first else float("nan")
     finally:
         if started:
             ray.shutdown()
     t_load, t_dev = _devkit_loop(man["dataroot"], man["version"], tokens, hw)
     ray_sps, dev_sps = n_ray / t_ray, len(tokens) / t_dev
     print(f"data bench: {len(tokens)} samples of '{args.split}', images -> {hw[0]}x{hw[1]}, "
-          f"batch {args.batch_size}, {args.workers} Ray CPU(s)")
+          f"batch {bs}, {args.workers} Ray CPU(s)")
     print(f"{'path':<44}{'samples':>8}{'seconds':>10}{'samples/s':>11}")
     print(f"{'ray data pipeline (end to end, incl. start)':<44}{n_ray:>8}{t_ray:>10.2f}{ray_sps:>11.1f}")
     print(f"{'ray data pipeline (after first batch)':<44}{'':>8}{'':>10}{steady:>11.1f}")
@@ -171,7 +174,7 @@ def run(args) -> int:
     print(f"ratio ray/devkit: {ray_sps / dev_sps:.2f}x end to end, {steady / dev_sps:.2f}x after the first batch")
     from odvla.platform.data.rows import RowSpec
 
-    costs = _stage_costs(table, man["dataroot"], RowSpec.from_config(cfg.data, cfg.model.vision), args.batch_size)
+    costs = _stage_costs(table, man["dataroot"], RowSpec.from_config(cfg.data, cfg.model.vision), bs)
     print("where a sample's time goes (ms per sample, one process): "
           + ", ".join(f"{k} {v:.2f}" for k, v in costs.items()))
     if tmp is not None:

@@ -46,7 +46,7 @@ class DecodeActor:
 
     def __init__(self, fn: Callable, kwargs: dict):
         self.fn, self.kwargs = fn, dict(kwargs)
-        self.heap_tuned = keep_freed_pages()
+        keep_freed_pages()
 
     def __call__(self, batch):
         return self.fn(batch, **self.kwargs)

@@ -2,9 +2,9 @@
 
 The split's shard rows (paths and geometry, no images) are read on the driver and cut into blocks of
 ``data.decode_batch_size`` rows; one ``map_batches`` stage on a pool of decode actors (``decode_pool``) decodes +
-resizes the six JPEGs of each sample (kept uint8: the vision encoder normalises them on its device), scales the intrinsics and pads
-agents/map elements (``rows.build_rows``), and expands each sample into its examples when an example table is given
-(images decoded once per sample).
+resizes the six JPEGs of each sample (kept uint8: the vision encoder normalises them on its device), scales the
+intrinsics and pads agents/map elements (``rows.build_rows``), and expands each sample into its examples when an
+example table is given (images decoded once per sample).
 Train workers take their part with ``ray.train.get_dataset_shard(name).iter_torch_batches(collate_fn=collate)``.
 """
 from __future__ import annotations
