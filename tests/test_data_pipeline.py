@@ -228,3 +228,22 @@ def test_decode_stage_runs_on_long_lived_actors_that_reuse_freed_pages(ray_sessi
     assert max(r["faults"] for r in rows) < 4, rows  # 10240 pages of 4 kB (or 20 huge pages) untuned
     with pytest.raises(ValueError, match="data.decode_concurrency=-1"):
         decode_map(ray.data.from_arrow(blocks), facts, -1, 4, marker="m")
+
+
+def test_decode_stage_gives_blocks_back_in_input_order(ray_session):
+    """Two decode actors: the first block takes a second longer than the rest, so the other actor finishes later
+    blocks first. The dataset still yields the input's order, to any consumer (resume and evaluation rely on it)."""
+    import ray
+
+    from odvla.platform.data.decode_pool import decode_map
+
+    def slow_first(batch, delay_s: float):
+        import time
+
+        if batch.column("i")[0].as_py() == 0:
+            time.sleep(delay_s)
+        return batch
+
+    blocks = [pa.table({"i": list(range(k * 2, k * 2 + 2))}) for k in range(6)]
+    ds = decode_map(ray.data.from_arrow(blocks), slow_first, 2, None, delay_s=1.5)
+    assert [r["i"] for r in ds.take_all()] == list(range(12))

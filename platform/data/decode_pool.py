@@ -13,7 +13,8 @@ in one ``map_batches`` whose function decodes JPEGs into large uint8 arrays (a b
   block: 78 -> 106-123 samples/s at 384 x 704 with 2 actors (``odvla bench data``, blocks of 32).
 
 ``data.decode_concurrency`` actors (0: an autoscaling pool of at least one), each holding one CPU while the dataset
-runs. Block order is kept when the consumer asks for it (Ray Train's ``preserve_order``).
+runs. The output keeps the input's block order (``preserve_order`` on the dataset's own context), whichever actor
+finishes first: resume skips exactly the batches already consumed, and evaluation sees scenes in shard order.
 """
 from __future__ import annotations
 
@@ -61,8 +62,12 @@ def decode_map(ds, fn: Callable, concurrency: int, batch_size, **kwargs):
     if n < 0:
         raise ValueError(f"data.decode_concurrency={n}: must be >= 0 (0: an autoscaling pool of decode actors)")
     pool = ray.data.ActorPoolStrategy(size=n) if n > 0 else ray.data.ActorPoolStrategy(min_size=1)
-    return ds.map_batches(DecodeActor, batch_format="pyarrow", batch_size=batch_size, compute=pool, num_cpus=1,
-                          fn_constructor_kwargs={"fn": fn, "kwargs": kwargs})
+    out = ds.map_batches(DecodeActor, batch_format="pyarrow", batch_size=batch_size, compute=pool, num_cpus=1,
+                         fn_constructor_kwargs={"fn": fn, "kwargs": kwargs})
+    # the context is this dataset's own copy (``ray.data.from_arrow`` copies the current one), so this changes no
+    # other dataset; without it, blocks come out in the order the actors finish them
+    out.context.execution_options.preserve_order = True
+    return out
 
 
 __all__ = ["DecodeActor", "decode_map", "keep_freed_pages"]
