@@ -40,9 +40,9 @@ class DataConfig:
     presets. 0: shard order."""
     decode_batch_size: int = 32
     """Rows per ``map_batches`` call of the image decode stage (and per Ray Data block). Larger blocks cost less Ray
-    overhead per sample: at 384 x 704 on 2 cores (``odvla bench data``), 32 gives 1.72-2.02x the single-process loop
-    after the first batch (four runs), 16 gives 1.65-1.72x; a block of 32 rows at 384 x 704 is 156 MB of uint8
-    images."""
+    overhead per sample: at 384 x 704 on 2 cores (``odvla bench data``, first pass), 32 gave 1.72-2.02x the
+    single-process loop after the first batch (four runs), 16 gave 1.65-1.72x; a block of 32 rows at 384 x 704 is
+    156 MB of uint8 images."""
     decode_concurrency: int = 1
     """Decode actors of one CPU each (``odvla.platform.data.decode_pool``); 0: an autoscaling pool of at least one."""
     max_agents: int = 32
