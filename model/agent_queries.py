@@ -70,10 +70,14 @@ class BoxCoder:
         return torch.cat([xy, z, size, yaw.sin(), yaw.cos(), b[..., 7:9]], dim=-1)
 
     @staticmethod
-    def activate(raw: torch.Tensor) -> torch.Tensor:
-        """Head output [..., 10] -> code: sigmoid on the normalised centre, identity elsewhere."""
+    def activate(raw: torch.Tensor, ref01: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Head output [..., 10] -> code: sigmoid on the normalised centre, identity elsewhere. With reference points
+        ``ref01`` [..., 2] (normalised x, y), the head's x, y are offsets in logit space from them (Deformable DETR)."""
         raw = raw.float()
-        return torch.cat([raw[..., 0:3].sigmoid(), raw[..., 3:]], dim=-1)
+        xy = raw[..., 0:2]
+        if ref01 is not None:
+            xy = xy + torch.logit(ref01.float().clamp(1e-3, 1 - 1e-3))
+        return torch.cat([xy.sigmoid(), raw[..., 2:3].sigmoid(), raw[..., 3:]], dim=-1)
 
     def decode(self, code: torch.Tensor) -> torch.Tensor:
         c = code.float()
@@ -92,7 +96,11 @@ class BoxCoder:
 
 
 class AgentQueryTransformer(nn.Module):
-    """forward(memory [B, N, C], track_embed [B, Q, C] | None, track_mask [B, Q] bool | None) -> dict:
+    """forward(memory [B, N, C], track_embed [B, Q, C] | None, track_mask [B, Q] bool | None,
+    proposal_embed [B, Q, C] | None, ref01 [B, Q, 2] | None) -> dict:
+
+    ``proposal_embed`` is added to the slots' initial queries (heatmap proposals, ``agent_proposals``; zero rows
+    on slots without one) and ``ref01`` makes each slot's centre an offset from its reference point.
 
     embed [B, Q, C] decoder outputs; cls_logits [B, Q, K+1] (last = no-object); box_code [B, Q, 10];
     boxes [B, Q, 9] metres/rad/(m/s); scores [B, Q] max foreground probability; labels [B, Q];
@@ -139,12 +147,15 @@ class AgentQueryTransformer(nn.Module):
         return q + carried * track_mask[..., None].to(q.dtype)
 
     def forward(self, memory: torch.Tensor, track_embed: Optional[torch.Tensor] = None,
-                track_mask: Optional[torch.Tensor] = None) -> dict:
+                track_mask: Optional[torch.Tensor] = None, proposal_embed: Optional[torch.Tensor] = None,
+                ref01: Optional[torch.Tensor] = None) -> dict:
         B = memory.shape[0]
         tgt = self.queries(B, track_embed, track_mask, memory.device)
+        if proposal_embed is not None:
+            tgt = tgt + proposal_embed.to(tgt.dtype)
         embed = self.decoder(tgt, memory)  # [B, Q, C]
         cls_logits = self.cls_head(embed).float()
-        box_code = self.coder.activate(self.box_head(embed))
+        box_code = self.coder.activate(self.box_head(embed), ref01)
         boxes = self.coder.decode(box_code)
         offsets = self.motion_head(embed).float().reshape(B, self.num_queries, self.future_steps, 2)
         prob = cls_logits.softmax(-1)

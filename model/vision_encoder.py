@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from .agent_proposals import CentreHeatmap, centre_targets, focal_loss, peaks
 from .agent_queries import AgentQueryTransformer
 from .backbone import ImageBackbone, backbone_spec
 from .bev import BEVEncoder, align_prev_bev, rigid_inverse, sine_positional_encoding
@@ -91,6 +92,10 @@ class VisionEncoder(nn.Module):
         self.register_buffer("bev_pos", sine_positional_encoding(self.grid, C), persistent=False)  # [nx*ny, C]
         self.scene_sampler = GlobalSceneSampler(C, v.num_scene_queries, v.decoder_heads, v.decoder_layers)
         self.agent_queries = AgentQueryTransformer(v, C, self.grid)
+        if v.agent_query_init not in ("learned", "heatmap"):
+            raise ValueError(f"model.vision.agent_query_init={v.agent_query_init!r}: expected 'learned' or 'heatmap'")
+        self.centre_heatmap = CentreHeatmap(C) if v.agent_query_init == "heatmap" else None
+        self.proposal_proj = nn.Sequential(nn.LayerNorm(C), nn.Linear(C, C)) if self.centre_heatmap else None
         self.map_queries = MapQueryTransformer(v, C, self.grid)
         self.agent_criterion = AgentCriterion(self.agent_queries.coder, len(DETECTION_CLASSES))
         self.map_criterion = MapCriterion(self.grid, len(MAP_CLASSES))
@@ -222,6 +227,37 @@ class VisionEncoder(nn.Module):
                 out.append(s.prev_bev)
         return out
 
+    def _proposals(self, heat: torch.Tensor, memory: torch.Tensor, track_mask: Optional[torch.Tensor],
+                   active: list, ego2global: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Heatmap proposals of the agent slots: (proposal_embed [B, Q, C], ref01 [B, Q, 2]). Free slots take the
+        heatmap's peaks by descending score (their BEV token, projected, and its cell centre); a tracked slot takes
+        no proposal and its reference is its last centre moved 0.5 s by its velocity, in the current ego frame."""
+        B, Q = memory.shape[0], self.agent_queries.num_queries
+        idx, centre = peaks(heat, Q)  # [B, Q], [B, Q, 2]
+        feats = self.proposal_proj(torch.gather(memory, 1, idx[..., None].expand(-1, -1, memory.shape[-1])))
+        embed, ref = torch.zeros_like(feats), centre.clone()
+        for b in range(B):
+            carried = (track_mask[b] if track_mask is not None
+                       else torch.zeros(Q, dtype=torch.bool, device=memory.device))
+            free = (~carried).nonzero(as_tuple=True)[0]
+            embed[b, free] = feats[b, :len(free)]
+            ref[b, free] = centre[b, :len(free)]
+            s = active[b]
+            if bool(carried.any()) and s is not None and s.track_boxes is not None:
+                box = s.track_boxes.to(memory.device).float()
+                xy = box[:, 0:2] + 0.5 * box[:, 7:9]  # previous ego frame, keyframes 0.5 s apart
+                if ego2global is not None and s.ego2global is not None:
+                    prev2cur = rigid_inverse(ego2global[b].float()) @ s.ego2global.to(memory.device).float()
+                    xy = xy @ prev2cur[:2, :2].T + prev2cur[:2, 3]
+                ref[b, carried] = self.grid.normalise_xy(xy)[carried].clamp(0.0, 1.0)
+        return embed, ref
+
+    def _heatmap_loss(self, heat: torch.Tensor, batch: dict, samples: list) -> torch.Tensor:
+        gt_boxes, gt_labels = batch["gt_boxes"].to(heat.device), batch["gt_labels"].to(heat.device)
+        centres = [gt_boxes[b, self.agent_criterion.valid_targets(gt_boxes, gt_labels, b, samples[b]), 0:2]
+                   for b in range(heat.shape[0])]
+        return focal_loss(heat, centre_targets(self.grid, centres, heat.device))
+
     # ------------------------------------------------------------------ forward
     def forward(self, batch: dict, states: Optional[Sequence[Optional[SceneState]]] = None,
                 compute_losses: bool = True) -> VisionOutput:
@@ -245,7 +281,11 @@ class VisionEncoder(nn.Module):
 
         scene_tokens = self.scene_sampler(memory)
         track_embed, track_mask = self._track_inputs(active, memory.device, memory.dtype)
-        agent = self.agent_queries(memory, track_embed, track_mask)
+        heat = proposal_embed = ref01 = None
+        if self.centre_heatmap is not None:
+            heat = self.centre_heatmap(bev)  # [B, nx, ny]
+            proposal_embed, ref01 = self._proposals(heat, memory, track_mask, active, ego2global)
+        agent = self.agent_queries(memory, track_embed, track_mask, proposal_embed, ref01)
         mp = self.map_queries(memory)
 
         token_idx = agent["scores"].topk(self.num_agent_tokens, dim=1).indices  # [B, K] by descending score
@@ -253,7 +293,7 @@ class VisionEncoder(nn.Module):
         map_tokens = mp["embed"]
 
         zero = (agent["box_code"].sum() + agent["motion_offsets"].sum() + mp["pts01"].sum()
-                + agent["cls_logits"].sum() + mp["cls_logits"].sum()) * 0.0
+                + agent["cls_logits"].sum() + mp["cls_logits"].sum() + (0.0 if heat is None else heat.sum())) * 0.0
         losses = {k: zero for k in LOSS_KEYS}
         matches = None
         if compute_losses and all(k in batch for k in _AGENT_GT):
@@ -262,6 +302,8 @@ class VisionEncoder(nn.Module):
                 agent, batch["gt_boxes"].to(memory.device), batch["gt_labels"].to(memory.device),
                 _opt(batch, "gt_agent_future", memory.device), _opt(batch, "gt_agent_future_mask", memory.device),
                 samples, fixed)
+            if heat is not None:
+                agent_losses["det"] = agent_losses["det"] + self._heatmap_loss(heat, batch, samples)
             losses.update({k: l + zero for k, l in agent_losses.items()})
         if compute_losses and all(k in batch for k in _MAP_GT):
             map_losses, _ = self.map_criterion(mp, batch["gt_map_pts"].to(memory.device),

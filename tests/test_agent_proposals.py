@@ -1,0 +1,104 @@
+"""Heatmap proposals of the agent queries (``model.vision.agent_query_init: heatmap``): CenterNet targets and focal
+loss, peak picking, and how the vision encoder seeds free and tracked slots from them."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from odvla.model.agent_proposals import SIGMA_CELLS, centre_targets, focal_loss, peaks
+from odvla.model.bev import BEVGrid
+from odvla.model.config import ModelConfig
+from odvla.model.scene_state import SceneState
+from odvla.model.vision_encoder import VisionEncoder
+from odvla.platform.bench.bench_model import synthetic_batch
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def grid() -> BEVGrid:
+    return BEVGrid((-8.0, 8.0), (-4.0, 4.0), (-3.0, 3.0), 2.0, 1)  # 8 x 4 cells of 2 m
+
+
+def test_centre_targets_peak_at_the_centre_cell_and_fall_off_as_a_gaussian():
+    g = grid()
+    t = centre_targets(g, [torch.tensor([[1.0, 1.0]]), torch.zeros(0, 2)], "cpu")
+    assert t.shape == (2, 8, 4) and float(t[1].abs().sum()) == 0.0
+    # (1, 1) m lies in cell i = floor((1 + 8) / 2) = 4, j = floor((1 + 4) / 2) = 2, whose centre is also (1, 1)
+    assert float(t[0, 4, 2]) == 1.0 and int(t[0].eq(1.0).sum()) == 1
+    # the cell one step along x has its centre 2 m = 1 cell away: exp(-1 / (2 sigma^2))
+    assert float(t[0, 5, 2]) == pytest.approx(math.exp(-1 / (2 * SIGMA_CELLS ** 2)), rel=1e-6)
+    assert float(t[0, 5, 3]) == pytest.approx(math.exp(-2 / (2 * SIGMA_CELLS ** 2)), rel=1e-6)
+    # a centre off the cell centre still sets its own cell to 1 (CenterNet's integer peak)
+    t2 = centre_targets(g, [torch.tensor([[1.9, 1.1]])], "cpu")
+    assert float(t2[0, 4, 2]) == 1.0
+
+
+def test_focal_loss_is_centernets_penalty_reduced_focal_loss():
+    target = torch.tensor([[[1.0, 0.5], [0.0, 0.0]]])
+    logits = torch.tensor([[[0.0, 1.0], [-2.0, 3.0]]])
+    p = torch.sigmoid(logits)[0]
+    pos = -(1 - p[0, 0]) ** 2 * torch.log(p[0, 0])
+    neg = sum(-(1 - target[0, i, j]) ** 4 * p[i, j] ** 2 * torch.log(1 - p[i, j])
+              for i, j in ((0, 1), (1, 0), (1, 1)))
+    assert float(focal_loss(logits, target)) == pytest.approx(float(pos + neg), rel=1e-5)  # one centre
+    assert float(focal_loss(torch.full_like(target, -9.0), torch.zeros_like(target))) < 1e-6
+
+
+def test_peaks_are_local_maxima_by_descending_score():
+    h = torch.full((1, 8, 4), -5.0)
+    h[0, 1, 1], h[0, 1, 2], h[0, 6, 3] = 3.0, 2.0, 1.0  # (1, 2) neighbours the higher (1, 1): not a peak
+    idx, centre = peaks(h, 2)
+    assert idx.tolist() == [[1 * 4 + 1, 6 * 4 + 3]]
+    assert torch.allclose(centre[0], torch.tensor([[1.5 / 8, 1.5 / 4], [6.5 / 8, 3.5 / 4]]))
+
+
+def heatmap_cfg() -> ModelConfig:
+    cfg = ModelConfig()
+    cfg.vision.image_height, cfg.vision.image_width = 32, 64
+    cfg.vision.agent_query_init = "heatmap"
+    return cfg
+
+
+def test_free_slots_start_at_peaks_and_tracked_slots_at_their_predicted_centre():
+    """Free slots take the peaks in score order (their cell centre is their reference); a tracked slot's reference
+    is its last centre moved 0.5 s by its velocity, then by the ego motion into the current frame."""
+    torch.manual_seed(0)
+    enc = VisionEncoder(heatmap_cfg()).eval()
+    Q, C = enc.agent_queries.num_queries, enc.out_channels
+    nx, ny = enc.grid.shape
+    heat = torch.randn(1, nx, ny)
+    memory = torch.randn(1, nx * ny, C)
+    idx, centre = peaks(heat, Q)
+    mask = torch.zeros(1, Q, dtype=torch.bool)
+    mask[0, 3] = True
+    boxes = torch.zeros(Q, 9)
+    boxes[3, 0:2] = torch.tensor([10.0, 2.0])
+    boxes[3, 7:9] = torch.tensor([4.0, 0.0])  # 4 m/s along x: 2 m in 0.5 s
+    prev_pose, cur_pose = torch.eye(4), torch.eye(4)
+    cur_pose[0, 3] = 5.0  # the ego drove 5 m forward
+    state = SceneState(scene_token="s", frame_index=0, sample_token="a", track_boxes=boxes,
+                       track_mask=mask[0], ego2global=prev_pose)
+    with torch.no_grad():
+        embed, ref = enc._proposals(heat, memory, mask, [state], cur_pose[None])
+        want = enc.proposal_proj(memory[0, idx[0, :Q - 1]])
+    free = [q for q in range(Q) if q != 3]
+    assert torch.allclose(ref[0, free], centre[0, :Q - 1])
+    assert torch.allclose(ref[0, 3], enc.grid.normalise_xy(torch.tensor([10.0 + 2.0 - 5.0, 2.0])))
+    assert float(embed[0, 3].abs().sum()) == 0.0
+    assert torch.allclose(embed[0, free], want)
+
+
+def test_heatmap_head_trains_through_the_det_loss_and_a_bad_mode_names_the_key():
+    torch.manual_seed(0)
+    cfg = heatmap_cfg()
+    enc = VisionEncoder(cfg).train()
+    b = synthetic_batch(cfg.vision, 2, seed=3)
+    out = enc(b)
+    out.losses["det"].backward()
+    assert float(enc.centre_heatmap.net[0].weight.grad.abs().sum()) > 0
+    assert float(enc.proposal_proj[1].weight.grad.abs().sum()) > 0
+    cfg.vision.agent_query_init = "anchors"
+    with pytest.raises(ValueError, match="model.vision.agent_query_init='anchors'"):
+        VisionEncoder(cfg)
