@@ -12,8 +12,9 @@ cell gets a target), so it converges in far fewer steps:
 - ``focal_loss``: CenterNet's penalty-reduced focal loss (alpha 2, beta 4), normalised by the number of centres.
 - ``peaks``: the top-k local maxima (3 x 3 max-pool) of the heatmap, as cell indices and normalised [0, 1] centres.
 
-The agent decoder then adds each proposal's BEV token (feature + position) to a free slot's query and predicts the
-box centre as an offset from the proposal (``AgentQueryTransformer``). Cells follow ``bev.BEVGrid``: i along x
+The agent decoder then adds each proposal's BEV token (feature + position) to a slot's query and predicts the box
+centre as an offset from the proposal (``AgentQueryTransformer``): a tracked slot takes the peak nearest to where
+it predicts its agent (within ``SNAP_CELLS``), free slots the remaining peaks (``VisionEncoder._proposals``). Cells follow ``bev.BEVGrid``: i along x
 (forward), j along y (left); token index ``i * ny + j`` of the flattened BEV.
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ from .bev import BEVGrid
 
 SIGMA_CELLS = 1.0
 """Standard deviation of a centre's Gaussian target, in BEV cells (``model.vision.bev_resolution`` metres each)."""
+SNAP_CELLS = 1.5
+"""A tracked slot takes a heatmap peak within this many BEV cells of where it predicts its agent."""
 PRIOR = 0.1
 """Initial probability of every cell (CenterNet's bias init, -log((1 - p) / p))."""
 
@@ -87,4 +90,4 @@ def peaks(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, centre
 
 
-__all__ = ["CentreHeatmap", "centre_targets", "focal_loss", "peaks", "SIGMA_CELLS"]
+__all__ = ["CentreHeatmap", "centre_targets", "focal_loss", "peaks", "SIGMA_CELLS", "SNAP_CELLS"]

@@ -19,13 +19,14 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from .agent_proposals import CentreHeatmap, centre_targets, focal_loss, peaks
+from .agent_proposals import SNAP_CELLS, CentreHeatmap, centre_targets, focal_loss, peaks
 from .agent_queries import AgentQueryTransformer
 from .backbone import ImageBackbone, backbone_spec
 from .bev import BEVEncoder, align_prev_bev, rigid_inverse, sine_positional_encoding
 from .config import ModelConfig
 from .constants import CAMERAS, DETECTION_CLASSES, MAP_CLASSES
 from .map_queries import MapQueryTransformer
+from .matching import hungarian
 from .scene_sampler import GlobalSceneSampler
 from .scene_state import SceneState
 from .track_policy import TrackPolicy, fixed_assignments, runtime_update, training_update
@@ -229,19 +230,25 @@ class VisionEncoder(nn.Module):
 
     def _proposals(self, heat: torch.Tensor, memory: torch.Tensor, track_mask: Optional[torch.Tensor],
                    active: list, ego2global: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Heatmap proposals of the agent slots: (proposal_embed [B, Q, C], ref01 [B, Q, 2]). Free slots take the
-        heatmap's peaks by descending score (their BEV token, projected, and its cell centre); a tracked slot takes
-        no proposal and its reference is its last centre moved 0.5 s by its velocity, in the current ego frame."""
+        """Heatmap proposals of the agent slots: (proposal_embed [B, Q, C], ref01 [B, Q, 2]).
+
+        A tracked slot predicts where its agent is now: its last centre moved 0.5 s by its velocity, then by the ego
+        motion into the current frame. It takes the nearest of the heatmap's top ``2Q`` peaks within
+        ``SNAP_CELLS`` of that (one-to-one, Hungarian on the distance; CenterPoint's tracking by closest centre):
+        the peak's cell centre becomes its reference and the peak's BEV token, projected, is added to its query.
+        Without a peak there, the predicted centre is its reference. Free slots take the remaining peaks by
+        descending score."""
         B, Q = memory.shape[0], self.agent_queries.num_queries
-        idx, centre = peaks(heat, Q)  # [B, Q], [B, Q, 2]
+        nx, ny = self.grid.shape
+        idx, centre = peaks(heat, 2 * Q)  # [B, K], [B, K, 2]
         feats = self.proposal_proj(torch.gather(memory, 1, idx[..., None].expand(-1, -1, memory.shape[-1])))
-        embed, ref = torch.zeros_like(feats), centre.clone()
+        embed = feats.new_zeros(B, Q, feats.shape[-1])
+        ref = centre.new_zeros(B, Q, 2)
+        cells = centre.new_tensor([nx, ny])
         for b in range(B):
             carried = (track_mask[b] if track_mask is not None
                        else torch.zeros(Q, dtype=torch.bool, device=memory.device))
-            free = (~carried).nonzero(as_tuple=True)[0]
-            embed[b, free] = feats[b, :len(free)]
-            ref[b, free] = centre[b, :len(free)]
+            used = torch.zeros(centre.shape[1], dtype=torch.bool, device=memory.device)
             s = active[b]
             if bool(carried.any()) and s is not None and s.track_boxes is not None:
                 box = s.track_boxes.to(memory.device).float()
@@ -249,7 +256,18 @@ class VisionEncoder(nn.Module):
                 if ego2global is not None and s.ego2global is not None:
                     prev2cur = rigid_inverse(ego2global[b].float()) @ s.ego2global.to(memory.device).float()
                     xy = xy @ prev2cur[:2, :2].T + prev2cur[:2, 3]
-                ref[b, carried] = self.grid.normalise_xy(xy)[carried].clamp(0.0, 1.0)
+                slots = carried.nonzero(as_tuple=True)[0]
+                pred = self.grid.normalise_xy(xy[slots]).clamp(0.0, 1.0)  # [T, 2]
+                ref[b, slots] = pred
+                dist = ((pred[:, None] - centre[b][None]) * cells).norm(dim=-1)  # [T, K] cells
+                rows, cols = hungarian(dist, what="heatmap peaks of tracked slots")
+                near = dist[rows, cols] <= SNAP_CELLS
+                rows, cols = slots[rows[near]], cols[near].to(memory.device)
+                ref[b, rows], embed[b, rows], used[cols] = centre[b, cols], feats[b, cols], True
+            free = (~carried).nonzero(as_tuple=True)[0]
+            avail = (~used).nonzero(as_tuple=True)[0][:len(free)]
+            free = free[:len(avail)]
+            ref[b, free], embed[b, free] = centre[b, avail], feats[b, avail]
         return embed, ref
 
     def _heatmap_loss(self, heat: torch.Tensor, batch: dict, samples: list) -> torch.Tensor:

@@ -61,33 +61,43 @@ def heatmap_cfg() -> ModelConfig:
     return cfg
 
 
-def test_free_slots_start_at_peaks_and_tracked_slots_at_their_predicted_centre():
-    """Free slots take the peaks in score order (their cell centre is their reference); a tracked slot's reference
-    is its last centre moved 0.5 s by its velocity, then by the ego motion into the current frame."""
+def test_tracked_slots_take_the_peak_where_they_predict_their_agent_and_free_slots_the_rest():
+    """Slot 3 tracks an agent last seen at (10, 2) m moving 4 m/s along x, and the ego drove 5 m forward: it
+    predicts (7, 2) m and takes the peak in that cell, though a higher peak exists. Slot 5 predicts (-30, -30) m,
+    where no peak lies: its reference is the prediction and it takes no proposal. Free slots take the other peaks
+    in score order."""
     torch.manual_seed(0)
     enc = VisionEncoder(heatmap_cfg()).eval()
     Q, C = enc.agent_queries.num_queries, enc.out_channels
     nx, ny = enc.grid.shape
-    heat = torch.randn(1, nx, ny)
+    heat = torch.rand(1, nx, ny) - 5.0
+    i, j = enc.grid.cell_of(7.0, 2.0)
+    heat[0, i, j] = 2.0
+    heat[0, 0, 0] = 3.0  # the highest peak, far from both tracks
+    i5, j5 = enc.grid.cell_of(-30.0, -30.0)
+    heat[0, i5 - 2:i5 + 3, j5 - 2:j5 + 3] = -10.0  # no peak within 2 cells of slot 5's prediction
     memory = torch.randn(1, nx * ny, C)
-    idx, centre = peaks(heat, Q)
     mask = torch.zeros(1, Q, dtype=torch.bool)
-    mask[0, 3] = True
+    mask[0, [3, 5]] = True
     boxes = torch.zeros(Q, 9)
-    boxes[3, 0:2] = torch.tensor([10.0, 2.0])
-    boxes[3, 7:9] = torch.tensor([4.0, 0.0])  # 4 m/s along x: 2 m in 0.5 s
+    boxes[3, 0:2], boxes[3, 7:9] = torch.tensor([10.0, 2.0]), torch.tensor([4.0, 0.0])  # 2 m in 0.5 s
+    boxes[5, 0:2] = torch.tensor([-25.0, -30.0])
     prev_pose, cur_pose = torch.eye(4), torch.eye(4)
-    cur_pose[0, 3] = 5.0  # the ego drove 5 m forward
+    cur_pose[0, 3] = 5.0
     state = SceneState(scene_token="s", frame_index=0, sample_token="a", track_boxes=boxes,
                        track_mask=mask[0], ego2global=prev_pose)
+    idx, centre = peaks(heat, 2 * Q)
     with torch.no_grad():
         embed, ref = enc._proposals(heat, memory, mask, [state], cur_pose[None])
-        want = enc.proposal_proj(memory[0, idx[0, :Q - 1]])
-    free = [q for q in range(Q) if q != 3]
-    assert torch.allclose(ref[0, free], centre[0, :Q - 1])
-    assert torch.allclose(ref[0, 3], enc.grid.normalise_xy(torch.tensor([10.0 + 2.0 - 5.0, 2.0])))
-    assert float(embed[0, 3].abs().sum()) == 0.0
-    assert torch.allclose(embed[0, free], want)
+        feats = enc.proposal_proj(torch.gather(memory, 1, idx[..., None].expand(-1, -1, C)))
+    k3 = int((idx[0] == i * ny + j).nonzero()[0, 0])
+    assert k3 == 1  # the second-highest peak
+    assert torch.allclose(ref[0, 3], centre[0, k3]) and torch.allclose(embed[0, 3], feats[0, k3])
+    assert torch.allclose(ref[0, 5], enc.grid.normalise_xy(torch.tensor([-30.0, -30.0])))
+    assert float(embed[0, 5].abs().sum()) == 0.0
+    free = [q for q in range(Q) if q not in (3, 5)]
+    rest = [k for k in range(2 * Q) if k != k3][:len(free)]
+    assert torch.allclose(ref[0, free], centre[0, rest]) and torch.allclose(embed[0, free], feats[0, rest])
 
 
 def test_heatmap_head_trains_through_the_det_loss_and_a_bad_mode_names_the_key():
