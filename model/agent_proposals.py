@@ -5,7 +5,7 @@ it sees; on a small budget it does not get there. TransFusion (Bai et al., CVPR 
 queries at the peaks of a class-agnostic centre heatmap instead, and the heatmap itself trains densely (every BEV
 cell gets a target), so it converges in far fewer steps:
 
-- ``heatmap_logits``: a small conv head on the BEV, [B, C, nx, ny] -> [B, nx, ny] logits of "an agent's centre lies
+- ``CentreHeatmap``: a small conv head on the BEV, [B, C, nx, ny] -> [B, nx, ny] logits of "an agent's centre lies
   in this cell" (bias set to a 0.1 prior, as CenterNet).
 - ``centre_targets``: CenterNet's Gaussian targets, 1 at the cell holding each in-range centre, ``exp(-d^2 / 2s^2)``
   around it (d in cells, ``s = SIGMA_CELLS``), max over agents.
@@ -14,8 +14,9 @@ cell gets a target), so it converges in far fewer steps:
 
 The agent decoder then adds each proposal's BEV token (feature + position) to a slot's query and predicts the box
 centre as an offset from the proposal (``AgentQueryTransformer``): a tracked slot takes the peak nearest to where
-it predicts its agent (within ``SNAP_CELLS``), free slots the remaining peaks (``VisionEncoder._proposals``). Cells follow ``bev.BEVGrid``: i along x
-(forward), j along y (left); token index ``i * ny + j`` of the flattened BEV.
+it predicts its agent (within ``SNAP_CELLS``), free slots the remaining peaks (``VisionEncoder._proposals``).
+Cells follow ``bev.BEVGrid``: i along x (forward), j along y (left); token index ``i * ny + j`` of the flattened
+BEV.
 """
 from __future__ import annotations
 

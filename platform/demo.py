@@ -45,10 +45,10 @@ def _say(console, msg: str) -> None:
 DEMO_CLIP_LEN = 2
 """Keyframes per training row of the stages that train the vision encoder (stage3): the earlier keyframe runs
 without gradients and hands its BEV and tracked agent queries to the last one, as UniAD's track training does."""
-DEMO_CLIP_LOSS = "last"
-"""The loss falls on the clip's last keyframe: the earlier one costs a forward pass only, so a clip step costs
-about one and a half single-keyframe steps, and the tracking-query fusion still trains (its input is the carried
-state)."""
+DEMO_CLIP_LOSS = "all"
+"""The loss falls on both keyframes of a clip: the first trains the detector on a fresh frame (every agent slot
+starts from a heatmap proposal), the second the tracked slots and the fusion with the carried state. With the
+loss on the last keyframe only, the fresh-frame detector hardly trains (README, "Temporal perception")."""
 
 
 def demo_stage_overrides(stage: str, user: Iterable[str] = ()) -> list[str]:

@@ -56,6 +56,7 @@ def test_demo_planner_beats_constant_velocity(ray_session, mlflow_sqlite, tmp_pa
         assert figs[f"{p}id_switches"] <= figs[f"{p}matched"]
         assert figs[f"{p}matched"] == 0 or 0.0 <= figs[f"{p}velocity_error"] < 10.0  # m/s
     assert m["tracking/tracks"] > 0 and st[f"{STATELESS}tracks"] > 0  # the trained tracker gives birth to tracks
-    # no with/without-state ordering is asserted: in the demo's 400 steps the detector matches about 1 % of the
-    # agents (measured: 5 of 346, one ID switch with state, none without), too few for that comparison
+    # the detector trains within the demo's budget (measured: 27 % recall without state, 18 % with; learned
+    # queries gave about 1 %). No with/without-state ordering is asserted: one run's figures are not a law.
+    assert st[f"{STATELESS}recall"] >= 0.1, st
     assert "## Tracking" in printed and "## Tracker without / with temporal state" in printed
