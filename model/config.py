@@ -63,8 +63,8 @@ class VisionConfig:
     agent_query_init: str = "learned"
     """Where the agent query slots start: 'learned' (DETR / UniAD: learned embeddings, absolute box centres) or
     'heatmap' (TransFusion: free slots start at the top peaks of a dense BEV centre heatmap, trained with
-    CenterNet's focal loss inside ``det``, and predict centres as offsets from them; tracked slots from their last
-    centre moved by its velocity and the ego motion). See ``odvla.model.agent_proposals``."""
+    CenterNet's focal loss inside ``det``, and predict centres as offsets from them; a tracked slot takes the peak
+    nearest to its last centre moved by its velocity and the ego motion). See ``odvla.model.agent_proposals``."""
     track_birth_score: float = 0.4
     """Inference tracker (UniAD ``RuntimeTrackerBase`` ``score_thresh``): an untracked slot scoring at least this
     starts a new track (new id) that is carried to the next keyframe; a tracked slot scoring at least this is
