@@ -213,6 +213,15 @@ class VisionEncoder(nn.Module):
             out.append(fixed_assignments(s.track_gt.to(device), gi[b], valid))
         return out
 
+    @staticmethod
+    def _cur2prev(s: SceneState, ego2global: Optional[torch.Tensor], b: int) -> Optional[torch.Tensor]:
+        """[4, 4] float32 map from sample ``b``'s current ego frame to the ego frame of its state's keyframe
+        (``inv(prev ego2global) @ ego2global``); None unless both poses are known."""
+        if ego2global is None or s.ego2global is None:
+            return None
+        cur = ego2global[b].float()
+        return rigid_inverse(s.ego2global.to(cur.device).float()) @ cur
+
     def _prev_bev(self, active: list[Optional[SceneState]], ego2global: Optional[torch.Tensor]
                   ) -> list[Optional[torch.Tensor]]:
         """Previous BEV of each sample, warped into the current ego frame when both poses are known."""
@@ -220,12 +229,10 @@ class VisionEncoder(nn.Module):
         for b, s in enumerate(active):
             if s is None or s.prev_bev is None:
                 out.append(None)
-            elif ego2global is not None and s.ego2global is not None:
-                cur = ego2global[b].float()
-                cur2prev = rigid_inverse(s.ego2global.to(cur.device).float()) @ cur
-                out.append(align_prev_bev(s.prev_bev.to(cur.device), cur2prev, self.grid))
-            else:
-                out.append(s.prev_bev)
+                continue
+            cur2prev = self._cur2prev(s, ego2global, b)
+            out.append(s.prev_bev if cur2prev is None
+                       else align_prev_bev(s.prev_bev.to(cur2prev.device), cur2prev, self.grid))
         return out
 
     def _proposals(self, heat: torch.Tensor, memory: torch.Tensor, track_mask: Optional[torch.Tensor],
@@ -253,8 +260,9 @@ class VisionEncoder(nn.Module):
             if bool(carried.any()) and s is not None and s.track_boxes is not None:
                 box = s.track_boxes.to(memory.device).float()
                 xy = box[:, 0:2] + 0.5 * box[:, 7:9]  # previous ego frame, keyframes 0.5 s apart
-                if ego2global is not None and s.ego2global is not None:
-                    prev2cur = rigid_inverse(ego2global[b].float()) @ s.ego2global.to(memory.device).float()
+                cur2prev = self._cur2prev(s, ego2global, b)
+                if cur2prev is not None:
+                    prev2cur = rigid_inverse(cur2prev).to(memory.device)
                     xy = xy @ prev2cur[:2, :2].T + prev2cur[:2, 3]
                 slots = carried.nonzero(as_tuple=True)[0]
                 pred = self.grid.normalise_xy(xy[slots]).clamp(0.0, 1.0)  # [T, 2]
