@@ -92,6 +92,10 @@ class TextConfig:
     """Prompt layout: 'released' (the released OpenDriveVLA system text, one-line ego state, ``<trajectory>`` token
     and added-token order; ``odvla.model.prompt_released``; default of the real presets) or 'reference' (this
     project's multi-line layout, ``odvla.model.prompt``)."""
+    system: str = "full"
+    """System text of the 'reference' layout: 'full' (what the model sees, the frame, the answer format and its
+    encoding) or 'short' (one sentence; ``tiny``'s, where the constant full text was most of each prompt's tokens).
+    The 'released' layout always uses the released text."""
     max_prompt_tokens: int = 1024
     max_answer_tokens: int = 384
     """Longest target answer (tokens); generated captions run to ~180 tokens with the offline BPE."""

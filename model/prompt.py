@@ -53,9 +53,20 @@ _COMPACT_NOTE = (" Numbers in the trajectory are written as an integer-part toke
                  "brackets or commas.")
 
 
+SHORT_SYSTEM_PROMPT = "You are an autonomous driving agent."
+"""``text.system: short``: one sentence. The full text is constant across samples, so a model trained from random
+init (``tiny``) learns nothing from it; at ~250 of its ~410 tokens per planning prompt it was most of the LLM's work."""
+SYSTEMS = ("full", "short")
+
+
 def system_prompt(text_cfg=None) -> str:
     """SYSTEM_PROMPT, with a sentence on the trajectory encoding when ``text_cfg`` selects delta / residual /
-    compact."""
+    compact; ``SHORT_SYSTEM_PROMPT`` alone when ``text_cfg.system`` is 'short'."""
+    system = getattr(text_cfg, "system", "full")
+    if system not in SYSTEMS:
+        raise ValueError(f"model.text.system={system!r}: expected one of {', '.join(SYSTEMS)}")
+    if system == "short":
+        return SHORT_SYSTEM_PROMPT
     s = SYSTEM_PROMPT
     if text_cfg is not None:
         s += TRAJ_ENCODINGS[text_cfg.traj_encoding].prompt_note

@@ -29,6 +29,7 @@ from .map_queries import MapQueryTransformer
 from .matching import hungarian
 from .scene_sampler import GlobalSceneSampler
 from .scene_state import SceneState
+from .profiling import scope
 from .track_policy import TrackPolicy, fixed_assignments, runtime_update, training_update
 from .vision_losses import AgentCriterion, MapCriterion
 
@@ -293,26 +294,32 @@ class VisionEncoder(nn.Module):
         samples = list(batch.get("sample_token") or [f"#{b}" for b in range(B)])
 
         param_dtype = next(self.backbone.parameters()).dtype
-        if images.dtype == torch.uint8:  # raw RGB from the data pipeline / server: the backbone's normalisation
-            images = backbone_spec(self.config.vision.backbone).normalize(images)
-        if not torch.is_autocast_enabled(images.device.type):
-            images = images.to(param_dtype)
-        feats = self.backbone(images.flatten(0, 1))  # levels [B*6, Cf, h, w]
-        ego2global = _opt(batch, "ego2global", images.device)
-        prev_bev = self._prev_bev(active, ego2global)
-        dev = feats[0].device
-        bev, lifted = self.bev_encoder(feats, batch["intrinsics"].to(dev), batch["sensor2ego"].to(dev), prev_bev)
-        # bev [B, C, nx, ny] -> BEV tokens with positions, memory [B, nx*ny, C]
-        memory = bev.flatten(2).transpose(1, 2) + self.bev_pos.to(bev.dtype)
+        with scope("vision.backbone"):
+            if images.dtype == torch.uint8:  # raw RGB from the data pipeline / server: the backbone's normalisation
+                images = backbone_spec(self.config.vision.backbone).normalize(images)
+            if not torch.is_autocast_enabled(images.device.type):
+                images = images.to(param_dtype)
+            feats = self.backbone(images.flatten(0, 1))  # levels [B*6, Cf, h, w]
+        with scope("vision.bev"):
+            ego2global = _opt(batch, "ego2global", images.device)
+            prev_bev = self._prev_bev(active, ego2global)
+            dev = feats[0].device
+            bev, lifted = self.bev_encoder(feats, batch["intrinsics"].to(dev), batch["sensor2ego"].to(dev), prev_bev)
+            # bev [B, C, nx, ny] -> BEV tokens with positions, memory [B, nx*ny, C]
+            memory = bev.flatten(2).transpose(1, 2) + self.bev_pos.to(bev.dtype)
 
-        scene_tokens = self.scene_sampler(memory)
+        with scope("vision.scene"):
+            scene_tokens = self.scene_sampler(memory)
         track_embed, track_mask = self._track_inputs(active, memory.device, memory.dtype)
         heat = proposal_embed = ref01 = None
         if self.centre_heatmap is not None:
-            heat = self.centre_heatmap(bev)  # [B, nx, ny]
-            proposal_embed, ref01 = self._proposals(heat, memory, track_mask, active, ego2global)
-        agent = self.agent_queries(memory, track_embed, track_mask, proposal_embed, ref01)
-        mp = self.map_queries(memory)
+            with scope("vision.heatmap"):
+                heat = self.centre_heatmap(bev)  # [B, nx, ny]
+                proposal_embed, ref01 = self._proposals(heat, memory, track_mask, active, ego2global)
+        with scope("vision.agents"):
+            agent = self.agent_queries(memory, track_embed, track_mask, proposal_embed, ref01)
+        with scope("vision.map"):
+            mp = self.map_queries(memory)
 
         token_idx = agent["scores"].topk(self.num_agent_tokens, dim=1).indices  # [B, K] by descending score
         agent_tokens = torch.gather(agent["embed"], 1, token_idx[..., None].expand(-1, -1, agent["embed"].shape[-1]))
@@ -323,22 +330,25 @@ class VisionEncoder(nn.Module):
         losses = {k: zero for k in LOSS_KEYS}
         matches = None
         if compute_losses and all(k in batch for k in _AGENT_GT):
-            fixed = self._fixed_assignments(active, batch, samples, memory.device) if self.training else None
-            agent_losses, matches = self.agent_criterion(
-                agent, batch["gt_boxes"].to(memory.device), batch["gt_labels"].to(memory.device),
-                _opt(batch, "gt_agent_future", memory.device), _opt(batch, "gt_agent_future_mask", memory.device),
-                samples, fixed)
-            if heat is not None:
-                agent_losses["det"] = agent_losses["det"] + self._heatmap_loss(heat, batch, samples)
-            losses.update({k: l + zero for k, l in agent_losses.items()})
+            with scope("vision.agent_losses"):
+                fixed = self._fixed_assignments(active, batch, samples, memory.device) if self.training else None
+                agent_losses, matches = self.agent_criterion(
+                    agent, batch["gt_boxes"].to(memory.device), batch["gt_labels"].to(memory.device),
+                    _opt(batch, "gt_agent_future", memory.device),
+                    _opt(batch, "gt_agent_future_mask", memory.device), samples, fixed)
+                if heat is not None:
+                    agent_losses["det"] = agent_losses["det"] + self._heatmap_loss(heat, batch, samples)
+                losses.update({k: l + zero for k, l in agent_losses.items()})
         if compute_losses and all(k in batch for k in _MAP_GT):
-            map_losses, _ = self.map_criterion(mp, batch["gt_map_pts"].to(memory.device),
-                                               batch["gt_map_labels"].to(memory.device), samples)
-            losses.update({k: l + zero for k, l in map_losses.items()})
+            with scope("vision.map_losses"):
+                map_losses, _ = self.map_criterion(mp, batch["gt_map_pts"].to(memory.device),
+                                                   batch["gt_map_labels"].to(memory.device), samples)
+                losses.update({k: l + zero for k, l in map_losses.items()})
 
-        new_states, track_ids = self._new_states(active, scenes, frames, samples, agent,
-                                                 matches if self.training else None,
-                                                 _opt(batch, "gt_instance", memory.device), lifted, ego2global)
+        with scope("vision.states"):
+            new_states, track_ids = self._new_states(active, scenes, frames, samples, agent,
+                                                     matches if self.training else None,
+                                                     _opt(batch, "gt_instance", memory.device), lifted, ego2global)
         predictions = {
             "boxes": agent["boxes"], "scores": agent["scores"], "labels": agent["labels"],
             "agent_future": agent["agent_future"], "track_ids": track_ids, "agent_token_index": token_idx,

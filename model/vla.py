@@ -32,6 +32,7 @@ from odvla.model.ego_token import EGO_TOKEN, EgoProjector
 from odvla.model.generate_output import GenerateOutput
 from odvla.model.llm import build_llm
 from odvla.model.projectors import VisualProjectors
+from odvla.model.profiling import scope
 from odvla.model.prompt import MAP_TOKEN, SCENE_TOKEN, TRACK_TOKEN
 from odvla.model.text_inputs import ChatEncoder, to_numpy
 from odvla.model.tokenizer import add_model_tokens, build_tokenizer
@@ -40,6 +41,9 @@ from odvla.model.vision_encoder import VisionEncoder
 
 LOSS_KEYS = ("lm", "det", "map", "motion")
 """The loss terms ``forward`` returns; a stage weighs them with ``stage.loss_weights``."""
+
+COUNT_KEYS = ("answer_tokens", "llm_tokens")
+"""Token counts ``forward`` returns beside the losses (int64; summed over a clip's supervised frames)."""
 
 MODEL_PARTS = {
     "projectors": "the scene / agent / map projectors (and the ego projector when text.ego_token)",
@@ -159,7 +163,8 @@ class OpenDriveVLA(nn.Module):
 
     def forward(self, batch: dict, states=None) -> dict:
         """Training losses: ``lm`` (mean cross-entropy over answer tokens), ``det``, ``map``, ``motion`` (vision
-        encoder; zeros without ground truth) and ``answer_tokens`` (int64 count of supervised tokens). Only tensors
+        encoder; zeros without ground truth), ``answer_tokens`` (int64 count of supervised tokens) and ``llm_tokens``
+        (int64 count of the LLM's input tokens). Only tensors
         come back (distributed engines walk the outputs); the new states of a frame come from ``perceive``.
 
         ``batch``: a frame batch (``model/batch.py``), with ``states`` the rows' states of the previous keyframe;
@@ -172,15 +177,19 @@ class OpenDriveVLA(nn.Module):
 
     def _forward_frame(self, batch: dict, states) -> tuple[dict, list]:
         vis = self.perceive(batch, states, compute_losses=True)
-        tb = self.chat.encode(batch, with_answers=True, device=self._device())
-        emb = self._embed(batch, tb.input_ids, vis)
-        out = self.llm(inputs_embeds=emb, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
-                       labels=tb.labels, use_cache=False)
+        with scope("text.prompt"):
+            tb = self.chat.encode(batch, with_answers=True, device=self._device())
+        with scope("llm.embed"):
+            emb = self._embed(batch, tb.input_ids, vis)
+        with scope("llm.forward_loss"):
+            out = self.llm(inputs_embeds=emb, attention_mask=tb.attention_mask, position_ids=tb.position_ids,
+                           labels=tb.labels, use_cache=False)
         losses = {"lm": out.loss.float()}
         for k in LOSS_KEYS[1:]:
             v = vis.losses.get(k)
             losses[k] = v.float() if v is not None else out.loss.new_zeros(()).float()
         losses["answer_tokens"] = (tb.labels[:, 1:] != -100).sum()
+        losses["llm_tokens"] = tb.attention_mask.sum()  # LLM input tokens of the batch (prompt + answer)
         return losses, list(vis.states)
 
     def _forward_clip(self, batch: dict, states) -> dict:
@@ -189,14 +198,14 @@ class OpenDriveVLA(nn.Module):
         n = 0
         for fb, sup in zip(frames, supervised):
             if not sup:  # earlier frame: state only (matching still runs, so tracks follow their instances)
-                with torch.no_grad():
+                with torch.no_grad(), scope("clip.context"):
                     states = self.perceive(fb, states, compute_losses=True).states
                 continue
             out, states = self._forward_frame(fb, states)
             n += 1
             for k, v in out.items():
                 total[k] = v if k not in total else total[k] + v
-        return {k: (v if k == "answer_tokens" else v / n) for k, v in total.items()}
+        return {k: (v if k in COUNT_KEYS else v / n) for k, v in total.items()}
 
     # --------------------------------------------------------------------------------------------- generate
     @property

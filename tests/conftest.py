@@ -29,6 +29,35 @@ if FAST_TIER:
     os.environ["RAY_ADDRESS"] = "127.0.0.1:1"
 
 
+TIMEOUT_REFERENCE_GFLOPS = 150.0
+"""The per-test time limits (``timeout`` in pyproject.toml, ``@pytest.mark.timeout``) are written for a machine whose
+1024^2 float32 matmul runs at this many GFLOP/s on 2 threads. On a slower one every limit grows by the ratio
+(``odvla.platform.machine``), so a hang is still caught but a slow CPU is not a failure."""
+
+
+def _machine_speed():
+    from odvla.platform.machine import measure
+
+    return measure()
+
+
+def pytest_report_header(config):
+    speed = _machine_speed()
+    return [f"machine: {speed.line()}; per-test time limits x{speed.slowdown(TIMEOUT_REFERENCE_GFLOPS):.2f}"]
+
+
+def _scale_timeouts(config, items) -> None:
+    scale = _machine_speed().slowdown(TIMEOUT_REFERENCE_GFLOPS)
+    if scale <= 1.0:
+        return
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        base = float(marker.args[0]) if marker is not None and marker.args else default
+        if base > 0:
+            item.add_marker(pytest.mark.timeout(base * scale), append=False)  # first: pytest-timeout reads it
+
+
 INTEGRATION_FIXTURES = {"ray_session", "mlflow_server"}
 """Fixtures that start a Ray cluster or a server: a test that uses one is an integration test."""
 
@@ -45,6 +74,7 @@ def pytest_collection_modifyitems(config, items):
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
     items.sort(key=lambda item: item.path.name in LAST_MODULES)  # stable: the order is otherwise unchanged
+    _scale_timeouts(config, items)
 
 
 @pytest.hookimpl(wrapper=True)

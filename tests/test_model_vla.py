@@ -39,7 +39,7 @@ def test_composition_and_forward(model):
     model.set_trainable(STAGE_PARTS["stage3"])
     batch = make_batch(model.config.vision, 2, tasks=["planning", "qa"])
     out = model(batch)
-    assert set(out) == set(LOSSES) | {"answer_tokens"}
+    assert set(out) == set(LOSSES) | {"answer_tokens", "llm_tokens"}
     for k in LOSSES:
         assert out[k].dim() == 0 and torch.isfinite(out[k]) and out[k].dtype == torch.float32
     tok = model.tokenizer
@@ -47,6 +47,8 @@ def test_composition_and_forward(model):
                      add_special_tokens=False)["input_ids"])
     n_qa = len(tok("There are 3 cars.<|im_end|>", add_special_tokens=False)["input_ids"])
     assert int(out["answer_tokens"]) == n_plan + n_qa
+    prompts = [len(tok(model.chat.prompt_text(batch, b), add_special_tokens=False)["input_ids"]) for b in range(2)]
+    assert int(out["llm_tokens"]) == sum(prompts) + n_plan + n_qa  # every input token of both rows, no padding
     assert out["lm"].item() > 3.0  # random init: about log(vocab)
 
 

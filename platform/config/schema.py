@@ -113,6 +113,11 @@ class TrainConfig:
     ``FailureConfig.preemption_grace_s``: how long survivors run past the deadline); -1: no check."""
     log_every: int = 1
     seed: int = 0
+    profile_steps: int = 0
+    """>0: rank 0 records this many optimiser steps with ``torch.profiler`` and logs where their time goes
+    (``step_profile.md`` and ``profile/<part>_ms`` in the run; ``odvla bench train --profile``)."""
+    profile_warmup: int = 3
+    """Optimiser steps before the profiled ones (first-step allocations and caches stay out of the table)."""
 
 
 @dataclass

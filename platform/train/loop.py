@@ -28,6 +28,8 @@ from typing import Any, Optional
 
 import torch
 
+from odvla.model.profiling import scope
+from odvla.model.vla import COUNT_KEYS
 from odvla.platform.config import from_dict
 from odvla.platform.train.checkpoint import EXPORT_DIR, TrainState, load_into, new_checkpoint_dir, save_shard
 from odvla.platform.train.deepspeed_config import build_ds_config, build_scheduler
@@ -61,6 +63,8 @@ class Worker:
     last: dict = field(default_factory=dict)
     """Metrics of the last optimiser step (loss, lr, throughput), repeated in every checkpoint report."""
     hooks: list = field(default_factory=list)
+    profiler: Any = None
+    """``StepProfiler`` on rank 0 when ``train.profile_steps`` > 0."""
     partition: dict = field(default_factory=dict)
     """Parameter elements each rank held right after the model was built (``params_local_rank<r>``, ``params_total``)."""
 
@@ -73,6 +77,8 @@ class StepWindow:
     samples: int = 0
     tokens: int = 0
     sample_tokens: list = field(default_factory=list)
+    llm_tokens: int = 0
+    """LLM input tokens (prompt + answer) of the window's micro-batches."""
     data_wait: float = 0.0
     """Seconds spent waiting for the next batch from the data shard (``data_wait_frac`` = this / the window)."""
 
@@ -90,7 +96,7 @@ def _total_loss(losses: dict, weights: dict) -> torch.Tensor:
         total = term if total is None else total + term
     if total is None:
         raise ValueError(f"stage.loss_weights {weights}: no positive weight on a loss the model returned "
-                         f"({sorted(k for k in losses if k != 'answer_tokens')})")
+                         f"({sorted(k for k in losses if k not in COUNT_KEYS)})")
     return total
 
 
@@ -190,10 +196,13 @@ def start_tracking(w: Worker) -> None:
 def forward_backward_step(engine, batch: dict, weights: dict) -> tuple[torch.Tensor, dict]:
     """One micro-batch: forward, weighted total loss, backward, ``engine.step`` (DeepSpeed applies the optimiser
     only at the accumulation boundary). Returns (total loss, the model's outputs)."""
-    out = engine(_to_device(batch, engine.device))
-    loss = _total_loss(out, weights)
-    engine.backward(loss)
-    engine.step()
+    with scope("train.forward"):
+        out = engine(_to_device(batch, engine.device))
+        loss = _total_loss(out, weights)
+    with scope("train.backward"):
+        engine.backward(loss)
+    with scope("train.optimizer"):
+        engine.step()
     return loss, out
 
 
@@ -280,7 +289,8 @@ def _timed(batches, current_window):
     while True:
         t0 = time.perf_counter()
         try:
-            batch = next(it)
+            with scope("train.data"):
+                batch = next(it)
         except StopIteration:
             return
         current_window().data_wait += time.perf_counter() - t0
@@ -304,6 +314,8 @@ def train_epoch(w: Worker, shard) -> bool:
     skip, seen = state.batches_in_epoch, 0
     weights, accum, every = dict(cfg.stage.loss_weights), cfg.train.grad_accum, cfg.train.checkpoint_every
     window = StepWindow()
+    if w.profiler is not None:
+        w.profiler.maybe_start(state.global_step)
     for i, batch in enumerate(_timed(_epoch_batches(w, shard), lambda: window)):
         seen += 1
         if i < skip:  # consumed before the restart: never trained on twice
@@ -312,11 +324,15 @@ def train_epoch(w: Worker, shard) -> bool:
         state.batches_in_epoch += 1
         window.samples += len(batch["sample_token"])
         window.tokens += _count_tokens(batch, out)
+        window.llm_tokens += int(out["llm_tokens"]) if "llm_tokens" in out else 0
         # a clip row (data.clip_len > 1) is logged by the keyframe it ends at
         window.sample_tokens.extend(str(t[-1]) if isinstance(t, list) else str(t) for t in batch["sample_token"])
         if state.batches_in_epoch % accum:
             continue
-        finish_step(w, loss, out, window)
+        with scope("train.finish_step"):
+            finish_step(w, loss, out, window)
+        if w.profiler is not None:
+            profile_step(w, window)
         window = StepWindow()
         if state.global_step >= w.total_steps:
             return True
@@ -328,6 +344,19 @@ def train_epoch(w: Worker, shard) -> bool:
         raise RuntimeError(f"rank {w.rank}: the training data shard yielded no batch in epoch {state.epoch} "
                            f"({cfg.data.shards}, mixture {cfg.stage.mixture})")
     return False
+
+
+def profile_step(w: Worker, window: StepWindow) -> None:
+    """Rank 0 with ``train.profile_steps``: after the last profiled step, log the table (``step_profile.md``) and
+    its per-part milliseconds (``profile/<part>_ms``) to the run; start recording when the warm-up is done."""
+    table = w.profiler.after_step(w.state.global_step, window.samples, window.llm_tokens)
+    if table is not None:
+        print(f"[odvla.train] step profile (rank 0):\n{table}")
+        steps = max(w.profiler.steps, 1)
+        w.tracker.log_text(table, "step_profile.md")
+        w.tracker.log_metrics({f"profile/{p}_ms": (v["forward"] + v["backward"]) / 1000 / steps
+                               for p, v in w.profiler.parts.items()}, step=w.state.global_step)
+    w.profiler.maybe_start(w.state.global_step)
 
 
 def timed_checkpoint(w: Worker) -> None:
@@ -377,6 +406,10 @@ def train_func(config: dict) -> None:
     w = setup_worker(config)
     resume_from_checkpoint(w)
     start_tracking(w)
+    if w.rank == 0 and w.cfg.train.profile_steps > 0:
+        from odvla.platform.train.step_profile import StepProfiler
+
+        w.profiler = StepProfiler(w.cfg.train.profile_steps, w.cfg.train.profile_warmup)
     train(w)
     report_checkpoint(w, final=True)
     finish_tracking(w)

@@ -133,6 +133,10 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     init = resolve_init(cfg.stage, previous)
     t = cfg.train
+    if t.bf16 and not t.use_gpu:
+        from odvla.platform.machine import warn_cpu_bf16
+
+        warn_cpu_bf16(f"{cfg.stage.name} (model {cfg.model.preset}, train.use_gpu=false)", "train.bf16=false")
 
     tracker, resumed = _open_run(cfg.stage.name, cfg.model.preset, cfg.tracking.experiment, uri,
                                  f"{storage}/{run_name}", run_name, init, parent_run_id)
