@@ -1,6 +1,6 @@
 """Maps the repository's top-level folders onto the import package ``odvla``.
 
-``platform/``, ``model/`` ... become ``odvla.platform``, ``odvla.model`` ... (DESIGN.md, Layout). The folders are
+``platform/``, ``model/`` ... become ``odvla.platform``, ``odvla.model`` ... (docs/architecture.md). The folders are
 namespace packages (``platform/`` must never get an ``__init__.py``: it would shadow Python's own ``platform``
 module whenever the repo root is on ``sys.path``), so the package list is discovered here rather than declared.
 """

@@ -1,4 +1,4 @@
-"""Layout rules of DESIGN.md that a refactor could silently break."""
+"""Layout rules of docs/architecture.md that a refactor could silently break."""
 from __future__ import annotations
 
 import os
@@ -92,7 +92,7 @@ def test_eval_and_serve_do_not_import_training():
         assert "platform.train" not in graph.get(user, {}), graph[user].get("platform.train")
 
 
-# Only entry points see the root ``Config``; every other function takes the sections it reads (DESIGN.md, Config).
+# Only entry points see the root ``Config``; every other function takes the sections it reads (docs/architecture.md).
 ROOT_CONFIG_FILES = ("platform/cli/", "jobs/", "platform/config/", "tune/trial.py", "tune/sweep.py")
 """Whole files that may take the root: the CLI, jobs/, the config package itself, the trial driver and the sweep."""
 ROOT_CONFIG_FUNCTIONS = {

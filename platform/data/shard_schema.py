@@ -1,4 +1,4 @@
-"""The Parquet shard schema: one row per nuScenes keyframe (DESIGN.md, Data contract).
+"""The Parquet shard schema: one row per nuScenes keyframe (docs/data.md, Shards).
 
 Frames and units: every geometric column is in the nuScenes ego frame of *this* keyframe (x forward, y left,
 z up, metres, yaw in radians counter-clockwise from x), except ``cam_ego2global``/``ego2global`` which map into
