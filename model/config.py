@@ -39,6 +39,9 @@ class VisionConfig:
     for the real presets). The backbone owns its input normalisation."""
     backbone_weights: Optional[str] = None
     """Local file with torchvision ResNet weights (state dict); None = random init."""
+    frozen_stages: int = -1
+    """ResNet stages that never train, as mmdet counts them: -1 none, 0 the stem, k the stem and stages 1..k (UniAD
+    and BEVFormer use 1 for their ResNet-101). Frozen stages keep their BatchNorm statistics and cost no backward."""
     fpn_channels: int = 32
     image_height: int = 64
     image_width: int = 112
@@ -92,6 +95,9 @@ class TextConfig:
     """Prompt layout: 'released' (the released OpenDriveVLA system text, one-line ego state, ``<trajectory>`` token
     and added-token order; ``odvla.model.prompt_released``; default of the real presets) or 'reference' (this
     project's multi-line layout, ``odvla.model.prompt``)."""
+    ego_text: bool = True
+    """The 'reference' planning prompt writes the ego state as six text lines. False (needs ``ego_token``): the
+    ``<EGO>`` embedding alone carries it (``tiny``: the lines were a third of its prompt)."""
     system: str = "full"
     """System text of the 'reference' layout: 'full' (what the model sees, the frame, the answer format and its
     encoding) or 'short' (one sentence; ``tiny``'s, where the constant full text was most of each prompt's tokens).

@@ -81,17 +81,23 @@ def visual_header() -> str:
             "Map information: <map_start><MAP><map_end>\n")
 
 
-def ego_state_lines(ego_state, ego_token: bool = False) -> str:
+def ego_state_lines(ego_state, ego_token: bool = False, text: bool = True) -> str:
     """``ego_state`` [7] (EGO_STATE_FIELDS: vx, vy, ax, ay, yaw_rate, speed, steering; ego frame) -> text lines.
-    ``ego_token``: the header line carries the ``<EGO>`` placeholder (``odvla.model.ego_token``)."""
+    ``ego_token``: the header line carries the ``<EGO>`` placeholder (``odvla.model.ego_token``). ``text`` False
+    (``model.text.ego_text``): the header line alone; the ``<EGO>`` embedding then carries the state."""
     e = np.asarray(ego_state, dtype=np.float64).reshape(-1)
     if e.shape != (len(EGO_STATE_FIELDS),):
         raise ValueError(f"ego_state must have {len(EGO_STATE_FIELDS)} values {EGO_STATE_FIELDS}, got shape "
                          f"{np.shape(ego_state)}")
     if not np.all(np.isfinite(e)):
         raise ValueError(f"ego_state has non-finite values: {dict(zip(EGO_STATE_FIELDS, e.tolist()))}")
+    if not text and not ego_token:
+        raise ValueError("model.text.ego_text=false needs model.text.ego_token=true: the ego state must reach the "
+                         "model as text or as the <EGO> embedding")
     vx, vy, ax, ay, yaw_rate, speed, steering = (float(v) for v in e)
     f = format_number
+    if not text:
+        return f"Ego states: {EGO_TOKEN}\n"
     return (f"Ego states:{' ' + EGO_TOKEN if ego_token else ''}\n"
             f"- Velocity (vx,vy): ({f(-vy)},{f(vx)})\n"
             f"- Heading Angular Velocity (v_yaw): ({f(yaw_rate)})\n"
@@ -118,10 +124,11 @@ def history_line(past_traj, past_mask, codec=None, ego_state=None) -> str:
 
 
 def build_user_turn(task: str, question: str, ego_state, command: int, past_traj, past_mask, codec=None,
-                    ego_token: bool = False) -> str:
+                    ego_token: bool = False, ego_text: bool = True) -> str:
     """The user message (see module docstring). Planning: ego states, history, mission goal and
     'Planning trajectory:'; other tasks: the visual header then ``question``. ``codec``: see ``history_line``;
-    ``ego_token``: planning prompts carry one ``<EGO>`` placeholder (see ``ego_state_lines``)."""
+    ``ego_token``, ``ego_text``: planning prompts carry one ``<EGO>`` placeholder, and the ego state as text lines
+    unless ``ego_text`` is False (see ``ego_state_lines``)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if task != "planning":
@@ -134,5 +141,6 @@ def build_user_turn(task: str, question: str, ego_state, command: int, past_traj
     c = int(command)
     if not 0 <= c < len(COMMANDS):
         raise ValueError(f"command index must be in 0..{len(COMMANDS) - 1} {COMMANDS}, got {command!r}")
-    return (visual_header() + ego_state_lines(ego_state, ego_token) + history_line(past_traj, past_mask, codec, ego_state)
+    return (visual_header() + ego_state_lines(ego_state, ego_token, ego_text)
+            + history_line(past_traj, past_mask, codec, ego_state)
             + f"Mission goal: {COMMANDS[c]}\n" + "Planning trajectory:")

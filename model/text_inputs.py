@@ -63,7 +63,8 @@ class ChatEncoder:
                 return planning_turn_for_row(batch, b, self.cfg.text, to_numpy)
             return build_user_turn(batch["task"][b], batch["question"][b], to_numpy(batch["ego_state"][b]),
                                    int(batch["command"][b]), to_numpy(batch["past_traj"][b]), to_numpy(batch["past_mask"][b]),
-                                   codec=self.codec, ego_token=bool(self.cfg.text.ego_token))
+                                   codec=self.codec, ego_token=bool(self.cfg.text.ego_token),
+                                   ego_text=bool(self.cfg.text.ego_text))
         except ValueError as e:
             raise ValueError(f"sample {batch['sample_token'][b]!r}: {e}") from e
 

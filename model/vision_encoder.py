@@ -86,7 +86,7 @@ class VisionEncoder(nn.Module):
                              f"1..num_agent_queries={v.num_agent_queries}")
         self.config = cfg
         self.backbone = ImageBackbone(v.backbone, v.fpn_channels, v.backbone_weights,
-                                      cfg.gradient_checkpointing)
+                                      cfg.gradient_checkpointing, v.frozen_stages)
         self.bev_encoder = BEVEncoder(v, v.fpn_channels)
         self.grid = self.bev_encoder.grid
         C = int(v.bev_channels)

@@ -105,6 +105,7 @@ class OpenDriveVLA(nn.Module):
         if "agent_heads" in parts:
             for p in self.vision.agent_motion_parameters():
                 p.requires_grad_(True)
+        self.vision.backbone.freeze_stages()  # model.vision.frozen_stages never train, whatever the stage
         self._vision_frozen = "vision" not in parts
         self.train(self.training)
         return [n for n, p in self.named_parameters() if p.requires_grad]
