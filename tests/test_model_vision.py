@@ -247,7 +247,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(cfg):
         torch.manual_seed(0)
         enc = VisionEncoder(dataclasses.replace(cfg, gradient_checkpointing=ckpt))
         sum(enc(batch).losses.values()).backward()
-        grads.append(enc.backbone.layer1[0].conv1.weight.grad.clone())
+        grads.append(enc.backbone.layer2[0].conv1.weight.grad.clone())  # tiny freezes the stem and stage 1
     assert enc.backbone.gradient_checkpointing
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
@@ -292,3 +292,38 @@ def test_ego_pose_in_the_batch_warps_the_previous_bev_and_travels_with_the_state
     with torch.no_grad():
         again = encoder(batch1, states=restored)
     assert torch.allclose(again.predictions["bev"], aligned.predictions["bev"])
+
+
+@pytest.mark.parametrize("frozen", [-1, 0, 1, 2])
+def test_frozen_stages_get_no_gradient_and_keep_their_statistics(cfg, frozen):
+    """``model.vision.frozen_stages`` as mmdet counts it: -1 nothing, 0 the stem, k the stem and stages 1..k. Frozen
+    parts get no gradient even after a stage enables the whole encoder, and their BatchNorm statistics stay put in
+    train mode; the first trained stage gets its gradient."""
+    from odvla.model.vla import OpenDriveVLA
+    from odvla.platform.config import load_config
+
+    mcfg = load_config(model="tiny", overrides=[f"model.vision.frozen_stages={frozen}"]).model
+    model = OpenDriveVLA(mcfg)
+    model.set_trainable(["projectors", "llm", "vision"])
+    model.train()
+    bb = model.vision.backbone
+    stages = [bb.stem, bb.layer1, bb.layer2, bb.layer3, bb.layer4]
+    stats = [m.running_mean.clone() for m in bb.stem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    model.vision(random_batch(mcfg)).losses["det"].backward()
+    for k, stage in enumerate(stages):
+        grads = [p.grad for p in stage.parameters()]
+        if k <= frozen:
+            assert all(g is None for g in grads) and not any(p.requires_grad for p in stage.parameters()), k
+            assert all(not m.training for m in stage.modules()), k
+        else:
+            assert any(g is not None and g.abs().sum() > 0 for g in grads), k
+    after = [m.running_mean for m in bb.stem.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(torch.equal(a, b) for a, b in zip(stats, after)) == (frozen >= 0)
+
+
+def test_frozen_stages_out_of_range_names_the_key():
+    from odvla.model.backbone import ImageBackbone
+
+    with pytest.raises(ValueError, match=r"model\.vision\.frozen_stages=5"):
+        ImageBackbone("resnet18", 32, frozen_stages=5)
+
