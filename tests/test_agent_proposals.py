@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +45,34 @@ def test_focal_loss_is_centernets_penalty_reduced_focal_loss():
               for i, j in ((0, 1), (1, 0), (1, 1)))
     assert float(focal_loss(logits, target)) == pytest.approx(float(pos + neg), rel=1e-5)  # one centre
     assert float(focal_loss(torch.full_like(target, -9.0), torch.zeros_like(target))) < 1e-6
+
+
+def _focal_by_hand(logits, target) -> tuple[float, int]:
+    """CenterNet's terms cell by cell: (sum of the positive and negative terms, number of centres)."""
+    p = torch.sigmoid(logits)
+    total, n = 0.0, 0
+    for idx in np.ndindex(*target.shape):
+        q, t = float(p[idx]), float(target[idx])
+        if t == 1.0:
+            total, n = total - (1 - q) ** 2 * math.log(q), n + 1
+        else:
+            total -= (1 - t) ** 4 * q ** 2 * math.log(1 - q)
+    return total, n
+
+
+def test_focal_loss_divides_by_the_centres_of_the_whole_batch():
+    """CenterNet's ``_neg_loss``: the positive and negative terms of every cell of the batch, summed, over the number
+    of centres in the batch (3 here: two in the first sample, one in the second), not per sample."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 4, 5, generator=g) * 0.9
+    for b, i, j in ((0, 0, 0), (0, 3, 4), (1, 2, 1)):
+        target[b, i, j] = 1.0
+    logits = torch.randn(2, 4, 5, generator=g)
+    total, n = _focal_by_hand(logits, target)
+    assert n == 3 and float(focal_loss(logits, target)) == pytest.approx(total / 3, rel=1e-5)
+    target[1, 2, 1] = 0.99  # one centre fewer: that cell becomes a negative, and the sum is divided by 2
+    total2, n2 = _focal_by_hand(logits, target)
+    assert n2 == 2 and float(focal_loss(logits, target)) == pytest.approx(total2 / 2, rel=1e-5)
 
 
 def test_peaks_are_local_maxima_by_descending_score():

@@ -1,7 +1,7 @@
 """Two stages as a pipeline (stage1 -> stage3, the paper's '+alignment' ablation) on the tiny model, then the
 evaluation: stage3 starts from stage1's export (lineage tags, nested MLflow runs), its export is registered as the
 planner, is evaluated from the registry, and after training on the synthetic train split it beats the untrained
-model on the val split's L2 (learning happens). Beating constant velocity takes the demo's 400 stage3 steps on
+model on the val split's L2 (learning happens). Beating constant velocity takes the demo's 200 stage3 steps of 8 clips on
 more data: tests/test_demo.py checks that."""
 from __future__ import annotations
 

@@ -56,6 +56,9 @@ def run(args) -> int:
     from odvla.platform.config import load_config
     from odvla.platform.train import run_stage
 
+    if args.profile and args.steps < args.warmup + args.profile:
+        raise SystemExit(f"--profile {args.profile} after --warmup {args.warmup} needs --steps >= "
+                         f"{args.warmup + args.profile} (got {args.steps})")
     tmp = Path(tempfile.mkdtemp(prefix="odvla-bench-train-"))
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -70,9 +73,6 @@ def run(args) -> int:
             "tracking.log_system_metrics=false", *_clip_overrides(args),
             *([f"train.profile_steps={args.profile}", f"train.profile_warmup={args.warmup}"] if args.profile else []),
             *args.overrides])
-        if args.profile and args.steps < args.warmup + args.profile:
-            raise SystemExit(f"--profile {args.profile} after --warmup {args.warmup} needs --steps >= "
-                             f"{args.warmup + args.profile} (got {args.steps})")
         t0 = time.perf_counter()
         res = run_stage(cfg, register=False)
         wall = time.perf_counter() - t0
