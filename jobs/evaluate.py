@@ -11,6 +11,7 @@ import ray
 
 from odvla.platform.config.args import add_config_args, config_from_args
 from odvla.platform.eval.evaluate import run_eval
+from odvla.platform.log_setup import configure as configure_logging
 
 
 def main(argv=None) -> int:
@@ -21,6 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="folder for predictions, tables and plots")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    configure_logging()
     ray.init()
     result = run_eval(cfg, args.export, out_dir=args.out, run_id=args.run_id)
     print(result.table_md)

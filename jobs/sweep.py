@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from odvla.platform.config.args import add_config_args, config_from_args
+    from odvla.platform.log_setup import configure as configure_logging
     from odvla.tune.sweep import SweepRecipe, run_sweep
 
     p = argparse.ArgumentParser(prog="jobs/sweep.py", description=__doc__.splitlines()[0])
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restore", action="store_true", help="resume the sweep named by sweep.name")
     args = p.parse_args(argv)
     cfg = config_from_args(args)
+    configure_logging()
     if not ray.is_initialized():
         ray.init()  # the cluster of `ray job submit` (RAY_ADDRESS), else a local one
     out = run_sweep(cfg, SweepRecipe(files=list(args.config), overrides=list(args.overrides)), restore=args.restore)

@@ -36,6 +36,7 @@ Optional tensors (used when present):
 Python lists (length B):
     sample_token, scene_token : str
     task     : str   'planning', 'qa', 'caption_scene', 'caption_agent', 'caption_map', 'interaction', 'external'
+                     (``TASKS``, model/tasks.py)
     question : str   the task's question text ('' for 'planning': the model builds the planning prompt from
                      ego_state, command and past_traj)
     answer   : str   target assistant text; '' for 'planning' rows (the model's trajectory codec encodes

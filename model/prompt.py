@@ -32,14 +32,13 @@ import numpy as np
 
 from odvla.model.constants import COMMANDS, EGO_STATE_FIELDS, PAST_STEPS
 from odvla.model.ego_token import EGO_TOKEN
+from odvla.model.tasks import TASKS
 from odvla.model.traj_codec import format_number, format_points
 from odvla.model.traj_encodings import TRAJ_ENCODINGS
 
 SCENE_TOKEN, TRACK_TOKEN, MAP_TOKEN = "<SCENE>", "<TRACK>", "<MAP>"
 PLACEHOLDERS = (SCENE_TOKEN, TRACK_TOKEN, MAP_TOKEN)
 MARKERS = ("<scene_start>", "<scene_end>", "<track_start>", "<track_end>", "<map_start>", "<map_end>")
-TASKS = ("planning", "qa", "caption_scene", "caption_agent", "caption_map", "interaction", "external")
-"""Task names of the batch contract (model/batch.py)."""
 
 SYSTEM_PROMPT = (
     "You are an autonomous driving agent. You see the surroundings of the ego vehicle through six cameras, given "

@@ -14,9 +14,12 @@ it. So:
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Optional
+
+log = logging.getLogger(__name__)
 
 HOME_ENV = "ODVLA_HOME"
 """A machine-local folder for runs and the local MLflow store of jobs submitted from a working-dir copy."""
@@ -45,7 +48,7 @@ def durable_local_path(value: str, key: str) -> Path:
     """Absolute folder for ``value`` (``key`` names the config field or variable in messages).
 
     Relative: against the current directory, or against ``odvla_home()`` when the current directory is Ray's
-    working-dir copy (printed loudly). Absolute inside such a copy: ``EphemeralPathError``."""
+    working-dir copy (a logged warning). Absolute inside such a copy: ``EphemeralPathError``."""
     p = Path(value).expanduser()
     if p.is_absolute():
         copy = ray_working_dir_copy(p)
@@ -60,10 +63,10 @@ def durable_local_path(value: str, key: str) -> Path:
     if copy is None:
         return (cwd / p).resolve()
     out = (odvla_home() / p).resolve()
-    print(f"\n**[odvla] WARNING: {key}={value!r} is relative and this job runs in Ray's temporary copy of the "
-          f"working directory ({copy}), deleted with the Ray session. Writing to {out} instead. On a cluster set "
-          f"{key} (or {STORAGE_ENV} / MLFLOW_TRACKING_URI) to shared storage; locally set {HOME_ENV} to choose "
-          f"the folder.**\n", flush=True)
+    log.warning("%s=%r is relative and this job runs in Ray's temporary copy of the working directory (%s), deleted "
+                "with the Ray session. Writing to %s instead. On a cluster set %s (or %s / MLFLOW_TRACKING_URI) to "
+                "shared storage; locally set %s to choose the folder.", key, value, copy, out, key, STORAGE_ENV,
+                HOME_ENV)
     return out
 
 

@@ -96,16 +96,11 @@ def _model_version_source(ref: str, uri: str) -> str:
     source, asked of the registry at ``uri`` (the same store as tracking)."""
     from mlflow.tracking import MlflowClient
 
+    from odvla.platform.tracking.registry import parse_model_ref
+
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    body = ref[len("models:/"):]
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        return client.get_model_version_by_alias(name, alias).source
-    name, _, which = body.partition("/")
-    if not which:
-        raise ValueError(f"model reference {ref}: expected models:/<name>/<version|alias>")
-    mv = (client.get_model_version(name, which) if which.isdigit()
-          else client.get_model_version_by_alias(name, which))
+    name, version, alias = parse_model_ref(ref)
+    mv = client.get_model_version(name, version) if version else client.get_model_version_by_alias(name, alias)
     return mv.source
 
 

@@ -50,7 +50,7 @@ from odvla.serve.schemas import (
 )
 from odvla.serve.upload import BodyError, Scene, body_schema, component_schemas, read_scene
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(__name__)
 
 API_TITLE = "OpenDriveVLA planner"
 ERROR_STATUSES = {
@@ -118,6 +118,9 @@ class ApiError(Exception):
 @serve.ingress()
 class PlannerAPI:
     def __init__(self, planner: DeploymentHandle, settings: Optional[dict] = None):
+        from odvla.platform.log_setup import configure as configure_logging
+
+        configure_logging()  # a Serve replica: the library's records go to its log
         self.planner = planner
         self.settings = dict(settings or {})
         self.token = token_from_env(self.settings.get("token_env", TOKEN_ENV))

@@ -28,27 +28,24 @@ from odvla.serve.sessions import SessionStore
 _DEFAULTS = ServeConfig()
 """Batch settings until ``reconfigure`` applies the deployment's ``user_config`` (from ``ServeConfig``)."""
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(__name__)
 
 
 def resolve_version(ref: str, tracking_uri: Optional[str] = None) -> Optional[str]:
     """``models:/name/3`` -> '3'; ``models:/name/<alias>`` or ``models:/name@<alias>`` -> the version the alias
     points at (None when the registry cannot say: the ref itself still identifies the model)."""
-    if not ref.startswith("models:/"):
+    from odvla.platform.tracking.registry import parse_model_ref
+
+    try:
+        name, version, alias = parse_model_ref(ref)
+    except ValueError:  # a folder, runs:/ URI or malformed reference: the ref itself identifies the model
         return None
-    body = ref[len("models:/"):].strip("/")
-    if "@" in body:
-        name, ver = body.split("@", 1)
-    elif body.count("/") == 1:
-        name, ver = body.split("/")
-    else:
-        return None
-    if ver.isdigit():
-        return ver
+    if version:
+        return version
     try:
         from mlflow import MlflowClient
 
-        return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, ver).version)
+        return str(MlflowClient(tracking_uri).get_model_version_by_alias(name, alias).version)
     except Exception:
         return None
 
@@ -102,13 +99,16 @@ class Planner:
         import torch
 
         from odvla.platform.export import load_export
+        from odvla.platform.log_setup import configure as configure_logging
 
+        configure_logging()  # a Serve replica: the library's records go to its log
         if torch_threads > 0:
             torch.set_num_threads(int(torch_threads))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device
-        self.model, self.cfg = load_export(model_ref, device=device, tracking_uri=tracking_uri)
+        self.model, _ = load_export(model_ref, device=device, tracking_uri=tracking_uri)
+        self.model_cfg = self.model.config  # the export's ModelConfig: the one section the replica reads
         self.model.eval()
         self.sessions = SessionStore(session_idle_s)
         ctx = serve.get_replica_context()
@@ -122,9 +122,9 @@ class Planner:
         self.info = {
             "ref": str(model_ref),
             "version": resolve_version(str(model_ref), tracking_uri),
-            "preset": self.cfg.model.preset,
+            "preset": self.model_cfg.preset,
             "checksum": weights_fingerprint(self.model),
-            "image_hw": [int(self.cfg.model.vision.image_height), int(self.cfg.model.vision.image_width)],
+            "image_hw": [int(self.model_cfg.vision.image_height), int(self.model_cfg.vision.image_width)],
         }
         log.info("Planner replica %s loaded %s (%s) on %s", self.replica, model_ref, self.info["checksum"], device)
 

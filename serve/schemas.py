@@ -51,7 +51,6 @@ POSITION_LIMIT_M = float(COMPACT_INT_LIMIT)
 """Largest |coordinate| of a history waypoint (m): what every trajectory encoding can write in the prompt (the
 compact tokens stop at <+99>); 2 s of history at 45 m/s."""
 
-Finite = Annotated[float, Field(allow_inf_nan=False)]
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
 IMAGE_B64_PATTERN = r"^/9j/(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"

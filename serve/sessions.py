@@ -48,9 +48,6 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def session_ids(self) -> list[str]:
-        return list(self._entries)
-
     def lock(self, session_id: str) -> asyncio.Lock:
         """Requests of one session run one at a time (frame order), other sessions batch together."""
         lk = self._locks.get(session_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from odvla.platform.bench.fault_injection import (START_TIMEOUT_ENV, TRAIN_NODE, add_train_node,  # noqa: F401
+from odvla.platform.bench.fault_injection import (TRAIN_NODE, add_train_node,  # noqa: F401
                                                   kill_node, local_multinode_cluster, node_by_id)
 
 

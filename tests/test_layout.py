@@ -204,3 +204,129 @@ def test_only_entry_points_take_the_root_config():
                        if (f, q) not in ROOT_CONFIG_FUNCTIONS and not f.startswith(ROOT_CONFIG_FILES))
     assert offenders == [], ("functions that take the root Config outside the entry points; pass the sections "
                              "they read (data, model.vision, eval, ...) instead:\n" + "\n".join(offenders))
+
+
+# Roots made, not taken: ``from_dict``/``load_config`` (and an export's config read back) build a root ``Config``;
+# outside the entry points a function holds the sections it reads, never the root, not even on an object.
+ROOT_MAKERS = {"from_dict": None, "load_config": None, "load_export_config": 1, "load_export": 1}
+"""Calls (by bare name) that give a root config: the value itself (None) or its position in the returned tuple."""
+ROOT_CONFIG_COMMAND_FILES = ("platform/bench/", "serve/cli.py", "serve/bench.py", "serve/fault_bench.py")
+"""Commands outside ``platform/cli/`` (``odvla bench ...``, ``odvla serve``/``plan``, the serve benchmarks): they
+build their config from their own arguments, as the CLI does."""
+ROOT_CONFIG_MAKERS = {
+    # `serve run serve/config.yaml` builds the app from its YAML arguments; a sweep trial's config, for its driver
+    ("serve/app.py", "build_app"), ("tune/recipe.py", "SweepRecipe.trial_config"),
+    # the demo driver reads a stage preset's sections
+    ("platform/demo.py", "demo_steps"), ("platform/demo.py", "demo_stage_overrides"),
+    # an export's whole config.yaml read back (the counterpart of save_export); callers keep its model section
+    ("platform/export.py", "load_export_config"), ("platform/export.py", "load_export"),
+    # the final checkpoint writes the whole config into the export (save_export): rebuilt once from the job's dict
+    ("platform/train/loop.py", "report_checkpoint"),
+}
+"""Functions besides the entry points above that may make a root config (they take none as a parameter)."""
+
+
+def _own_nodes(fn):
+    """The nodes of ``fn``'s body, nested functions and classes excluded (they are checked on their own)."""
+    import ast
+
+    todo = list(ast.iter_child_nodes(fn))
+    while todo:
+        node = todo.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def root_config_holders(sources: dict, takers: dict) -> dict:
+    """{(file, qualified name): [what, ...]} of every function in ``sources`` that makes a root config (a
+    ``ROOT_MAKERS`` call whose root is not thrown away as ``_``) or stores one on an object (``self.cfg = <root>``,
+    ``Worker(cfg=<root>)``: an attribute target, or an argument of a call to a class). ``takers``: the result of
+    ``root_config_takers``, whose root parameters count as roots too."""
+    import ast
+
+    def maker(node):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ROOT_MAKERS:
+            return node.func.id
+        return None
+
+    found: dict = {}
+    for f, src in sources.items():
+        for q, fn in _functions(ast.parse(src)):
+            notes: list = []
+            roots = {takers[(f, q)]} if (f, q) in takers else set()
+            thrown = set()  # maker calls whose root is assigned to `_`
+            assigns = [n for n in _own_nodes(fn) if isinstance(n, ast.Assign)]
+            for a in assigns:
+                name = maker(a.value)
+                if name is None:
+                    continue
+                pos = ROOT_MAKERS[name]
+                for target in a.targets:
+                    held = target if pos is None else (target.elts[pos] if isinstance(target, ast.Tuple)
+                                                       and len(target.elts) > pos else None)
+                    if held is None:
+                        continue
+                    if isinstance(held, ast.Name) and held.id == "_":
+                        thrown.add(id(a.value))
+                    elif isinstance(held, ast.Name):
+                        roots.add(held.id)
+                    elif isinstance(held, ast.Attribute):
+                        notes.append(f"stores the root of {name}(...) on {ast.unparse(held)} (line {a.lineno})")
+            for node in _own_nodes(fn):
+                name = maker(node)
+                if name is not None and id(node) not in thrown:
+                    notes.append(f"makes a root with {name}(...) (line {node.lineno})")
+
+            def is_root(v) -> bool:
+                return (isinstance(v, ast.Name) and v.id in roots) or (maker(v) is not None
+                                                                      and ROOT_MAKERS[maker(v)] is None)
+
+            for node in _own_nodes(fn):
+                if isinstance(node, (ast.Assign, ast.AnnAssign)) and is_root(node.value):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    notes += [f"stores a root on {ast.unparse(t)} (line {node.lineno})" for t in targets
+                              if isinstance(t, ast.Attribute)]
+                elif isinstance(node, ast.Call):
+                    callee = node.func.id if isinstance(node.func, ast.Name) else (
+                        node.func.attr if isinstance(node.func, ast.Attribute) else "")
+                    if callee[:1].isupper():
+                        notes += [f"stores a root in {callee}({k.arg or '**'}=...) (line {node.lineno})"
+                                  for k in node.keywords if is_root(k.value)]
+                        notes += [f"stores a root in {callee}(<arg {i}>) (line {node.lineno})"
+                                  for i, a in enumerate(node.args) if is_root(a)]
+            if notes:
+                found[(f, q)] = sorted(set(notes))
+    return found
+
+
+def test_root_config_holder_detector_sees_makers_and_stores():
+    src = ("def rebuilds(job):\n    cfg = from_dict(job['cfg'])\n    return Worker(job=job, cfg=cfg)\n"
+           "class Replica:\n    def __init__(self, ref):\n        self.model, self.cfg = load_export(ref)\n"
+           "    def fine(self, ref):\n        self.model, _ = load_export(ref)\n"
+           "def a_section(stage):\n    return load_config(stage=stage).stage\n"
+           "def takes(cfg):\n    return Holder(cfg)\n")
+    found = root_config_holders({"x.py": src}, {("x.py", "takes"): "cfg"})
+    assert set(found) == {("x.py", "rebuilds"), ("x.py", "Replica.__init__"), ("x.py", "a_section"),
+                          ("x.py", "takes")}
+    assert any("Worker(cfg=...)" in n for n in found[("x.py", "rebuilds")])
+    assert any("on self.cfg" in n for n in found[("x.py", "Replica.__init__")])
+    assert found[("x.py", "takes")] == ["stores a root in Holder(<arg 0>) (line 12)"]
+
+
+def test_only_entry_points_make_or_hold_the_root_config():
+    sources = {str(p.relative_to(ROOT)): p.read_text()
+               for folder in ("model", "platform", "jobs", "tune", "serve") for p in (ROOT / folder).rglob("*.py")}
+    takers = root_config_takers(sources, _root_sections(sources["platform/config/schema.py"]))
+    found = root_config_holders(sources, takers)
+    assert ("platform/train/stages.py", "stage_config") in found  # the detector sees a real entry point
+    stale = sorted(k for k in ROOT_CONFIG_MAKERS if k not in found)
+    assert stale == [], f"allow-listed root makers that no longer make a root config (remove them): {stale}"
+    # the training loop's one root: rebuilt from the job's dict for save_export, kept in no variable or attribute
+    notes = found[("platform/train/loop.py", "report_checkpoint")]
+    assert len(notes) == 1 and notes[0].startswith("makes a root with from_dict(...)"), notes
+    allowed = ROOT_CONFIG_FILES + ROOT_CONFIG_COMMAND_FILES
+    offenders = sorted(f"{f}: {q}: {note}" for (f, q), notes in found.items() for note in notes
+                       if (f, q) not in ROOT_CONFIG_FUNCTIONS | ROOT_CONFIG_MAKERS and not f.startswith(allowed))
+    assert offenders == [], ("functions that make or hold the root Config outside the entry points; hold the "
+                             "sections they read (train, data, model, ...) instead:\n" + "\n".join(offenders))

@@ -2,6 +2,7 @@
 planning, the consolidated export (real tiny OpenDriveVLA), and export references through a real MLflow store."""
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -163,17 +164,24 @@ def test_export_references_through_mlflow_registry(tiny_export, mlflow_sqlite):
 
 
 @pytest.mark.integration
-def test_warns_when_workers_leave_no_cpu_for_data(ray_session, capsys):
-    """Workers taking every CPU of the cluster would leave Ray Data no CPU: the run would wait silently."""
+def test_warns_when_workers_leave_no_cpu_for_data(ray_session, caplog):
+    """Workers taking every CPU of the cluster would leave Ray Data no CPU: the run would wait silently. The warning
+    is a log record of the trainer (the ``odvla`` command shows it on stderr)."""
     from odvla.platform.train.trainer import _warn_if_no_cpu_left_for_data
+
+    def warnings() -> list:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "odvla.platform.train.trainer" and r.levelno == logging.WARNING]
 
     total = int(ray_session.cluster_resources()["CPU"])
     t = load_config(model="tiny", overrides=["train.num_workers=1", f"train.cpus_per_worker={total}"]).train
-    _warn_if_no_cpu_left_for_data(t)
-    assert f"= {total} CPUs, the cluster has {total}" in capsys.readouterr().out
-    t.cpus_per_worker = total - 1
-    _warn_if_no_cpu_left_for_data(t)
-    assert capsys.readouterr().out == ""
+    with caplog.at_level(logging.WARNING, logger="odvla"):
+        _warn_if_no_cpu_left_for_data(t)
+        assert any(f"= {total} CPUs, the cluster has {total}" in m for m in warnings()), caplog.text
+        caplog.clear()
+        t.cpus_per_worker = total - 1
+        _warn_if_no_cpu_left_for_data(t)
+        assert warnings() == []
 
 
 def test_sample_log_chunks_latest_attempt_wins(tmp_path):

@@ -13,10 +13,6 @@ from ray import tune
 from odvla.platform.config import ConfigError, check_pipeline_order
 from odvla.platform.config.schema import MODEL_PRESETS, SweepConfig
 
-PAPER_ABLATION = [["stage3"], ["stage1", "stage3"], ["stage1", "stage2", "stage3"],
-                  ["stage1", "stage2", "stage2_5", "stage3"]]
-"""Stage subsets of the OpenDriveVLA ablation (planning only; +alignment; +instruction tuning; +interaction)."""
-
 # Resources one trial's training workers need, per model size: (workers, GPUs per worker).
 # 0.5b fits one H100 with ZeRO-1; 3b wants ZeRO-2 over 4; 7b ZeRO-3 over a full 8-GPU node.
 TRIAL_GPUS = {"tiny": (1, 0), "0.5b": (1, 1), "3b": (4, 1), "7b": (8, 1)}

@@ -96,9 +96,13 @@ def _progress_checkpoint(done: list[dict], tmp: str) -> tune.Checkpoint:
 
 
 def run_trial(params: dict, ctx: TrialContext) -> None:
-    """Tune trainable: train ``params['stages']`` ('+'-joined) on ``params['model_size']``, then evaluate."""
+    """Tune trainable: train ``params['stages']`` ('+'-joined) on ``params['model_size']``, then evaluate. The
+    library's log records go to the trial's log (``$ODVLA_LOG_LEVEL``, default INFO)."""
     from odvla.platform.eval.evaluate import run_eval
+    from odvla.platform.log_setup import configure as configure_logging
     from odvla.platform.train import InitSource, run_stage
+
+    configure_logging()
 
     trial_id = tune.get_context().get_trial_id()
     configs = stage_configs(ctx, params, trial_id)

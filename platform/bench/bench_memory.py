@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from odvla.model.constants import CAMERAS
+
 GiB = 1024**3
 HEADROOM = 0.9
 """Share of the GPU's memory a plan may use."""
 H100_GB = 80.0
-CAMERAS = 6
 
 
 class MemoryPlanError(ValueError):
@@ -138,7 +139,7 @@ def measure_backbone_activations(vision_cfg, scale: int = 4) -> int:
     net = getattr(torchvision.models, name)(weights=None)
     trunk = torch.nn.Sequential(*list(net.children())[:-2]).train()
     h, w = max(vision_cfg.image_height // scale, 32), max(vision_cfg.image_width // scale, 32)
-    x = torch.randn(CAMERAS, 3, h, w)
+    x = torch.randn(len(CAMERAS), 3, h, w)
     saved = _saved_bytes(lambda: trunk(x).float().pow(2).mean(), trunk)
     return int(saved * (vision_cfg.image_height * vision_cfg.image_width) / (h * w))
 

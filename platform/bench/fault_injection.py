@@ -14,8 +14,6 @@ from pathlib import Path
 
 TRAIN_NODE = "odvla_train_node"
 """Custom resource of the worker nodes: one train worker per node (``train.worker_resources``)."""
-START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
-"""Ray Train's worker-group start timeout, read by the Train controller (``trainer.START_TIMEOUT_ENV``)."""
 
 
 @contextmanager
@@ -30,6 +28,8 @@ def local_multinode_cluster(workers: int = 2, head_cpus: int = 2, worker_cpus: i
     """
     import ray
     from ray.cluster_utils import Cluster
+
+    from odvla.platform.train.trainer import START_TIMEOUT_ENV
 
     old = os.environ.get(START_TIMEOUT_ENV)
     os.environ[START_TIMEOUT_ENV] = str(start_timeout_s)

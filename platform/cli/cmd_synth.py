@@ -16,7 +16,8 @@ def run(args) -> int:
     import json
     import time
 
-    from odvla.platform.data.synth import SPLIT_FILE, write_synthetic
+    from odvla.platform.data.prepare import SPLIT_FILE
+    from odvla.platform.data.synth import write_synthetic
 
     try:
         w, h = (int(x) for x in args.image_size.lower().split("x"))

@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from odvla.platform.config.args import add_config_args, config_from_args
 from odvla.platform.config import stage_names
+from odvla.platform.log_setup import configure as configure_logging
 
 
 def stage_summary(r, registered_model: Optional[str] = None) -> str:
@@ -41,6 +42,7 @@ def stage_job_main(stage: str, description: str, argv: Optional[Sequence[str]] =
     parser = argparse.ArgumentParser(description=description)
     add_config_args(parser, stage=stage)
     cfg = config_from_args(parser.parse_args(argv))
+    configure_logging()  # the library's status lines and warnings on the job's stderr (in its log)
     ray.init()
     print(stage_summary(run_stage(cfg), cfg.tracking.registered_model))
     return 0
@@ -58,6 +60,7 @@ def pipeline_job_main(description: str, argv: Optional[Sequence[str]] = None) ->
                         help="comma-separated stage presets or stage YAML files (default: %(default)s)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    configure_logging()
     ray.init()
     print(pipeline_summary(run_pipeline(cfg, stages=args.stages.split(","), files=args.config,
                                         overrides=args.overrides)))

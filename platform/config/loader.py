@@ -15,7 +15,8 @@ from typing import Any, Iterable, Optional
 
 import yaml
 
-from odvla.platform.config.schema import MODEL_PRESETS, Config
+from odvla.platform.config.model_catalog import model_preset_names
+from odvla.platform.config.schema import Config
 from odvla.platform.config.stage_catalog import PRESET_DIR, stage_names
 
 
@@ -154,7 +155,7 @@ def preset_path(kind: str, name: str) -> Path:
         return Path(name)
     path = PRESET_DIR / f"{kind}_{name}.yaml"
     if not path.exists():
-        known = MODEL_PRESETS if kind == "model" else stage_names()
+        known = model_preset_names() if kind == "model" else stage_names()
         raise ConfigError(f"unknown {kind} preset {name!r} (known: {', '.join(known)})")
     return path
 

@@ -14,8 +14,10 @@ from typing import Optional
 
 from odvla.model.config import ModelConfig
 from odvla.model.constants import CAMERAS  # noqa: F401  (re-exported)
+from odvla.platform.config.model_catalog import model_preset_names
 
-MODEL_PRESETS = ("tiny", "0.5b", "3b", "7b")
+MODEL_PRESETS = model_preset_names()
+"""The model sizes, smallest first: the ``presets/model_<name>.yaml`` files (``model_catalog.py``)."""
 
 
 @dataclass

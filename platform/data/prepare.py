@@ -28,6 +28,8 @@ from odvla.platform.data.shards import MANIFEST, write_json_atomic, write_table_
 TABLES = ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor", "ego_pose", "log",
           "scene", "sample", "sample_data", "sample_annotation", "map")
 SPLIT_FILE = "odvla_split.json"
+"""A dataroot's own scene split (JSON ``{"train": [scene names], "val": [...], "test": [...]}``, lists optional),
+written by ``synth.py``; when present it wins over the official scene lists."""
 COMMAND_RULE = (f"lateral offset y of the last valid future waypoint (3 s): y > {COMMAND_THRESHOLD} m turn left, "
                 f"y < -{COMMAND_THRESHOLD} m turn right, else keep forward")
 

@@ -232,24 +232,8 @@ def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, 
     """Records (dicts of SCHEMA columns, arrays flattened) of every keyframe of a scene, and scene notes."""
     scene = nusc.get("scene", scene_token)
     log = nusc.get("log", scene["log_token"])
-    samples = []
-    tok = scene["first_sample_token"]
-    while tok:
-        s = nusc.get("sample", tok)
-        samples.append(s)
-        tok = s["next"]
-    n = len(samples)
-    ego = []  # keyframe ego2global
-    lidar2ego = []  # keyframe LIDAR_TOP -> ego (the planning frame of UniAD / VAD)
-    rotations = []  # keyframe ego_pose quaternions, as stored (VAD's ego yaw reads them)
-    for s in samples:
-        sd = nusc.get("sample_data", s["data"]["LIDAR_TOP"])
-        pose = nusc.get("ego_pose", sd["ego_pose_token"])
-        ego.append(pose_matrix(pose["rotation"], pose["translation"]))
-        rotations.append(pose["rotation"])
-        lcs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-        lidar2ego.append(pose_matrix(lcs["rotation"], lcs["translation"]))
-    ego = np.array(ego)
+    samples = _scene_samples(nusc, scene)
+    ego, lidar2ego, rotations = _keyframe_poses(nusc, samples)
     pos = ego[:, :3, 3]
     yaw = np.array([np.arctan2(E[1, 0], E[0, 0]) for E in ego])
     ts = np.array([s["timestamp"] for s in samples], dtype=np.int64)
@@ -257,8 +241,64 @@ def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, 
     msgs = can.scene_messages(scene["name"]) if can is not None else None
     notes = {"scene": scene["name"], "ego_state_source": "can_bus" if msgs else "ego_pose"}
     vad_ego = vad_ego_states(ego, rotations, np.array(lidar2ego), ts, msgs, log["location"])
+    vel, yawrate = _pose_velocities(pos, yaw, ts)
+    records = []
+    for k, s in enumerate(samples):
+        E = ego[k]
+        g2e = invert(E)
+        state = _ego_state(msgs, ts, k, E[:3, :3], vel, yawrate)
+        past, past_mask = _past_waypoints(pos, k, g2e)
+        fut, fut_yaw, fut_mask = _future_waypoints(pos, yaw, k, g2e)
+        command = command_from_future(fut, fut_mask)
+        cameras = _camera_columns(nusc, s, dataroot, check_images)
+        agents = _agent_columns(anns, k, g2e, yaw[k])
+        elems = map_index.polylines(float(E[0, 3]), float(E[1, 3]), float(yaw[k]), *map_range) if map_index else []
+        records.append({
+            "sample_token": s["token"], "scene_token": scene_token, "scene_name": scene["name"],
+            "log_location": log["location"], "timestamp": int(ts[k]), "frame_index": k, "split": split,
+            "prev_sample_token": s["prev"],
+            **cameras, "ego2global": _flat(E), "lidar2ego": _flat(lidar2ego[k]),
+            "ego_state": _flat(state), "vad_ego": _flat(vad_ego[k]), "command": command, "past_traj": _flat(past),
+            "past_mask": _flat(past_mask),
+            "future_traj": _flat(fut), "future_yaw": _flat(fut_yaw), "future_mask": _flat(fut_mask),
+            **agents,
+            "map_points": _flat(np.concatenate([p for _, p in elems])) if elems else [],
+            "map_lengths": [len(p) for _, p in elems], "map_class": [c for c, _ in elems],
+        })
+    return records, notes
 
-    # ego velocity (global) per keyframe from past poses (forward difference at the first keyframe)
+
+def _scene_samples(nusc, scene: dict) -> list[dict]:
+    """The scene's keyframes (``sample`` rows) in time order, following the ``next`` links."""
+    samples = []
+    tok = scene["first_sample_token"]
+    while tok:
+        s = nusc.get("sample", tok)
+        samples.append(s)
+        tok = s["next"]
+    return samples
+
+
+def _keyframe_poses(nusc, samples: list[dict]) -> tuple[np.ndarray, list, list]:
+    """Per keyframe, from its LIDAR_TOP sample_data: ego2global [n, 4, 4] (the ego pose), LIDAR_TOP -> ego [4, 4]
+    (the planning frame of UniAD / VAD) and the ego_pose quaternion [w, x, y, z] as stored (VAD's ego yaw reads it)."""
+    ego = []
+    lidar2ego = []
+    rotations = []
+    for s in samples:
+        sd = nusc.get("sample_data", s["data"]["LIDAR_TOP"])
+        pose = nusc.get("ego_pose", sd["ego_pose_token"])
+        ego.append(pose_matrix(pose["rotation"], pose["translation"]))
+        rotations.append(pose["rotation"])
+        lcs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        lidar2ego.append(pose_matrix(lcs["rotation"], lcs["translation"]))
+    return np.array(ego), lidar2ego, rotations
+
+
+def _pose_velocities(pos: np.ndarray, yaw: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ego velocity [n, 3] (global frame, m/s) and yaw rate [n] (rad/s) of each keyframe from the previous pose
+    (from the next one at the first keyframe; 0 for a one-keyframe scene). pos [n, 3] m, yaw [n] rad, ts [n] us."""
+    n = len(pos)
     vel = np.zeros((n, 3))
     yawrate = np.zeros(n)
     for k in range(n):
@@ -267,108 +307,121 @@ def scene_records(nusc, scene_token: str, split: str, map_index, dataroot: str, 
         if a != b:
             vel[k] = (pos[b] - pos[a]) / dt
             yawrate[k] = wrap_angle(yaw[b] - yaw[a]) / dt
-    records = []
-    for k, s in enumerate(samples):
-        E = ego[k]
-        g2e = invert(E)
-        R = E[:3, :3]
-        # ego state
-        state = CanBus.state(msgs, int(ts[k])) if msgs else None
-        if state is None:
-            v_ego = R.T @ vel[k]
-            if k >= 1:
-                dt = max((ts[k] - ts[k - 1]) * 1e-6, 1e-6)
-                acc = R.T @ (vel[k] - vel[k - 1]) / dt
-            else:
-                acc = np.zeros(3)
-            state = np.array([v_ego[0], v_ego[1], acc[0], acc[1], yawrate[k], np.linalg.norm(v_ego[:2]), 0.0],
-                             dtype=np.float32)
-        # ego waypoints
-        past = np.zeros((PAST_STEPS, 2))
-        past_mask = np.zeros(PAST_STEPS)
-        for i in range(PAST_STEPS):
-            j = k - PAST_STEPS + i
-            if j >= 0:
-                past[i] = _to_ego(pos[j], g2e)[:2]
-                past_mask[i] = 1
-        fut = np.zeros((FUTURE_STEPS, 2))
-        fut_yaw = np.zeros(FUTURE_STEPS)
-        fut_mask = np.zeros(FUTURE_STEPS)
-        for i in range(FUTURE_STEPS):
-            j = k + 1 + i
-            if j < n:
-                fut[i] = _to_ego(pos[j], g2e)[:2]
-                fut_yaw[i] = wrap_angle(yaw[j] - yaw[k])
-                fut_mask[i] = 1
-        command = command_from_future(fut, fut_mask)
-        # cameras
-        paths, Ks, s2es, e2gs = [], [], [], []
-        hw = None
-        for cam in CAMERAS:
-            if cam not in s["data"]:
-                raise MissingImageError(f"sample has no {cam} sample_data", sample_token=s["token"])
-            sd = nusc.get("sample_data", s["data"][cam])
-            full = os.path.join(dataroot, sd["filename"])
-            if check_images:
-                check_jpeg(full, s["token"])
-            cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
-            pose = nusc.get("ego_pose", sd["ego_pose_token"])
-            paths.append(sd["filename"])
-            Ks.append(np.asarray(cs["camera_intrinsic"], dtype=np.float64))
-            s2es.append(pose_matrix(cs["rotation"], cs["translation"]))
-            e2gs.append(pose_matrix(pose["rotation"], pose["translation"]))
-            if hw is None:
-                hw = [int(sd["height"]), int(sd["width"])]
-        # agents
-        A = anns[k]
-        centre = _to_ego(A.centre, g2e) if len(A.tokens) else np.zeros((0, 3))
-        ayaw = wrap_angle(A.yaw - yaw[k])
-        avel = (A.vel @ g2e[:3, :3].T)[:, :2] if len(A.tokens) else np.zeros((0, 2))
-        boxes = np.concatenate([centre, A.wlh, ayaw[:, None], avel], 1) if len(A.tokens) else np.zeros((0, 9))
-        a_fut = np.zeros((len(A.tokens), FUTURE_STEPS, 2))
-        a_fut_mask = np.zeros((len(A.tokens), FUTURE_STEPS))
-        a_fut_yaw = np.zeros((len(A.tokens), FUTURE_STEPS))
-        fb, fb_step, fb_cls, fb_vis = [], [], [], []
-        for i in range(FUTURE_STEPS):
-            j = k + 1 + i
-            if j >= n:
-                break
-            F = anns[j]
-            if not len(F.tokens):
-                continue
-            fc = _to_ego(F.centre, g2e)
-            for ai, inst in enumerate(A.instance):
-                fi = F.by_instance.get(inst)
-                if fi is not None:
-                    a_fut[ai, i] = fc[fi, :2]
-                    a_fut_yaw[ai, i] = wrap_angle(F.yaw[fi] - yaw[k])
-                    a_fut_mask[ai, i] = 1
-            fb.append(np.concatenate([fc[:, :2], F.wlh[:, :2], wrap_angle(F.yaw - yaw[k])[:, None]], 1))
-            fb_step.append(np.full(len(F.tokens), i, dtype=np.int8))
-            fb_cls.append(F.cls)
-            fb_vis.append(F.vis)
-        fb = np.concatenate(fb) if fb else np.zeros((0, 5))
-        # map
-        elems = map_index.polylines(float(E[0, 3]), float(E[1, 3]), float(yaw[k]), *map_range) if map_index else []
-        records.append({
-            "sample_token": s["token"], "scene_token": scene_token, "scene_name": scene["name"],
-            "log_location": log["location"], "timestamp": int(ts[k]), "frame_index": k, "split": split,
-            "prev_sample_token": s["prev"],
-            "cam_paths": paths, "cam_intrinsics": _flat(Ks), "cam_sensor2ego": _flat(s2es),
-            "cam_ego2global": _flat(e2gs), "image_hw": hw, "ego2global": _flat(E), "lidar2ego": _flat(lidar2ego[k]),
-            "ego_state": _flat(state), "vad_ego": _flat(vad_ego[k]), "command": command, "past_traj": _flat(past), "past_mask": _flat(past_mask),
-            "future_traj": _flat(fut), "future_yaw": _flat(fut_yaw), "future_mask": _flat(fut_mask),
-            "agent_boxes": _flat(boxes), "agent_class": A.cls.tolist(), "agent_category": list(A.category),
-            "agent_instance": list(A.instance), "agent_visibility": A.vis.tolist(),
-            "agent_future": _flat(a_fut), "agent_future_mask": _flat(a_fut_mask),
-            "agent_future_yaw": _flat(a_fut_yaw), "agent_num_pts": A.num_pts.tolist(),
-            "future_boxes": _flat(fb), "future_box_step": np.concatenate(fb_step).tolist() if fb_step else [],
-            "future_box_class": np.concatenate(fb_cls).tolist() if fb_cls else [],
-            "future_box_visibility": np.concatenate(fb_vis).tolist() if fb_vis else [],
-            "map_points": _flat(np.concatenate([p for _, p in elems])) if elems else [],
-            "map_lengths": [len(p) for _, p in elems], "map_class": [c for c, _ in elems],
-        })
-    return records, notes
+    return vel, yawrate
+
+
+def _ego_state(msgs, ts: np.ndarray, k: int, R: np.ndarray, vel: np.ndarray, yawrate: np.ndarray) -> np.ndarray:
+    """``ego_state`` [7] float32 of keyframe ``k``: from the CAN bus when ``msgs`` has a message at or before it,
+    else from the poses (velocity and its change since the previous keyframe, rotated into the ego frame by the
+    keyframe's ego2global rotation ``R`` [3, 3]; steering 0)."""
+    state = CanBus.state(msgs, int(ts[k])) if msgs else None
+    if state is not None:
+        return state
+    v_ego = R.T @ vel[k]
+    if k >= 1:
+        dt = max((ts[k] - ts[k - 1]) * 1e-6, 1e-6)
+        acc = R.T @ (vel[k] - vel[k - 1]) / dt
+    else:
+        acc = np.zeros(3)
+    return np.array([v_ego[0], v_ego[1], acc[0], acc[1], yawrate[k], np.linalg.norm(v_ego[:2]), 0.0],
+                    dtype=np.float32)
+
+
+def _past_waypoints(pos: np.ndarray, k: int, g2e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ego positions of the ``PAST_STEPS`` keyframes before ``k`` in its ego frame: [4, 2] m and mask [4]."""
+    past = np.zeros((PAST_STEPS, 2))
+    past_mask = np.zeros(PAST_STEPS)
+    for i in range(PAST_STEPS):
+        j = k - PAST_STEPS + i
+        if j >= 0:
+            past[i] = _to_ego(pos[j], g2e)[:2]
+            past_mask[i] = 1
+    return past, past_mask
+
+
+def _future_waypoints(pos: np.ndarray, yaw: np.ndarray, k: int, g2e: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ego positions [6, 2] m and yaws [6] rad (relative to keyframe ``k``) of the ``FUTURE_STEPS`` keyframes after
+    ``k`` in its ego frame, and their mask [6]."""
+    fut = np.zeros((FUTURE_STEPS, 2))
+    fut_yaw = np.zeros(FUTURE_STEPS)
+    fut_mask = np.zeros(FUTURE_STEPS)
+    for i in range(FUTURE_STEPS):
+        j = k + 1 + i
+        if j < len(pos):
+            fut[i] = _to_ego(pos[j], g2e)[:2]
+            fut_yaw[i] = wrap_angle(yaw[j] - yaw[k])
+            fut_mask[i] = 1
+    return fut, fut_yaw, fut_mask
+
+
+def _camera_columns(nusc, sample: dict, dataroot: str, check_images: bool) -> dict:
+    """The camera columns of a keyframe (``cam_paths``, ``cam_intrinsics``, ``cam_sensor2ego``, ``cam_ego2global``,
+    ``image_hw``), cameras in ``CAMERAS`` order, each with its own ego pose. A missing camera, or with
+    ``check_images`` a missing or truncated JPEG, is an error naming the sample (and file)."""
+    paths, Ks, s2es, e2gs = [], [], [], []
+    hw = None
+    for cam in CAMERAS:
+        if cam not in sample["data"]:
+            raise MissingImageError(f"sample has no {cam} sample_data", sample_token=sample["token"])
+        sd = nusc.get("sample_data", sample["data"][cam])
+        full = os.path.join(dataroot, sd["filename"])
+        if check_images:
+            check_jpeg(full, sample["token"])
+        cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
+        pose = nusc.get("ego_pose", sd["ego_pose_token"])
+        paths.append(sd["filename"])
+        Ks.append(np.asarray(cs["camera_intrinsic"], dtype=np.float64))
+        s2es.append(pose_matrix(cs["rotation"], cs["translation"]))
+        e2gs.append(pose_matrix(pose["rotation"], pose["translation"]))
+        if hw is None:
+            hw = [int(sd["height"]), int(sd["width"])]
+    return {"cam_paths": paths, "cam_intrinsics": _flat(Ks), "cam_sensor2ego": _flat(s2es),
+            "cam_ego2global": _flat(e2gs), "image_hw": hw}
+
+
+def _agent_columns(anns: list, k: int, g2e: np.ndarray, ego_yaw: float) -> dict:
+    """The agent columns of keyframe ``k`` in its ego frame (``g2e`` global -> ego, ``ego_yaw`` rad): its
+    annotations as boxes (centre, wlh, yaw, velocity), their futures at the next 6 keyframes (centre, yaw, mask, by
+    instance) and every annotated box of those keyframes (``future_boxes`` and its step / class / visibility)."""
+    n = len(anns)
+    A = anns[k]
+    centre = _to_ego(A.centre, g2e) if len(A.tokens) else np.zeros((0, 3))
+    ayaw = wrap_angle(A.yaw - ego_yaw)
+    avel = (A.vel @ g2e[:3, :3].T)[:, :2] if len(A.tokens) else np.zeros((0, 2))
+    boxes = np.concatenate([centre, A.wlh, ayaw[:, None], avel], 1) if len(A.tokens) else np.zeros((0, 9))
+    a_fut = np.zeros((len(A.tokens), FUTURE_STEPS, 2))
+    a_fut_mask = np.zeros((len(A.tokens), FUTURE_STEPS))
+    a_fut_yaw = np.zeros((len(A.tokens), FUTURE_STEPS))
+    fb, fb_step, fb_cls, fb_vis = [], [], [], []
+    for i in range(FUTURE_STEPS):
+        j = k + 1 + i
+        if j >= n:
+            break
+        F = anns[j]
+        if not len(F.tokens):
+            continue
+        fc = _to_ego(F.centre, g2e)
+        for ai, inst in enumerate(A.instance):
+            fi = F.by_instance.get(inst)
+            if fi is not None:
+                a_fut[ai, i] = fc[fi, :2]
+                a_fut_yaw[ai, i] = wrap_angle(F.yaw[fi] - ego_yaw)
+                a_fut_mask[ai, i] = 1
+        fb.append(np.concatenate([fc[:, :2], F.wlh[:, :2], wrap_angle(F.yaw - ego_yaw)[:, None]], 1))
+        fb_step.append(np.full(len(F.tokens), i, dtype=np.int8))
+        fb_cls.append(F.cls)
+        fb_vis.append(F.vis)
+    fb = np.concatenate(fb) if fb else np.zeros((0, 5))
+    return {
+        "agent_boxes": _flat(boxes), "agent_class": A.cls.tolist(), "agent_category": list(A.category),
+        "agent_instance": list(A.instance), "agent_visibility": A.vis.tolist(),
+        "agent_future": _flat(a_fut), "agent_future_mask": _flat(a_fut_mask),
+        "agent_future_yaw": _flat(a_fut_yaw), "agent_num_pts": A.num_pts.tolist(),
+        "future_boxes": _flat(fb), "future_box_step": np.concatenate(fb_step).tolist() if fb_step else [],
+        "future_box_class": np.concatenate(fb_cls).tolist() if fb_cls else [],
+        "future_box_visibility": np.concatenate(fb_vis).tolist() if fb_vis else [],
+    }
 
 
 def _flat(a) -> list[float]:

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from odvla.model.constants import FUTURE_STEPS, PAST_STEPS
+from odvla.model.tasks import QA_TASKS
 from odvla.platform.eval.baselines import constant_velocity, train_ego_mlp
 from odvla.platform.eval.planning_frame import planning_inputs, prediction_to_planning
 from odvla.platform.eval.planning_metrics import compute_planning_metrics
@@ -46,10 +47,8 @@ if TYPE_CHECKING:
     from odvla.model.config import VisionConfig
     from odvla.platform.config.schema import DataConfig, EvalConfig, TrackingConfig
 
-log = logging.getLogger("odvla.eval")
+log = logging.getLogger(__name__)
 
-QA_TASKS = ("qa", "caption_scene", "caption_agent", "caption_map", "external")
-"""Instruction tasks scored with the caption metrics (planning has its own metrics; interaction is trajectories)."""
 _GT_COLUMNS = ("sample_token", "scene_token", "ego_state", "command", "past_traj", "past_mask", "future_traj",
                "future_yaw", "future_mask", "future_boxes", "future_box_step", "future_box_class",
                "future_box_visibility", "lidar2ego", "agent_boxes", "agent_class", "agent_num_pts", "agent_future",
@@ -96,11 +95,12 @@ class PlanningTruth:
     @classmethod
     def from_table(cls, table: pa.Table) -> "PlanningTruth":
         rows = table.select(list(_PLANNING_COLUMNS)).to_pylist()
-        ins = [planning_inputs(r) for r in rows]
+        inputs = [planning_inputs(r) for r in rows]
         return cls([r["sample_token"] for r in rows],
                    np.asarray([r["lidar2ego"] for r in rows], np.float64).reshape(-1, 4, 4),
-                   np.asarray([i["gt"] for i in ins]).reshape(-1, FUTURE_STEPS, 2),
-                   np.asarray([i["mask"] for i in ins]).reshape(-1, FUTURE_STEPS), [i["future_boxes"] for i in ins])
+                   np.asarray([i["gt"] for i in inputs]).reshape(-1, FUTURE_STEPS, 2),
+                   np.asarray([i["mask"] for i in inputs]).reshape(-1, FUTURE_STEPS),
+                   [i["future_boxes"] for i in inputs])
 
     def to_planning(self, pred_ego: np.ndarray) -> np.ndarray:
         """Predicted rear-axle paths [N,6,2] (ego frame) -> sensor paths in the planning frame (NaN rows stay)."""
@@ -114,8 +114,8 @@ def score_trajectories(pred: np.ndarray, truth: "PlanningTruth | pa.Table", pref
     the references' planning frame; keys prefixed."""
     if isinstance(truth, pa.Table):
         truth = PlanningTruth.from_table(truth)
-    m = compute_planning_metrics(truth.to_planning(pred), truth.gt, truth.mask, truth.future_boxes)
-    return {f"{prefix}{k}": v for k, v in m.items()}
+    metrics = compute_planning_metrics(truth.to_planning(pred), truth.gt, truth.mask, truth.future_boxes)
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
 def baseline_metrics(data_cfg, eval_cfg, seed: int, val: pa.Table, truth: Optional[PlanningTruth] = None) -> dict:
@@ -151,14 +151,14 @@ def _qa_examples(data: DataConfig, eval_cfg: EvalConfig, seed: int, split: str) 
     from odvla.platform.data.conversations.mixture import build_examples
     from odvla.platform.data.conversations.schema import conversations_dir
 
-    conv = Path(data.instructions) if data.instructions else conversations_dir(Path(data.shards))
-    if not sorted((conv / split).glob("*.parquet")):
+    conv_dir = Path(data.instructions) if data.instructions else conversations_dir(Path(data.shards))
+    if not sorted((conv_dir / split).glob("*.parquet")):
         return None
-    ex = build_examples(data.shards, split, {t: 1.0 for t in QA_TASKS}, seed=seed, conversations=conv)
+    examples = build_examples(data.shards, split, {t: 1.0 for t in QA_TASKS}, seed=seed, conversations=conv_dir)
     limit = int(getattr(eval_cfg, "qa_max_examples", 0) or 0)
-    if limit and ex.num_rows > limit:
-        ex = ex.slice(0, limit)
-    return ex if ex.num_rows else None
+    if limit and examples.num_rows > limit:
+        examples = examples.slice(0, limit)
+    return examples if examples.num_rows else None
 
 
 def _write_predictions(cols: dict, path: Path) -> Path:
@@ -243,31 +243,33 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     # replicas read a local export folder directly; an MLflow URI is downloaded by each replica (multi-node)
     remote = str(model_ref).startswith(("runs:/", "models:/"))
     actor_ref = str(model_ref) if remote else str(export_dir)
-    turi = resolve_tracking_uri(cfg.tracking.tracking_uri) if remote else None
+    replica_tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri) if remote else None
     temporal = bool(cfg.eval.temporal)
     if temporal:  # planning: whole scenes in keyframe order carrying SceneState; QA rows stay per-example
-        allcols = _scene_predictions(cfg.data, cfg.model.vision, cfg.eval, actor_ref, split, turi)
+        all_columns = _scene_predictions(cfg.data, cfg.model.vision, cfg.eval, actor_ref, split,
+                                         replica_tracking_uri)
         if qa is not None:
-            allcols = _concat(allcols, predict_dataset(
+            all_columns = _concat(all_columns, predict_dataset(
                 build_dataset(cfg.data, cfg.model.vision, split, examples=examples.slice(len(tokens))), actor_ref,
                 cfg.eval.batch_size, cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens,
-                tracking_uri=turi))
+                tracking_uri=replica_tracking_uri))
     else:
-        allcols = predict_dataset(build_dataset(cfg.data, cfg.model.vision, split, examples=examples), actor_ref,
-                                  cfg.eval.batch_size, cfg.eval.concurrency, cfg.eval.num_gpus_per_replica,
-                                  cfg.eval.max_new_tokens, tracking_uri=turi)
+        all_columns = predict_dataset(build_dataset(cfg.data, cfg.model.vision, split, examples=examples),
+                                      actor_ref, cfg.eval.batch_size, cfg.eval.concurrency,
+                                      cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens,
+                                      tracking_uri=replica_tracking_uri)
     seconds = time.perf_counter() - t0
-    is_plan = allcols["task"] == "planning"
-    cols = {k: v[is_plan] for k, v in allcols.items()}
-    qcols = {k: v[~is_plan] for k, v in allcols.items()}
+    is_plan = all_columns["task"] == "planning"
+    cols = {k: v[is_plan] for k, v in all_columns.items()}
+    qa_columns = {k: v[~is_plan] for k, v in all_columns.items()}
 
     # 1) planning: exactly one prediction per sample, in the split's order
-    pos = {t: i for i, t in enumerate(cols["sample_token"].tolist())}
-    missing = [t for t in tokens if t not in pos]
+    row_of_token = {t: i for i, t in enumerate(cols["sample_token"].tolist())}
+    missing = [t for t in tokens if t not in row_of_token]
     if missing or len(cols["sample_token"]) != len(tokens):
         raise RuntimeError(f"eval: {len(missing)} of {len(tokens)} {split} samples got no planning prediction "
                            f"(first: {missing[:3]}); {len(cols['sample_token'])} planning rows came back")
-    order = np.array([pos[t] for t in tokens])
+    order = np.array([row_of_token[t] for t in tokens])
     cols = {k: v[order] for k, v in cols.items()}
     cols["reference"] = np.full(len(order), "", dtype=object)
     n = len(order)
@@ -275,7 +277,7 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     metrics = {"predict/samples": float(n), "predict/temporal": float(temporal),
                "predict/malformed": float((~parsed).sum()),
                "predict/malformed_rate": float((~parsed).mean()), "predict/seconds": seconds,
-               "predict/rows_per_s": len(allcols["task"]) / max(seconds, 1e-9),
+               "predict/rows_per_s": len(all_columns["task"]) / max(seconds, 1e-9),
                "predict/mean_generated_tokens": float(cols["num_generated_tokens"].mean())}
     if (~parsed).any():
         bad = [f"{t}: {e}" for t, e in zip(cols["sample_token"][~parsed], cols["error"][~parsed])]
@@ -305,17 +307,18 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
         for tok, task, q, a in zip(qa.column("sample_token").to_pylist(), qa.column("task").to_pylist(),
                                    qa.column("question").to_pylist(), qa.column("answer").to_pylist()):
             by_key.setdefault((tok, task, q), []).append(a)
-        keys = list(zip(qcols["sample_token"].tolist(), qcols["task"].tolist(), qcols["question"].tolist()))
+        keys = list(zip(qa_columns["sample_token"].tolist(), qa_columns["task"].tolist(),
+                        qa_columns["question"].tolist()))
         unknown = [k for k in keys if k not in by_key]
         if unknown or len(keys) != qa.num_rows:
             raise RuntimeError(f"eval: QA predictions do not match the {qa.num_rows} examples "
                                f"({len(keys)} came back; unknown: {unknown[:3]})")
         from odvla.platform.eval.qa_metrics import compute_qa_metrics
 
-        metrics.update(compute_qa_metrics([by_key[k] for k in keys], qcols["answer"].tolist(),
+        metrics.update(compute_qa_metrics([by_key[k] for k in keys], qa_columns["answer"].tolist(),
                                           ids=[f"{i}:{k[0]}" for i, k in enumerate(keys)]))
-        qcols["reference"] = np.asarray(["\n".join(by_key[k]) for k in keys], dtype=object)
-        cols = _concat(cols, qcols)
+        qa_columns["reference"] = np.asarray(["\n".join(by_key[k]) for k in keys], dtype=object)
+        cols = _concat(cols, qa_columns)
 
     predictions_path = _write_predictions(cols, out / "predictions.parquet")
     table_md = results_table(metrics)
@@ -336,7 +339,7 @@ def _plots(data: DataConfig, split: str, val: pa.Table, pred: np.ndarray, folder
 
     full = read_split_table(data.shards, split)
     idx = np.unique(np.linspace(0, val.num_rows - 1, min(count, val.num_rows)).round().astype(int))
-    pos = {t: i for i, t in enumerate(full.column("sample_token").to_pylist())}
+    row_of_token = {t: i for i, t in enumerate(full.column("sample_token").to_pylist())}
     try:
         dataroot = resolve_dataroot(data)
     except (FileNotFoundError, KeyError, ValueError) as e:
@@ -345,7 +348,7 @@ def _plots(data: DataConfig, split: str, val: pa.Table, pred: np.ndarray, folder
     paths = []
     for i in idx:
         tok = val.column("sample_token")[int(i)].as_py()
-        row = full.slice(pos[tok], 1).to_pylist()[0]
+        row = full.slice(row_of_token[tok], 1).to_pylist()[0]
         paths.append(bev_plot(row, pred[i], folder / f"bev_{i:04d}_{tok[:12]}.png"))
         if dataroot:
             paths.append(camera_plot(row, pred[i], dataroot, folder / f"cam_{i:04d}_{tok[:12]}.png"))

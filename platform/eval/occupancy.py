@@ -15,7 +15,8 @@ OpenDriveVLA ``drivevla/eval_share/metric.py``):
   itself, so the raster is the reference's raster bit for bit (``tests/test_eval_parity.py`` checks the corners,
   orientation and fill against an independent ``cv2.fillPoly`` call).
 
-What differs between them is the raster's orientation and how the ego's cells are indexed (``RASTERS``):
+What differs between them is the raster's orientation and how the ego's cells are indexed (``RASTER_SPECS``, one
+``Raster`` each; a new convention is one entry there):
 
 * ``uniad`` (UniAD, and the raster OpenDriveVLA's ``gt/planing_gt_segmentation_val`` holds): row from the forward
   coordinate, column from the rightward one (UniAD's LiDAR frame: x right, y forward; ``fillPoly`` gets (x, y)
@@ -39,7 +40,8 @@ shard's ego-frame values there (``planning_frame.py``). Hand-built cases may pas
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -52,8 +54,50 @@ CELL_CENTRE0 = GRID_MIN + CELL / 2.0  # -49.75 m, UniAD bx
 EGO_LENGTH = 4.084  # m, UniAD self.H (nuScenes Renault Zoe)
 EGO_WIDTH = 1.85  # m, UniAD self.W
 EGO_FORWARD_SHIFT = 0.5  # m, UniAD's "+ 0.5" on the box's longitudinal corners
-RASTERS = ("uniad", "vad", "odvla")
-"""Raster / ego-cell conventions (module docstring). ``odvla`` uses the ``uniad`` raster."""
+
+
+@dataclass(frozen=True)
+class Raster:
+    """One reference's raster layout and ego-cell indexing (module docstring), named by ``Protocol.raster``.
+
+    ``boxes_in``: the raster whose layout the boxes are drawn in (``odvla`` reads UniAD's raster, so its occupancy
+    is UniAD's, shared between the protocols that read it). ``rows_backward``: box rows count from ``-forward`` (VAD's
+    forward-up raster) instead of ``forward``. ``ego_cells``: ``(fwd, right, rr, cc) -> (r, c)``, the ego box's cells
+    before clipping to the grid: fwd, right [B, T, 1] metres; rr, cc [K] the footprint's cells at the origin;
+    r, c int32 [B, T, K].
+    """
+
+    name: str
+    boxes_in: str
+    rows_backward: bool
+    ego_cells: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _uniad_ego_cells(fwd, right, rr, cc):
+    """``r = int(fwd/dx + rr)``, ``c = int(right/dx + cc)``: floor of the waypoint's cell."""
+    return (fwd / CELL + rr).astype(np.int32), (right / CELL + cc).astype(np.int32)
+
+
+def _vad_ego_cells(fwd, right, rr, cc):
+    """``r = int(200 - (fwd/dx + rr))``, ``c = int(right/dx + cc)``: forward ceil relative to the boxes."""
+    return (GRID_SIZE - (fwd / CELL + rr)).astype(np.int32), (right / CELL + cc).astype(np.int32)
+
+
+def _odvla_ego_cells(fwd, right, rr, cc):
+    """x negated, raster flipped along its last axis -> column ``199 - c'`` of the uniad raster: lateral ceil."""
+    r = (fwd / CELL + rr).astype(np.int32)
+    c = (-right / CELL + cc).astype(np.int32)
+    return r, (GRID_SIZE - 1) - np.clip(c, 0, GRID_SIZE - 1)
+
+
+RASTER_SPECS = {r.name: r for r in (
+    Raster("uniad", boxes_in="uniad", rows_backward=False, ego_cells=_uniad_ego_cells),
+    Raster("vad", boxes_in="vad", rows_backward=True, ego_cells=_vad_ego_cells),
+    Raster("odvla", boxes_in="uniad", rows_backward=False, ego_cells=_odvla_ego_cells),
+)}
+"""Every raster / ego-cell convention; a new one is one entry."""
+RASTERS = tuple(RASTER_SPECS)
+"""Raster / ego-cell conventions (module docstring). ``odvla`` uses the ``uniad`` raster (``Raster.boxes_in``)."""
 
 
 def _ego_footprint_cells() -> np.ndarray:
@@ -87,6 +131,13 @@ EGO_BOX_POINTS = _ego_box_points()
 def _check_raster(raster: str) -> None:
     if raster not in RASTERS:
         raise ValueError(f"occupancy raster must be one of {RASTERS}, not {raster!r}")
+
+
+def boxes_layout(raster: str) -> str:
+    """The raster whose layout ``raster``'s boxes are drawn in (``Raster.boxes_in``): rasters with the same layout
+    share one occupancy grid."""
+    _check_raster(raster)
+    return RASTER_SPECS[raster].boxes_in
 
 
 def trajectory_yaw(traj: np.ndarray) -> np.ndarray:
@@ -127,16 +178,8 @@ def ego_cells(traj: np.ndarray, yaw_aligned: bool = False, raster: str = "uniad"
         y = traj[..., 1:2] + sin * pf + cos * pl
         r = ((x - CELL_CENTRE0) / CELL).astype(np.int32)
         c = ((-y - CELL_CENTRE0) / CELL).astype(np.int32)
-    elif raster == "uniad":
-        r = (fwd[..., None] / CELL + rr).astype(np.int32)
-        c = (right[..., None] / CELL + cc).astype(np.int32)
-    elif raster == "vad":
-        r = (GRID_SIZE - (fwd[..., None] / CELL + rr)).astype(np.int32)
-        c = (right[..., None] / CELL + cc).astype(np.int32)
-    else:  # odvla: x negated, raster flipped along its last axis -> column 199 - c' of the uniad raster
-        r = (fwd[..., None] / CELL + rr).astype(np.int32)
-        c = (-right[..., None] / CELL + cc).astype(np.int32)
-        c = (GRID_SIZE - 1) - np.clip(c, 0, GRID_SIZE - 1)
+    else:
+        r, c = RASTER_SPECS[raster].ego_cells(fwd[..., None], right[..., None], rr, cc)
     return (np.clip(r, 0, GRID_SIZE - 1).astype(np.int64), np.clip(c, 0, GRID_SIZE - 1).astype(np.int64))
 
 
@@ -173,7 +216,7 @@ def box_pixel_corners(boxes: np.ndarray, raster: str = "uniad") -> np.ndarray:
     _check_raster(raster)
     corners = box_corners(np.asarray(boxes, dtype=np.float64).reshape(-1, 5))
     fwd, right = corners[..., 0], -corners[..., 1]
-    row_coord = -fwd if raster == "vad" else fwd
+    row_coord = -fwd if RASTER_SPECS[raster].rows_backward else fwd
     pix = np.stack([(right - CELL_CENTRE0 + CELL / 2.0) / CELL, (row_coord - CELL_CENTRE0 + CELL / 2.0) / CELL], -1)
     return np.round(pix).astype(np.int32)
 
@@ -194,7 +237,7 @@ def rasterize_boxes(occupancy: np.ndarray, sample_idx: np.ndarray, step: np.ndar
         return
     if occupancy.dtype != np.uint8 or not occupancy.flags.c_contiguous:
         raise ValueError("rasterize_boxes: occupancy must be a C-contiguous uint8 array (cv2.fillPoly draws into it)")
-    pix = box_pixel_corners(boxes, "uniad" if raster == "odvla" else raster)
+    pix = box_pixel_corners(boxes, boxes_layout(raster))
     order = np.lexsort((step, sample_idx))
     sample_idx, step, pix = np.asarray(sample_idx)[order], np.asarray(step)[order], pix[order]
     keys = sample_idx.astype(np.int64) * occupancy.shape[1] + step

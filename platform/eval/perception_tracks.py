@@ -50,8 +50,8 @@ def perception_tracking_figures(export_ref: str, data: DataConfig, split: str, t
     from odvla.platform.eval.tracking_metrics import TRUTH_COLUMNS, tracking_figures
     from odvla.platform.export import load_export
 
-    model, export_cfg = load_export(export_ref, tracking_uri=tracking_uri)
-    spec, root = RowSpec.from_config(data, export_cfg.model.vision), resolve_dataroot(data)
+    model, _ = load_export(export_ref, tracking_uri=tracking_uri)  # model.config: the export's ModelConfig
+    spec, root = RowSpec.from_config(data, model.config.vision), resolve_dataroot(data)
     table = read_split(data.shards, split, columns=SHARD_COLUMNS)
     if table.num_rows == 0:
         raise ValueError(f"tracking figures: split {split!r} of {data.shards} has no keyframes")

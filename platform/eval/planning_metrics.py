@@ -1,6 +1,7 @@
 """Open-loop planning metrics: L2 displacement and collision rate in the published protocols, side by side.
 
-Three protocols are computed from the same predictions (``PROTOCOLS``); each metric key is ``<protocol>/<name>``:
+Three protocols are computed from the same predictions (``PROTOCOLS``; a new protocol is one ``Protocol`` entry
+there); each metric key is ``<protocol>/<name>``:
 ``L2_1s, L2_2s, L2_3s, L2_avg`` (metres) and ``col_1s, col_2s, col_3s, col_avg`` (percent), plus ``n`` (samples
 scored) and ``gt_col`` (percent of sample-steps where the logged trajectory itself collides, excluded from ``col``).
 Each protocol reproduces its reference code's per-step collision decisions on the same inputs, quirks included
@@ -53,7 +54,43 @@ MIN_VISIBILITY = 2
 ``drop_low_visibility`` uses it: UniAD's released config keeps level 1 (``filter_invisible=False``)."""
 HORIZON_STEPS = (2, 4, 6)
 """1 s, 2 s, 3 s at 0.5 s per step (nuScenes keyframes at 2 Hz)."""
-OCCUPANCY_SOURCES = ("future_annotations", "current_agents")
+
+
+# The parts a ``Protocol`` names by string, each a small strategy: a new variant of one is one entry here.
+def _value_at(l2: np.ndarray, col: np.ndarray, steps: int, cumulative: bool) -> tuple[float, float]:
+    """UniAD: the per-step value at the horizon step (``steps``, 1-based)."""
+    return l2[steps - 1], col[steps - 1]
+
+
+def _mean_up_to(l2: np.ndarray, col: np.ndarray, steps: int, cumulative: bool) -> tuple[float, float]:
+    """ST-P3: the mean over the steps up to the horizon; a ``cumulative`` collision rate (``collision='any'``)
+    already counts every step up to the horizon, so it is read at the horizon step."""
+    return l2[:steps].mean(), col[steps - 1] if cumulative else col[:steps].mean()
+
+
+HORIZON_REDUCTIONS = {"at": _value_at, "mean": _mean_up_to}
+"""``Protocol.reduce`` -> ``(l2 [6], col [6], steps, cumulative) -> (L2, col)`` at one horizon."""
+SAMPLE_RULES = {
+    "all": lambda gt_mask: np.ones(len(gt_mask), dtype=bool),  # every sample, masked L2 (UniAD)
+    "full_future": lambda gt_mask: (gt_mask > 0.5).all(1),  # only fully valid futures (VAD's fut_valid_flag)
+}
+"""``Protocol.samples`` -> ``gt_mask [N, 6] -> bool [N]``, the samples the protocol scores (parsed ones among them)."""
+COLLISION_MODES = {
+    "step": lambda hit: hit,  # a collision at each step
+    "any": lambda hit: np.maximum.accumulate(hit, axis=1),  # any collision up to the step (OmniDrive)
+}
+"""``Protocol.collision`` -> ``hit [N, 6] bool -> [N, 6] bool``, the counted collisions per step."""
+OCCUPANCY_BOXES = {
+    "future_annotations": lambda fb: fb,  # every annotated box of the future keyframes (UniAD)
+    "current_agents": lambda fb: fb.get("agents"),  # current agents at their future poses (VAD)
+}
+"""``Protocol.occupancy`` -> the box set of a ``future_boxes_from_row`` dict the occupancy is drawn from."""
+OCCUPANCY_SOURCES = tuple(OCCUPANCY_BOXES)
+
+
+def _one_of(options) -> str:
+    """``'a' or 'b'``: the names of a registry, for an error message."""
+    return " or ".join(repr(k) for k in options)
 
 
 @dataclass(frozen=True)
@@ -62,19 +99,21 @@ class Protocol:
 
     ``family``: the published column family its numbers sit in (``uniad``: value at the horizon; ``stp3``: mean up
     to it); the results table groups by it, so a protocol cannot be left out. ``frame`` and ``occupancy_text`` say
-    in words what the table states for it.
+    in words what the table states for it, ``label`` what it computes (the results table's legend). The string
+    fields name strategies of the registries above (``HORIZON_REDUCTIONS``, ``SAMPLE_RULES``, ``OCCUPANCY_BOXES``,
+    ``occupancy.RASTER_SPECS``, ``COLLISION_MODES``). A new protocol is one entry in ``PROTOCOLS``.
     """
 
     name: str
     family: str  # 'uniad' | 'stp3'
-    reduce: str = "at"  # 'at': value at the horizon step (UniAD) | 'mean': mean over steps up to it (ST-P3)
+    reduce: str = "at"  # HORIZON_REDUCTIONS: 'at' value at the horizon step (UniAD) | 'mean' mean up to it (ST-P3)
     classes: tuple = VEHICLE_CLASSES
     drop_low_visibility: bool = False
-    samples: str = "all"  # 'all': every sample, masked L2 (UniAD) | 'full_future': only fully valid futures (VAD)
-    occupancy: str = "future_annotations"  # OCCUPANCY_SOURCES
-    raster: str = "uniad"  # occupancy.RASTERS
+    samples: str = "all"  # SAMPLE_RULES: 'all' every sample, masked L2 (UniAD) | 'full_future' full futures (VAD)
+    occupancy: str = "future_annotations"  # OCCUPANCY_BOXES
+    raster: str = "uniad"  # occupancy.RASTER_SPECS
     yaw_aligned: bool = False
-    collision: str = "step"  # 'step': at each step | 'any': any collision up to the horizon (OmniDrive)
+    collision: str = "step"  # COLLISION_MODES: 'step' at each step | 'any' any collision up to the horizon
     label: str = ""
     frame: str = "keyframe LiDAR frame, LIDAR_TOP sensor path"
     occupancy_text: str = ""
@@ -137,7 +176,7 @@ def future_boxes_from_row(row: Mapping) -> dict:
 
 
 def _selected(fb: Mapping, p: Protocol) -> tuple[np.ndarray, np.ndarray]:
-    src = fb if p.occupancy == "future_annotations" else fb.get("agents")
+    src = OCCUPANCY_BOXES[p.occupancy](fb)
     if src is None:  # a dict without VAD's agent source: no agents
         return np.zeros((0, 5)), np.zeros(0, np.int64)
     keep = np.isin(src["cls"], _class_ids(p.classes))
@@ -205,25 +244,22 @@ class PlanningMetricAccumulator:
         gt = np.where(np.isfinite(gt), gt, 0.0)
         grids: dict = {}
         for p in self.protocols:
-            sel = scored.copy()
-            if p.samples == "full_future":
-                sel &= (gt_mask > 0.5).all(1)
-            elif p.samples != "all":
-                raise ValueError(f"protocol {p.name}: samples must be 'all' or 'full_future', not {p.samples!r}")
-            if p.collision not in ("step", "any"):
-                raise ValueError(f"protocol {p.name}: collision must be 'step' or 'any', not {p.collision!r}")
+            if p.samples not in SAMPLE_RULES:
+                raise ValueError(f"protocol {p.name}: samples must be {_one_of(SAMPLE_RULES)}, not {p.samples!r}")
+            sel = scored & SAMPLE_RULES[p.samples](gt_mask)
+            if p.collision not in COLLISION_MODES:
+                raise ValueError(f"protocol {p.name}: collision must be {_one_of(COLLISION_MODES)}, "
+                                 f"not {p.collision!r}")
             if not sel.any():
                 continue
             idx = np.nonzero(sel)[0]
-            fill = "uniad" if p.raster == "odvla" else p.raster
-            key = (p.occupancy, tuple(p.classes), p.drop_low_visibility, fill)
+            key = (p.occupancy, tuple(p.classes), p.drop_low_visibility, occ.boxes_layout(p.raster))
             if key not in grids:  # one raster per occupancy definition, shared by the protocols that read it
                 grids[key] = protocol_occupancy(fb, p)
             d = (pred[idx] - gt[idx]) ** 2 * gt_mask[idx, :, None]  # UniAD compute_L2: mask inside the sqrt
             self.l2[p.name] += np.sqrt(d.sum(-1)).sum(0)
             hit, gt_hit = collision_decisions(pred[idx], gt[idx], grids[key][idx], p)
-            if p.collision == "any":
-                hit = np.maximum.accumulate(hit, axis=1)
+            hit = COLLISION_MODES[p.collision](hit)
             self.col[p.name] += hit.sum(0)
             self.gt_col[p.name] += gt_hit.sum(0)
             self.n[p.name] += len(idx)
@@ -237,13 +273,10 @@ class PlanningMetricAccumulator:
             col = 100.0 * self.col[p.name] / max(n, 1)
             vals_l2, vals_col = [], []
             for h, steps in enumerate(HORIZON_STEPS, start=1):
-                if p.reduce == "at":
-                    v_l2, v_col = l2[steps - 1], col[steps - 1]
-                elif p.reduce == "mean":
-                    v_l2 = l2[:steps].mean()
-                    v_col = col[steps - 1] if p.collision == "any" else col[:steps].mean()
-                else:
-                    raise ValueError(f"protocol {p.name}: reduce must be 'at' or 'mean', not {p.reduce!r}")
+                if p.reduce not in HORIZON_REDUCTIONS:
+                    raise ValueError(f"protocol {p.name}: reduce must be {_one_of(HORIZON_REDUCTIONS)}, "
+                                     f"not {p.reduce!r}")
+                v_l2, v_col = HORIZON_REDUCTIONS[p.reduce](l2, col, steps, p.collision == "any")
                 if n == 0:
                     v_l2 = v_col = float("nan")
                 out[f"{p.name}/L2_{h}s"] = float(v_l2)

@@ -39,16 +39,19 @@ def _to_device(batch: dict, device) -> dict:
 
 class PlannerPredictor:
     """Ray Data UDF: ``ds.map_batches(PlannerPredictor, fn_constructor_kwargs={...}, compute=ActorPoolStrategy(size=n),
-    num_gpus=g)``."""
+    num_gpus=g)``. It holds the model only: the export's network config is ``self.model.config`` (``ModelConfig``),
+    the rest of the export's config is not read here."""
 
     def __init__(self, export_dir: str, max_new_tokens: Optional[int] = None, constrained: bool = True,
                  use_gpu: bool = False, tracking_uri: Optional[str] = None):
         import torch
 
         from odvla.platform.export import load_export
+        from odvla.platform.log_setup import configure as configure_logging
 
+        configure_logging()  # a Ray Data actor: the library's records go to its log
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        self.model, self.cfg = load_export(export_dir, device=self.device, tracking_uri=tracking_uri)
+        self.model, _ = load_export(export_dir, device=self.device, tracking_uri=tracking_uri)
         self.model.eval()
         self.max_new_tokens = max_new_tokens
         self.constrained = constrained

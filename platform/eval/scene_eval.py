@@ -77,7 +77,9 @@ class ScenePlanner:
         import torch
 
         from odvla.platform.export import load_export
+        from odvla.platform.log_setup import configure as configure_logging
 
+        configure_logging()  # a Ray Data actor: the library's records go to its log
         self.device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
         self.model, _ = load_export(export_dir, device=self.device, tracking_uri=tracking_uri)
         self.model.eval()

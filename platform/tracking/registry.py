@@ -6,7 +6,40 @@ registered version's source is that artifact, so ``load_export('models:/odvla-pl
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
+
+MODELS_SCHEME = "models:/"
+
+
+class ModelRef(NamedTuple):
+    """A parsed ``models:/`` reference: the registered model and either a version number or an alias."""
+
+    name: str
+    version: Optional[str]
+    """Version number as a string ('3'); None when the reference names an alias."""
+    alias: Optional[str]
+
+
+def parse_model_ref(ref: str) -> ModelRef:
+    """``models:/<name>/<version>`` -> (name, version, None); ``models:/<name>/<alias>`` (not all digits) or
+    ``models:/<name>@<alias>`` (always an alias, as in MLflow) -> (name, None, alias). Slashes around the body are
+    ignored; anything else (no version or alias, more path parts, an empty name) is a ValueError that names the
+    reference. The one parser of these references: ``platform/export.py`` downloads with it, ``serve`` reports the
+    served version with it."""
+    if not ref.startswith(MODELS_SCHEME):
+        raise ValueError(f"model reference {ref}: expected {MODELS_SCHEME}<name>/<version|alias>")
+    body = ref[len(MODELS_SCHEME):].strip("/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        version = None
+    elif body.count("/") == 1:
+        name, which = body.split("/")
+        version, alias = (which, None) if which.isdigit() else (None, which)
+    else:
+        name, version, alias = body, None, None
+    if not name or not (version or alias):
+        raise ValueError(f"model reference {ref}: expected {MODELS_SCHEME}<name>/<version|alias>")
+    return ModelRef(name, version, alias)
 
 
 def register_export(client, run_id: str, name: str = "odvla-planner", artifact_path: str = "export",

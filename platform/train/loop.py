@@ -18,23 +18,35 @@ Read top to bottom:
 The model never sees Ray, DeepSpeed or MLflow; this file is the only place they meet. ``config['hooks']``: objects
 with ``after_checkpoint(step, attempt, rank)``, called on every rank after each checkpoint is reported (fault
 injection in tests, custom notifications); none in a normal run.
+
+The worker holds the config sections the loop reads (``Worker.train``, ``.data``, ``.stage``), built from the
+resolved config dict ``config['cfg']``; the root ``Config`` is rebuilt only where the final checkpoint writes the
+whole of it into the export (``report_checkpoint``). Messages go to the ``odvla.platform.train.loop`` logger;
+``train_func`` gives the ``odvla`` loggers a stderr handler when Ray has not (``log_setup.configure``), so they land
+in the worker's log.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 
 from odvla.model.profiling import scope
 from odvla.model.vla import COUNT_KEYS
-from odvla.platform.config import from_dict
+from odvla.platform.config.loader import merge
 from odvla.platform.train.checkpoint import EXPORT_DIR, TrainState, load_into, new_checkpoint_dir, save_shard
 from odvla.platform.train.deepspeed_config import build_ds_config, build_scheduler
 from odvla.platform.train.mixed_precision import match_norm_buffers
 from odvla.platform.train.sample_log import SampleLog
+
+if TYPE_CHECKING:
+    from odvla.platform.config.schema import DataConfig, StageConfig, TrainConfig
+
+log = logging.getLogger(__name__)
 
 LOSS_TERMS = ("lm", "det", "map", "motion")
 """Loss terms whose per-step values are logged (``loss_<term>``)."""
@@ -42,10 +54,15 @@ LOSS_TERMS = ("lm", "det", "map", "motion")
 
 @dataclass
 class Worker:
-    """One Ray Train worker's run: config, engine, loop state and (rank 0) tracking."""
+    """One Ray Train worker's run: its job, the config sections it reads, engine, loop state and (rank 0)
+    tracking."""
 
-    config: dict
-    cfg: Any
+    job: dict
+    """``train_func``'s input (see there): the resolved config as a dict, MLflow run id and tracking URI, init
+    export, total steps, sample log folder, hooks."""
+    train: TrainConfig
+    data: DataConfig
+    stage: StageConfig
     rank: int
     world: int
     engine: Any
@@ -66,7 +83,8 @@ class Worker:
     profiler: Any = None
     """``StepProfiler`` on rank 0 when ``train.profile_steps`` > 0."""
     partition: dict = field(default_factory=dict)
-    """Parameter elements each rank held right after the model was built (``params_local_rank<r>``, ``params_total``)."""
+    """Parameter elements each rank held right after the model was built (``params_local_rank<r>``,
+    ``params_total``)."""
 
 
 @dataclass
@@ -111,34 +129,47 @@ def _count_tokens(batch: dict, out: dict) -> int:
 # ---------------------------------------------------------------------------------------------------- setup
 
 
+def config_section(job: dict, name: str, section_type):
+    """The section ``name`` of the resolved config dict ``job['cfg']`` as a ``section_type`` dataclass (keys and
+    types checked as ``load_config`` checks them; errors name the dotted key)."""
+    section = section_type()
+    merge(section, job["cfg"].get(name, {}), f"{name}.")
+    return section
+
+
 def setup_worker(config: dict) -> Worker:
     """Build the model (from the init export when given), freeze what the stage does not train, wrap it in a
     DeepSpeed engine with the stage's optimiser and schedule."""
     import deepspeed
     import ray.train
 
+    from odvla.model.config import ModelConfig
+    from odvla.platform.config.schema import DataConfig, StageConfig, TrainConfig
     from odvla.platform.export import resolve_export
     from odvla.platform.train.partitioned_init import build_model, gather_parameter_counts
 
-    cfg = from_dict(config["cfg"])
+    train_cfg, data_cfg = config_section(config, "train", TrainConfig), config_section(config, "data", DataConfig)
+    stage_cfg = config_section(config, "stage", StageConfig)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(train_cfg.seed)
 
-    ds_config = build_ds_config(cfg.train, cfg.data.batch_size, world)
+    ds_config = build_ds_config(train_cfg, data_cfg.batch_size, world)
     init = resolve_export(config["init_from"], config["tracking_uri"]) if config.get("init_from") else None
-    model = build_model(cfg.model, ds_config, init)  # ZeRO-3: the LLM is partitioned over the ranks as it is built
+    # ZeRO-3: the LLM is partitioned over the ranks as it is built
+    model = build_model(config_section(config, "model", ModelConfig), ds_config, init)
     partition = gather_parameter_counts(model, rank, world)
-    trainable = model.set_trainable(cfg.stage.trainable)
+    trainable = model.set_trainable(stage_cfg.trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
-        raise ValueError(f"stage {cfg.stage.name}: set_trainable({cfg.stage.trainable!r}) left nothing to train")
+        raise ValueError(f"stage {stage_cfg.name}: set_trainable({stage_cfg.trainable!r}) left nothing to train")
     total_steps = int(config["total_steps"])
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=params, config=ds_config,
-        lr_scheduler=lambda opt: build_scheduler(opt, cfg.train, total_steps))
+        lr_scheduler=lambda opt: build_scheduler(opt, train_cfg, total_steps))
     match_norm_buffers(engine.module)  # bf16: DeepSpeed cast the weights, not the BatchNorm statistics
-    return Worker(config=config, cfg=cfg, rank=rank, world=world, engine=engine, scheduler=scheduler,
+    return Worker(job=config, train=train_cfg, data=data_cfg, stage=stage_cfg, rank=rank, world=world,
+                  engine=engine, scheduler=scheduler,
                   total_steps=total_steps, num_params=sum(getattr(p, "ds_numel", p.numel()) for p in params),
                   num_tensors=len(trainable), state=TrainState(run_id=config.get("run_id")),
                   hooks=list(config.get("hooks") or []), partition=partition)
@@ -150,19 +181,19 @@ def resume_from_checkpoint(w: Worker) -> None:
 
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = load_into(w.engine, d)
+        with ckpt.as_directory() as ckpt_dir:
+            state = load_into(w.engine, ckpt_dir)
         state.restarts += 1
-        run_id = w.config.get("run_id")
+        run_id = w.job.get("run_id")
         if run_id and state.run_id and state.run_id != run_id:
-            print(f"[odvla.train] checkpoint was logged to MLflow run {state.run_id}, now {run_id}")
+            log.warning("checkpoint was logged to MLflow run %s, now %s", state.run_id, run_id)
         state.run_id = run_id or state.run_id
         if w.engine.global_steps != state.global_step:
             raise RuntimeError(f"checkpoint step mismatch: engine {w.engine.global_steps} vs state "
                                f"{state.global_step}")
         w.state, w.resumed = state, True
     if w.rank == 0:
-        w.sample_log = SampleLog(w.config.get("sample_log"), attempt=w.state.restarts)
+        w.sample_log = SampleLog(w.job.get("sample_log"), attempt=w.state.restarts)
 
 
 def start_tracking(w: Worker) -> None:
@@ -171,9 +202,9 @@ def start_tracking(w: Worker) -> None:
         return
     from odvla.platform.tracking import ResilientTracker
 
-    uri = w.config["tracking_uri"]
-    w.tracker = ResilientTracker(uri, w.config.get("run_id"))
-    if w.tracker.enabled and w.config.get("system_metrics"):
+    uri = w.job["tracking_uri"]
+    w.tracker = ResilientTracker(uri, w.job.get("run_id"))
+    if w.tracker.enabled and w.job.get("system_metrics"):
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
@@ -181,7 +212,7 @@ def start_tracking(w: Worker) -> None:
                                              resume_logging=w.resumed, tracking_uri=uri)
             w.monitor.start()
         except Exception as e:  # psutil missing, server down: tracking is never a reason to stop training
-            print(f"[odvla.train] system metrics disabled: {e}")
+            log.warning("system metrics disabled: %s", e)
             w.monitor = None
     if w.resumed:
         w.tracker.set_tags({"odvla.resumed_from_step": w.state.global_step, "odvla.restarts": w.state.restarts})
@@ -232,7 +263,7 @@ def finish_step(w: Worker, loss: torch.Tensor, out: dict, window: StepWindow) ->
               "tokens_per_s_per_worker": float(stats[2]) / dt / w.world,
               **{f"loss_{k}": float(stats[3 + j]) / w.world for j, k in enumerate(LOSS_TERMS)},
               "data_wait_frac": float(stats[3 + len(LOSS_TERMS)]) / w.world}  # mean over ranks
-    if w.rank == 0 and state.global_step % max(w.cfg.train.log_every, 1) == 0:
+    if w.rank == 0 and state.global_step % max(w.train.log_every, 1) == 0:
         w.tracker.log_metrics({**w.last, "epoch": state.epoch}, step=state.global_step)
 
 
@@ -256,28 +287,33 @@ def report_checkpoint(w: Worker, final: bool = False) -> None:
 
     from odvla.platform.export import save_export
 
-    d = new_checkpoint_dir()
-    save_shard(w.engine, d, w.state, w.rank)
+    ckpt_dir = new_checkpoint_dir()
+    save_shard(w.engine, ckpt_dir, w.state, w.rank)
     if final:
         export_state = None
-        if w.cfg.train.zero_stage == 3:  # gather the partitioned weights (collective)
+        if w.train.zero_stage == 3:  # gather the partitioned weights (collective)
             export_state = w.engine._zero3_consolidated_16bit_state_dict()
         if w.rank == 0:
-            save_export(w.engine.module, w.cfg, d / EXPORT_DIR, state_dict=export_state)
+            from odvla.platform.config import from_dict
+
+            # The export holds the whole resolved config (its config.yaml rebuilds the network and names the run's
+            # settings), so the root is rebuilt here, once, from the job's config dict: the loop's one
+            # entry-point-level use of the root (tests/test_layout.py allows exactly this function).
+            save_export(w.engine.module, from_dict(w.job["cfg"]), ckpt_dir / EXPORT_DIR, state_dict=export_state)
     if w.sample_log is not None:
         w.sample_log.flush()
-    s, t = w.state, w.tracker
+    state, tracker = w.state, w.tracker
     rss = peak_rss_gb(w)
     if w.rank == 0:
-        w.tracker.log_metrics({"peak_rss_gb": rss}, step=s.global_step)
-    metrics = {**w.last, "peak_rss_gb": rss, "global_step": s.global_step, "epoch": s.epoch,
-               "samples_seen": s.samples_seen, "tokens_seen": s.tokens_seen, "restarts": s.restarts, "final": final,
-               "tracking_dropped": t.dropped if t else 0, "tracking_failures": t.failures if t else 0,
-               "tracking_lost": bool(t and t.lost)}
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(d)),
+        w.tracker.log_metrics({"peak_rss_gb": rss}, step=state.global_step)
+    metrics = {**w.last, "peak_rss_gb": rss, "global_step": state.global_step, "epoch": state.epoch,
+               "samples_seen": state.samples_seen, "tokens_seen": state.tokens_seen, "restarts": state.restarts,
+               "final": final, "tracking_dropped": tracker.dropped if tracker else 0,
+               "tracking_failures": tracker.failures if tracker else 0, "tracking_lost": bool(tracker and tracker.lost)}
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)),
                      checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC)
     for hook in w.hooks:
-        hook.after_checkpoint(s.global_step, s.restarts, w.rank)
+        hook.after_checkpoint(state.global_step, state.restarts, w.rank)
 
 
 # ------------------------------------------------------------------------------------------------------ loop
@@ -302,17 +338,18 @@ def _epoch_batches(w: Worker, shard):
     restart (the skip in ``train_epoch`` relies on it)."""
     from odvla.platform.data.collate import collate
 
-    buf = int(w.cfg.data.shuffle_buffer)
-    return shard.iter_torch_batches(batch_size=w.cfg.data.batch_size, collate_fn=collate,
-                                    local_shuffle_buffer_size=buf if buf > 0 else None,
-                                    local_shuffle_seed=int(w.cfg.train.seed) + w.state.epoch if buf > 0 else None)
+    shuffle_buffer = int(w.data.shuffle_buffer)
+    shuffled = shuffle_buffer > 0
+    return shard.iter_torch_batches(batch_size=w.data.batch_size, collate_fn=collate,
+                                    local_shuffle_buffer_size=shuffle_buffer if shuffled else None,
+                                    local_shuffle_seed=int(w.train.seed) + w.state.epoch if shuffled else None)
 
 
 def train_epoch(w: Worker, shard) -> bool:
     """Train on the rest of the current epoch; True once ``total_steps`` optimiser steps are done."""
-    state, cfg = w.state, w.cfg
+    state = w.state
     skip, seen = state.batches_in_epoch, 0
-    weights, accum, every = dict(cfg.stage.loss_weights), cfg.train.grad_accum, cfg.train.checkpoint_every
+    weights, accum, every = dict(w.stage.loss_weights), w.train.grad_accum, w.train.checkpoint_every
     window = StepWindow()
     if w.profiler is not None:
         w.profiler.maybe_start(state.global_step)
@@ -342,7 +379,7 @@ def train_epoch(w: Worker, shard) -> bool:
             timed_checkpoint(w)  # a node of this run is about to be reclaimed
     if seen == 0:
         raise RuntimeError(f"rank {w.rank}: the training data shard yielded no batch in epoch {state.epoch} "
-                           f"({cfg.data.shards}, mixture {cfg.stage.mixture})")
+                           f"({w.data.shards}, mixture {w.stage.mixture})")
     return False
 
 
@@ -351,20 +388,20 @@ def profile_step(w: Worker, window: StepWindow) -> None:
     its per-part milliseconds (``profile/<part>_ms``) to the run; start recording when the warm-up is done."""
     table = w.profiler.after_step(w.state.global_step, window.samples, window.llm_tokens)
     if table is not None:
-        print(f"[odvla.train] step profile (rank 0):\n{table}")
+        log.info("step profile (rank 0):\n%s", table)
         steps = max(w.profiler.steps, 1)
         w.tracker.log_text(table, "step_profile.md")
-        w.tracker.log_metrics({f"profile/{p}_ms": (v["forward"] + v["backward"]) / 1000 / steps
-                               for p, v in w.profiler.parts.items()}, step=w.state.global_step)
+        w.tracker.log_metrics({f"profile/{part}_ms": (times["forward"] + times["backward"]) / 1000 / steps
+                               for part, times in w.profiler.parts.items()}, step=w.state.global_step)
     w.profiler.maybe_start(w.state.global_step)
 
 
 def timed_checkpoint(w: Worker) -> None:
     """``report_checkpoint``, its save time kept for the preemption check (does the next one fit the notice?)."""
-    t = time.perf_counter()
+    started = time.perf_counter()
     report_checkpoint(w)
     if w.preemption is not None:
-        w.preemption.saved(time.perf_counter() - t)
+        w.preemption.saved(time.perf_counter() - started)
 
 
 def train(w: Worker) -> None:
@@ -373,10 +410,10 @@ def train(w: Worker) -> None:
 
     from odvla.platform.train.preemption import PreemptionCheck
 
-    w.preemption = PreemptionCheck(w.cfg.train.preemption_grace_s, w.rank, w.world)
+    w.preemption = PreemptionCheck(w.train.preemption_grace_s, w.rank, w.world)
     shard = ray.train.get_dataset_shard("train")
-    by_steps = w.cfg.train.max_steps > 0
-    epochs = 10**9 if by_steps else w.cfg.train.epochs
+    by_steps = w.train.max_steps > 0
+    epochs = 10**9 if by_steps else w.train.epochs
     w.engine.train()
     done = w.state.global_step >= w.total_steps
     while not done and w.state.epoch < epochs:
@@ -396,20 +433,24 @@ def finish_tracking(w: Worker) -> None:
         except Exception:
             pass
     if w.tracker.lost or w.tracker.dropped:
-        print(f"[odvla.train] MLflow tracking: {w.tracker.dropped} records could not be written")
+        log.warning("MLflow tracking: %d records could not be written", w.tracker.dropped)
 
 
 def train_func(config: dict) -> None:
     """Ray Train worker entry. ``config``: {'cfg': resolved config dict, 'run_id', 'tracking_uri',
     'init_from' (export ref or None), 'total_steps', 'system_metrics', 'sample_log' (folder/URI or None),
-    'hooks' (list, may be empty)}."""
+    'hooks' (list, may be empty)}. The library's log records go to the worker's log at ``$ODVLA_LOG_LEVEL``
+    (default INFO)."""
+    from odvla.platform.log_setup import configure as configure_logging
+
+    configure_logging()
     w = setup_worker(config)
     resume_from_checkpoint(w)
     start_tracking(w)
-    if w.rank == 0 and w.cfg.train.profile_steps > 0:
+    if w.rank == 0 and w.train.profile_steps > 0:
         from odvla.platform.train.step_profile import StepProfiler
 
-        w.profiler = StepProfiler(w.cfg.train.profile_steps, w.cfg.train.profile_warmup)
+        w.profiler = StepProfiler(w.train.profile_steps, w.train.profile_warmup)
     train(w)
     report_checkpoint(w, final=True)
     finish_tracking(w)

@@ -17,8 +17,11 @@ checkpoint per attempt; ``train.preemption_grace_s < 0`` turns the check off.
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Optional
+
+log = logging.getLogger(__name__)
 
 
 class PreemptionCheck:
@@ -57,7 +60,7 @@ class PreemptionCheck:
             dist.broadcast(flag, src=0)
             fits = bool(flag.item())
         if self.rank == 0:
-            print(f"[odvla.train] {self.message}", flush=True)
+            log.warning("%s", self.message)
         return fits
 
     def decide(self, deadline_ms: Optional[int], ranks, now_s: float) -> tuple[bool, str]:

@@ -12,12 +12,15 @@ config inside a pipeline. The shipped curriculum:
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from odvla.model.vla import LOSS_KEYS, MODEL_PARTS
 from odvla.platform.config import Config, ConfigError, load_config, to_dict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,8 +62,8 @@ def resolve_init(stage_cfg, previous: Optional[InitSource] = None) -> InitSource
         return InitSource(None)
     if ref == "auto":
         if previous is None or previous.ref is None:
-            print(f"[odvla.train] {stage_cfg.name}: init_from=auto and no previous stage in this pipeline: "
-                  "random init (set stage.init_from to an export folder or runs:/<id>/export to continue one)")
+            log.info("%s: init_from=auto and no previous stage in this pipeline: random init (set stage.init_from "
+                     "to an export folder or runs:/<id>/export to continue one)", stage_cfg.name)
             return InitSource(None)
         return previous
     from odvla.platform.tracking.lineage import run_id_of_export

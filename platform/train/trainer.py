@@ -19,6 +19,7 @@ the driver adds the export (and, by config, the final checkpoint) as artifacts a
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -30,6 +31,8 @@ from odvla.platform.config import Config, dump_yaml, flatten, to_dict
 from odvla.platform.durable_paths import resolve_storage_path
 from odvla.platform.train.progress import ProgressCallback, StageProgress
 from odvla.platform.train.stages import InitSource, check_stage, default_run_name, resolve_init
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class StageResult:
 
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+"""Ray Train's worker-group start timeout (seconds), read by the Train controller; ``fault_injection`` sets it."""
 DEFAULT_START_TIMEOUT_S = 60.0
 
 
@@ -140,8 +144,8 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
 
     tracker, resumed = _open_run(cfg.stage.name, cfg.model.preset, cfg.tracking.experiment, uri,
                                  f"{storage}/{run_name}", run_name, init, parent_run_id)
-    print(f"[odvla.train] {cfg.stage.name}: run {run_name!r} under {storage} "
-          f"({'resuming' if resumed else 'new'}; MLflow {uri} run {tracker.run_id})", flush=True)
+    log.info("%s: run %r under %s (%s; MLflow %s run %s)", cfg.stage.name, run_name, storage,
+             "resuming" if resumed else "new", uri, tracker.run_id)
     _warn_if_no_cpu_left_for_data(t)
     dataset, num_rows, mixture = build_stage_dataset(cfg.data, cfg.model.vision, cfg.stage, t.seed)
     total_steps = planned_steps(t, cfg.data.batch_size, num_rows, t.num_workers)
@@ -247,7 +251,7 @@ def _warn_if_no_cpu_left_for_data(t) -> None:
     total = float(ray.cluster_resources().get("CPU", 0.0))
     need = float(t.num_workers) * float(t.cpus_per_worker)
     if total and need >= total:
-        print(f"[odvla.train] WARNING: train.num_workers x train.cpus_per_worker = {need:g} CPUs, the cluster has "
-              f"{total:g}: no CPU is left for the Ray Data tasks that read and decode the samples, so training will "
-              "wait for the cluster to grow. Lower train.cpus_per_worker, or start Ray with more CPUs "
-              "(ray start --num-cpus / ray.init(num_cpus=...)).", flush=True)
+        log.warning("train.num_workers x train.cpus_per_worker = %g CPUs, the cluster has %g: no CPU is left for the "
+                    "Ray Data tasks that read and decode the samples, so training will wait for the cluster to grow. "
+                    "Lower train.cpus_per_worker, or start Ray with more CPUs (ray start --num-cpus / "
+                    "ray.init(num_cpus=...)).", need, total)

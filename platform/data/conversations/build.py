@@ -110,7 +110,10 @@ def build_instructions(shards_dir: Path, sources: dict[str, str | Path] | None =
 
     if generated:
         for split, table in tables.items():
-            write_conversations(generate_from_table(table, seed), out / split / "generated.parquet")
+            records = generate_from_table(table, seed)
+            path = write_conversations(records, out / split / "generated.parquet")
+            log.info("%s: %d generated conversation records from %d keyframes (seed %d) -> %s", split,
+                     records.num_rows, table.num_rows, seed, path)
 
     for name, path in sources.items():
         if name == "tod3cap":
@@ -120,6 +123,7 @@ def build_instructions(shards_dir: Path, sources: dict[str, str | Path] | None =
             records = read_gpt_driver(Path(path), gpt_driver_split)
         else:
             records = SIMPLE_READERS[name](Path(path))
+        log.debug("%s: %d records read from %s", name, len(records), path)
         by_split, stats = join_to_splits(records, index)
         stats["file"] = str(path)
         if name == "gpt_driver" and gpt_driver_split:

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from odvla.model.tasks import TASKS
+
 from .generate import generate_from_table, read_shard_split
-from .schema import TASKS, conversations_dir, read_split_conversations
+from .schema import conversations_dir, read_split_conversations
 
 if TYPE_CHECKING:
     from odvla.platform.config.schema import DataConfig, StageConfig

@@ -3,7 +3,7 @@
 Columns:
     sample_token     str     keyframe the dialogue is about (joins the shard row)
     task             str     'caption_scene' | 'caption_agent' | 'caption_map' | 'qa' | 'interaction' | 'planning'
-                             | 'external' (imported public data)
+                             | 'external' (imported public data); ``TASKS`` of model/tasks.py
     source           str     'generated' or the public set: 'nuscenes_qa', 'tod3cap', 'nux', 'nucaption',
                              'gpt_driver', 'drivelm', 'llava'
     record_id        str     id inside the source (file key / index), for tracing an example back to its file
@@ -26,12 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from odvla.model.tasks import TASKS
+
 CONVERSATIONS_VERSION = "1"
 META_VERSION_KEY = b"odvla.conversations_version"
 
-TASKS = ("caption_scene", "caption_agent", "caption_map", "qa", "interaction", "planning", "external")
-"""Task names of ``StageConfig.mixture`` and of the batch's ``task`` field (model/batch.py)."""
-SOURCES = ("generated", "nuscenes_qa", "tod3cap", "nux", "nucaption", "gpt_driver", "drivelm", "llava")
 ROLES = ("human", "gpt")
 
 TURN_TYPE = pa.struct([("from", pa.string()), ("value", pa.string())])
