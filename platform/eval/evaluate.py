@@ -207,9 +207,6 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     ``official_out``: also write the released OpenDriveVLA evaluation's input files there
     (``official_export.py``); a non-empty folder is an error unless ``force``.
     """
-    from odvla.platform.data.pipeline import build_dataset
-    from odvla.platform.eval.predict import predict_dataset
-    from odvla.platform.tracking.store import resolve_tracking_uri
     from odvla.platform.export import load_export_config
 
     if not cfg.data.shards:
@@ -229,62 +226,22 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     val = read_split_table(cfg.data.shards, split, _GT_COLUMNS)
     if val.num_rows == 0:
         raise ValueError(f"eval: split {split!r} of {cfg.data.shards} has no samples")
-
-    # one pass of the replicas: a planning row for every sample, then the QA examples (when the store has any)
     tokens = val.column("sample_token").to_pylist()
     qa = _qa_examples(cfg.data, cfg.eval, cfg.train.seed, split)
-    examples = pa.table({"sample_token": tokens, "task": ["planning"] * len(tokens), "question": [""] * len(tokens),
-                         "answer": [""] * len(tokens)})
-    if qa is not None:  # references stay here; the model sees '' as the answer
-        examples = pa.concat_tables([examples, pa.table({
-            "sample_token": qa.column("sample_token").combine_chunks(), "task": qa.column("task").combine_chunks(),
-            "question": qa.column("question").combine_chunks(), "answer": pa.array([""] * qa.num_rows)})])
+
     t0 = time.perf_counter()
-    # replicas read a local export folder directly; an MLflow URI is downloaded by each replica (multi-node)
-    remote = str(model_ref).startswith(("runs:/", "models:/"))
-    actor_ref = str(model_ref) if remote else str(export_dir)
-    replica_tracking_uri = resolve_tracking_uri(cfg.tracking.tracking_uri) if remote else None
-    temporal = bool(cfg.eval.temporal)
-    if temporal:  # planning: whole scenes in keyframe order carrying SceneState; QA rows stay per-example
-        all_columns = _scene_predictions(cfg.data, cfg.model.vision, cfg.eval, actor_ref, split,
-                                         replica_tracking_uri)
-        if qa is not None:
-            all_columns = _concat(all_columns, predict_dataset(
-                build_dataset(cfg.data, cfg.model.vision, split, examples=examples.slice(len(tokens))), actor_ref,
-                cfg.eval.batch_size, cfg.eval.concurrency, cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens,
-                tracking_uri=replica_tracking_uri))
-    else:
-        all_columns = predict_dataset(build_dataset(cfg.data, cfg.model.vision, split, examples=examples),
-                                      actor_ref, cfg.eval.batch_size, cfg.eval.concurrency,
-                                      cfg.eval.num_gpus_per_replica, cfg.eval.max_new_tokens,
-                                      tracking_uri=replica_tracking_uri)
+    all_columns = _predict(cfg.data, cfg.model.vision, cfg.eval, cfg.tracking, model_ref, export_dir, split, tokens,
+                           qa)
     seconds = time.perf_counter() - t0
     is_plan = all_columns["task"] == "planning"
-    cols = {k: v[is_plan] for k, v in all_columns.items()}
+    cols = _planning_rows({k: v[is_plan] for k, v in all_columns.items()}, tokens, split)
     qa_columns = {k: v[~is_plan] for k, v in all_columns.items()}
 
-    # 1) planning: exactly one prediction per sample, in the split's order
-    row_of_token = {t: i for i, t in enumerate(cols["sample_token"].tolist())}
-    missing = [t for t in tokens if t not in row_of_token]
-    if missing or len(cols["sample_token"]) != len(tokens):
-        raise RuntimeError(f"eval: {len(missing)} of {len(tokens)} {split} samples got no planning prediction "
-                           f"(first: {missing[:3]}); {len(cols['sample_token'])} planning rows came back")
-    order = np.array([row_of_token[t] for t in tokens])
-    cols = {k: v[order] for k, v in cols.items()}
-    cols["reference"] = np.full(len(order), "", dtype=object)
-    n = len(order)
+    # 1) planning: the model, the baselines and the tracker
     parsed = cols["parsed"].astype(bool)
-    metrics = {"predict/samples": float(n), "predict/temporal": float(temporal),
-               "predict/malformed": float((~parsed).sum()),
-               "predict/malformed_rate": float((~parsed).mean()), "predict/seconds": seconds,
-               "predict/rows_per_s": len(all_columns["task"]) / max(seconds, 1e-9),
-               "predict/mean_generated_tokens": float(cols["num_generated_tokens"].mean())}
-    if (~parsed).any():
-        bad = [f"{t}: {e}" for t, e in zip(cols["sample_token"][~parsed], cols["error"][~parsed])]
-        log.warning("eval: %d of %d answers did not parse into a trajectory (not scored, counted in "
-                    "predict/malformed): %s", len(bad), n, "; ".join(bad[:5]))
-        (out / "malformed.txt").write_text("\n".join(bad) + "\n")
-    pred = np.asarray(cols["pred_traj"], np.float64).reshape(n, FUTURE_STEPS, 2)
+    metrics = _predict_figures(cols, parsed, seconds, len(all_columns["task"]), bool(cfg.eval.temporal))
+    _report_malformed(cols, parsed, out)
+    pred = np.asarray(cols["pred_traj"], np.float64).reshape(len(tokens), FUTURE_STEPS, 2)
     pred[~parsed] = np.nan
     truth = PlanningTruth.from_table(val)
     metrics.update(score_trajectories(pred, truth))
@@ -293,31 +250,11 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
         t: (i, xy, v) for t, i, xy, v in zip(cols["sample_token"].tolist(), cols["track_ids"], cols["track_xy"],
                                              cols["track_vel"])}))
     if official_out is not None:
-        from odvla.platform.eval.official_export import write_official
-
-        rows = val.select(["sample_token", "command", "ego_state", "agent_boxes", "agent_class", "agent_visibility",
-                           "lidar2ego"]).to_pylist()
-        summary = write_official(official_out, rows, truth, pred, parsed, force=force)
-        metrics["official/samples"] = float(summary["samples"])
-        metrics["official/fallback_constant_velocity"] = float(summary["fallback_constant_velocity"])
+        metrics.update(_write_official_inputs(official_out, val, truth, pred, parsed, force))
 
     # 2) QA metrics against the references of each (sample, task, question)
     if qa is not None:
-        by_key: dict = {}
-        for tok, task, q, a in zip(qa.column("sample_token").to_pylist(), qa.column("task").to_pylist(),
-                                   qa.column("question").to_pylist(), qa.column("answer").to_pylist()):
-            by_key.setdefault((tok, task, q), []).append(a)
-        keys = list(zip(qa_columns["sample_token"].tolist(), qa_columns["task"].tolist(),
-                        qa_columns["question"].tolist()))
-        unknown = [k for k in keys if k not in by_key]
-        if unknown or len(keys) != qa.num_rows:
-            raise RuntimeError(f"eval: QA predictions do not match the {qa.num_rows} examples "
-                               f"({len(keys)} came back; unknown: {unknown[:3]})")
-        from odvla.platform.eval.qa_metrics import compute_qa_metrics
-
-        metrics.update(compute_qa_metrics([by_key[k] for k in keys], qa_columns["answer"].tolist(),
-                                          ids=[f"{i}:{k[0]}" for i, k in enumerate(keys)]))
-        qa_columns["reference"] = np.asarray(["\n".join(by_key[k]) for k in keys], dtype=object)
+        metrics.update(_score_qa(qa, qa_columns))
         cols = _concat(cols, qa_columns)
 
     predictions_path = _write_predictions(cols, out / "predictions.parquet")
@@ -327,6 +264,104 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     _plots(cfg.data, split, val, pred, out / "plots", cfg.eval.plots)
     _log_mlflow(cfg.tracking, run_id, metrics, out)
     return EvalResult(metrics, table_md, predictions_path, out)
+
+
+def _predict(data: DataConfig, vision: VisionConfig, eval_cfg: EvalConfig, tracking: TrackingConfig, model_ref: str,
+             export_dir, split: str, tokens: list, qa: Optional[pa.Table]) -> dict:
+    """One pass of the replicas: a planning row for every sample of ``tokens``, then the QA examples ``qa`` (when
+    the store has any). With ``eval.temporal`` the planning rows come from whole scenes in keyframe order carrying
+    ``SceneState``; QA rows always stay per example. Returns the prediction columns of every row."""
+    from odvla.platform.tracking.store import resolve_tracking_uri
+
+    examples = pa.table({"sample_token": tokens, "task": ["planning"] * len(tokens), "question": [""] * len(tokens),
+                         "answer": [""] * len(tokens)})
+    if qa is not None:  # references stay in ``qa``; the model sees '' as the answer
+        examples = pa.concat_tables([examples, pa.table({
+            "sample_token": qa.column("sample_token").combine_chunks(), "task": qa.column("task").combine_chunks(),
+            "question": qa.column("question").combine_chunks(), "answer": pa.array([""] * qa.num_rows)})])
+    # replicas read a local export folder directly; an MLflow URI is downloaded by each replica (multi-node)
+    remote = str(model_ref).startswith(("runs:/", "models:/"))
+    actor_ref = str(model_ref) if remote else str(export_dir)
+    replica_tracking_uri = resolve_tracking_uri(tracking.tracking_uri) if remote else None
+
+    def rows(table: pa.Table) -> dict:
+        from odvla.platform.data.pipeline import build_dataset
+        from odvla.platform.eval.predict import predict_dataset
+
+        e = eval_cfg
+        return predict_dataset(build_dataset(data, vision, split, examples=table), actor_ref,
+                               e.batch_size, e.concurrency, e.num_gpus_per_replica, e.max_new_tokens,
+                               tracking_uri=replica_tracking_uri)
+
+    if not eval_cfg.temporal:
+        return rows(examples)
+    all_columns = _scene_predictions(data, vision, eval_cfg, actor_ref, split, replica_tracking_uri)
+    return _concat(all_columns, rows(examples.slice(len(tokens)))) if qa is not None else all_columns
+
+
+def _planning_rows(cols: dict, tokens: list, split: str) -> dict:
+    """The planning prediction columns in the split's order (``tokens``), with an empty ``reference``; exactly one
+    prediction per sample, or a RuntimeError naming the first samples without one."""
+    row_of_token = {t: i for i, t in enumerate(cols["sample_token"].tolist())}
+    missing = [t for t in tokens if t not in row_of_token]
+    if missing or len(cols["sample_token"]) != len(tokens):
+        raise RuntimeError(f"eval: {len(missing)} of {len(tokens)} {split} samples got no planning prediction "
+                           f"(first: {missing[:3]}); {len(cols['sample_token'])} planning rows came back")
+    order = np.array([row_of_token[t] for t in tokens])
+    cols = {k: v[order] for k, v in cols.items()}
+    cols["reference"] = np.full(len(order), "", dtype=object)
+    return cols
+
+
+def _predict_figures(cols: dict, parsed: np.ndarray, seconds: float, rows: int, temporal: bool) -> dict:
+    """``predict/...``: samples, malformed answers, the pass's time and pace over all ``rows``, tokens generated."""
+    return {"predict/samples": float(len(parsed)), "predict/temporal": float(temporal),
+            "predict/malformed": float((~parsed).sum()),
+            "predict/malformed_rate": float((~parsed).mean()), "predict/seconds": seconds,
+            "predict/rows_per_s": rows / max(seconds, 1e-9),
+            "predict/mean_generated_tokens": float(cols["num_generated_tokens"].mean())}
+
+
+def _report_malformed(cols: dict, parsed: np.ndarray, out: Path) -> None:
+    """Answers that did not parse are not scored: they are counted, logged and listed in ``malformed.txt``."""
+    if not (~parsed).any():
+        return
+    bad = [f"{t}: {e}" for t, e in zip(cols["sample_token"][~parsed], cols["error"][~parsed])]
+    log.warning("eval: %d of %d answers did not parse into a trajectory (not scored, counted in "
+                "predict/malformed): %s", len(bad), len(parsed), "; ".join(bad[:5]))
+    (out / "malformed.txt").write_text("\n".join(bad) + "\n")
+
+
+def _write_official_inputs(official_out, val: pa.Table, truth: PlanningTruth, pred: np.ndarray, parsed: np.ndarray,
+                           force: bool) -> dict:
+    """The released evaluation's input files (``official_export.py``); returns the ``official/...`` figures."""
+    from odvla.platform.eval.official_export import write_official
+
+    rows = val.select(["sample_token", "command", "ego_state", "agent_boxes", "agent_class", "agent_visibility",
+                       "lidar2ego"]).to_pylist()
+    summary = write_official(official_out, rows, truth, pred, parsed, force=force)
+    return {"official/samples": float(summary["samples"]),
+            "official/fallback_constant_velocity": float(summary["fallback_constant_velocity"])}
+
+
+def _score_qa(qa: pa.Table, qa_columns: dict) -> dict:
+    """Caption metrics of the QA answers against every reference of their (sample, task, question); adds the
+    joined references to ``qa_columns['reference']``. A QA prediction that matches no example is a RuntimeError."""
+    from odvla.platform.eval.qa_metrics import compute_qa_metrics
+
+    by_key: dict = {}
+    for tok, task, q, a in zip(qa.column("sample_token").to_pylist(), qa.column("task").to_pylist(),
+                               qa.column("question").to_pylist(), qa.column("answer").to_pylist()):
+        by_key.setdefault((tok, task, q), []).append(a)
+    keys = list(zip(qa_columns["sample_token"].tolist(), qa_columns["task"].tolist(),
+                    qa_columns["question"].tolist()))
+    unknown = [k for k in keys if k not in by_key]
+    if unknown or len(keys) != qa.num_rows:
+        raise RuntimeError(f"eval: QA predictions do not match the {qa.num_rows} examples "
+                           f"({len(keys)} came back; unknown: {unknown[:3]})")
+    qa_columns["reference"] = np.asarray(["\n".join(by_key[k]) for k in keys], dtype=object)
+    return compute_qa_metrics([by_key[k] for k in keys], qa_columns["answer"].tolist(),
+                              ids=[f"{i}:{k[0]}" for i, k in enumerate(keys)])
 
 
 def _plots(data: DataConfig, split: str, val: pa.Table, pred: np.ndarray, folder: Path, count: int) -> list[Path]:
