@@ -44,7 +44,7 @@ def cpu_flags() -> set[str]:
 def native_bf16() -> bool:
     """True when bf16 matmuls run on bf16 instructions here: the CPU has AVX-512-BF16 or AMX-BF16 and
     ``ONEDNN_MAX_CPU_ISA`` does not cap oneDNN below them (the cap is how a fast machine imitates a slow one)."""
-    if not BF16_ISAS[0] in cpu_flags() and not BF16_ISAS[1] in cpu_flags():
+    if not set(BF16_ISAS) & cpu_flags():
         return False
     cap = os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")).upper()
     if cap and cap != "ALL" and cap in _ISA_ORDER:

@@ -361,7 +361,8 @@ def train_epoch(w: Worker, shard) -> bool:
         state.batches_in_epoch += 1
         window.samples += len(batch["sample_token"])
         window.tokens += _count_tokens(batch, out)
-        window.llm_tokens += int(out["llm_tokens"]) if "llm_tokens" in out else 0
+        if w.profiler is not None and "llm_tokens" in out:  # only the profile reads it: no extra sync otherwise
+            window.llm_tokens += int(out["llm_tokens"])
         # a clip row (data.clip_len > 1) is logged by the keyframe it ends at
         window.sample_tokens.extend(str(t[-1]) if isinstance(t, list) else str(t) for t in batch["sample_token"])
         if state.batches_in_epoch % accum:

@@ -85,8 +85,7 @@ def part_times(events) -> dict[str, dict[str, float]]:
 
 
 def _nested_ranges(ev):
-    """The ``odvla::`` ranges directly nested in ``ev`` (the first ones met below it on each branch) and the
-    backward operators run inside it."""
+    """The ``odvla::`` ranges directly nested in ``ev`` (the first ones met below it on each branch)."""
     stack = list(ev.cpu_children)
     while stack:
         c = stack.pop()
@@ -148,10 +147,6 @@ class StepProfiler:
     done: bool = False
     table: Optional[str] = None
     parts: dict = field(default_factory=dict)
-
-    @property
-    def active(self) -> bool:
-        return self._prof is not None
 
     def maybe_start(self, finished_steps: int) -> None:
         if self.steps <= 0 or self.done or self._prof is not None or finished_steps != self.warmup:
