@@ -81,8 +81,14 @@ class VisionConfig:
 @dataclass
 class TextConfig:
     traj_encoding: str = "absolute"
-    """'absolute' (released OpenDriveVLA form), 'delta' (per-step displacements) or 'residual' (per-step
-    displacements minus the constant-velocity step; see ``odvla.model.traj_codec``)."""
+    """'absolute' (released OpenDriveVLA form), 'delta' (per-step displacements), 'residual' (per-step
+    displacements minus the constant-velocity step; see ``odvla.model.traj_codec``) or 'action' (one token per
+    0.5-s step naming an entry of a learned motion codebook; ``odvla.model.action_codebook``)."""
+    action_codebook: Optional[str] = None
+    """'action': the codebook file. None: ``<data.shards>/action_codebook.json`` (``odvla codebook fit`` writes it;
+    training fills the path in, an export carries its own copy in its tokenizer folder)."""
+    action_codebook_size: int = 2048
+    """'action': entries of the codebook, so action tokens ``<act_0>`` .. added to the vocabulary."""
     traj_decimals: int = 2
     compact_tokens: bool = False
     """Add dedicated number tokens to the vocabulary (fewer decode steps per trajectory)."""

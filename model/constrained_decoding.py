@@ -6,6 +6,8 @@ A vocabulary token is allowed in a state when feeding all its characters keeps t
 trajectory; the table is computed lazily per state and cached. Each state also knows the fewest tokens that finish
 the trajectory (every grammar character exists as a single byte-level token), so the processor only allows tokens
 after which the trajectory can still end within ``max_new_tokens``: every generated trajectory parses.
+With the ``action`` encoding the machine is a counter: exactly six codebook tokens between the markers, every step
+allowing one and the same id set (a single cached tensor, so a step's mask is one scatter).
 
 :class:`TrajectoryLogitsProcessor` runs one machine per batch row: 'planning' rows must start with ``<traj_start>``
 and end with ``<|im_end|>`` right after ``<traj_end>``; other rows generate freely until they emit ``<traj_start>``,
@@ -27,7 +29,8 @@ from typing import Optional
 import torch
 from transformers import LogitsProcessor
 
-from odvla.model.traj_codec import MAX_INT_DIGITS, TRAJ_END, TRAJ_START, TrajectoryCodec, compact_number_tokens
+from odvla.model.traj_codec import (MAX_INT_DIGITS, TRAJ_END, TRAJ_START, TrajectoryCodec, action_tokens,
+                                    compact_number_tokens)
 
 NUMBER_CHOICES = ("argmax", "median")
 PRE = ("pre",)  # before <traj_start>
@@ -56,6 +59,12 @@ class TrajectoryGrammar:
         self._cache: dict[tuple, dict[int, tuple]] = {}
         self._min_cache: dict[tuple, int] = {}
         self._arrays: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.action = codec.action
+        if self.action:
+            self.action_ids = [self._tid(tokenizer, t) for t in action_tokens(codec.codebook_size)]
+            self._action_ids = torch.tensor(self.action_ids, dtype=torch.long)
+            self.length = self.n
+            return
         if codec.compact:
             toks = compact_number_tokens(self.d)
             ints = [t for t in toks if t[1] in "+-"]
@@ -153,7 +162,7 @@ class TrajectoryGrammar:
             return 0
         if state == PRE:
             return 1 + self.min_to_finish(self._first())
-        if self.codec.compact:
+        if self.codec.compact or self.action:
             return self.length - state[1] + 1
         slot, sub = state
         total = 1  # <traj_end>
@@ -165,6 +174,8 @@ class TrajectoryGrammar:
         return total
 
     def _first(self):
+        if self.action:
+            return ("a", 0)
         return ("c", 0) if self.codec.compact else (0, "S")
 
     def transitions(self, state) -> dict[int, tuple]:
@@ -176,6 +187,8 @@ class TrajectoryGrammar:
             t = {self.start_id: self._first()}
         elif state == DONE:
             t = {}
+        elif self.action:
+            t = {self.end_id: DONE} if state[1] == self.length else {i: ("a", state[1] + 1) for i in self.action_ids}
         elif self.codec.compact:
             k = state[1]
             if k == self.length:
@@ -202,6 +215,10 @@ class TrajectoryGrammar:
         """``transitions(state)`` as tensors (cached): token ids [K] int64 and the fewest tokens to finish after
         each [K] int64, so a step selects the ids that still fit the budget without a Python loop over them."""
         a = self._arrays.get(state)
+        if a is None and self.action and state not in (PRE, DONE) and state[1] < self.length:
+            # every action step allows the same ids: one tensor shared by the six states
+            a = self._arrays[state] = (self._action_ids, torch.full((len(self.action_ids),),
+                                                                    self.length - state[1], dtype=torch.long))
         if a is None:
             t = self.transitions(state)
             a = self._arrays[state] = (torch.tensor(list(t), dtype=torch.long),

@@ -12,6 +12,7 @@ Shapes (``Q`` agent queries, ``C`` the encoder width ``out_channels``, ``nx, ny`
     track_ids    [Q] int64   persistent track id per slot (-1: no track)
     track_boxes  [Q, 9]      last box of each slot (x, y, z, w, l, h, yaw, vx, vy; ego frame of ``sample_token``)
     track_scores [Q]         last confidence of each slot
+    track_labels [Q] int64   last detection class of each slot (index into ``constants.DETECTION_CLASSES``)
     track_misses [Q] int64   consecutive frames a tracked slot scored below ``track_keep_score`` (inference tracker)
     track_gt     [Q] int64   ground-truth instance id each carried slot follows (training with ``gt_instance``;
                              -1 elsewhere, None at inference)
@@ -28,7 +29,7 @@ import torch
 
 STATE_VERSION = 1
 _TENSOR_FIELDS = ("track_embed", "track_mask", "track_ids", "track_boxes", "track_scores", "prev_bev",
-                  "ego2global", "track_misses", "track_gt")
+                  "ego2global", "track_misses", "track_gt", "track_labels")
 
 
 @dataclass
@@ -48,6 +49,7 @@ class SceneState:
     next_track_id: int = 0
     track_misses: Optional[torch.Tensor] = None
     track_gt: Optional[torch.Tensor] = None
+    track_labels: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod

@@ -12,6 +12,13 @@ Options (``TextConfig``; the arithmetic of each encoding is a class in ``odvla.m
   ``v * 0.5 s`` (``v`` = the ego velocity of ``ego_state``, rounded to the written decimals), so an all-zero answer
   is exactly the constant-velocity plan and the model writes only how the ego deviates from it (braking, turning).
   Encoding and decoding need the row's ``ego_state``; the history is written the same way.
+- ``traj_encoding='action'``: one token per 0.5-s step, ``<act_k>`` naming entry k of a learned codebook of
+  motions (dx, dy, dyaw in the frame of the previous pose; ``odvla.model.action_codebook``):
+  ``<traj_start><act_12><act_907>...<act_40><traj_end>`` = 2 + 6 = 8 tokens. The codebook file is
+  ``text.action_codebook`` (size ``text.action_codebook_size``); the history is written in the same tokens (one per
+  step from the oldest valid pose into the ego's). ``compact_tokens`` does not apply to it. A target outside the
+  codebook's range gets the nearest entry and is counted (``out_of_range_steps``; a warning at the first and
+  at each tenfold count), never silently.
 - ``compact_tokens=True``: every number is written with two dedicated vocabulary tokens, a signed integer part
   ``<+12>`` / ``<-0>`` and a fraction ``<.34>`` (no brackets or commas):
   ``<traj_start><+1><.23><+12><.34>...<traj_end>`` = 2 + 4 * 6 = 26 tokens instead of about 70 when every digit is
@@ -23,6 +30,7 @@ The parser is strict: the exact grammar of the encoder, surrounding whitespace o
 """
 from __future__ import annotations
 
+import logging
 import re
 from typing import Optional
 
@@ -30,6 +38,8 @@ import numpy as np
 
 from odvla.model.constants import EGO_STATE_FIELDS, FUTURE_STEPS, STEP_SECONDS
 from odvla.model.traj_encodings import TRAJ_ENCODINGS
+
+log = logging.getLogger(__name__)
 
 TRAJ_START = "<traj_start>"
 TRAJ_END = "<traj_end>"
@@ -94,6 +104,13 @@ def compact_number_tokens(decimals: int = 2) -> list[str]:
     return ints + fracs
 
 
+def action_tokens(size: int) -> list[str]:
+    """Vocabulary added by the action encoding: ``<act_0>`` .. ``<act_{size-1}>``, token k names codebook entry k."""
+    if int(size) < 1:
+        raise ValueError(f"model.text.action_codebook_size must be >= 1, got {size!r}")
+    return [f"<act_{k}>" for k in range(int(size))]
+
+
 # -------------------------------------------------------------------------------------------------- the codec
 class TrajectoryCodec:
     """Encode [6, 2] ego-frame trajectories as answer text and parse them back (see module docstring).
@@ -111,7 +128,13 @@ class TrajectoryCodec:
         self.encoding = text_cfg.traj_encoding
         self.scheme = TRAJ_ENCODINGS[self.encoding]
         self.decimals = int(text_cfg.traj_decimals)
-        self.compact = bool(text_cfg.compact_tokens)
+        self.action = bool(getattr(self.scheme, "needs_codebook", False))
+        self.compact = bool(text_cfg.compact_tokens) and not self.action
+        self.codebook_size = int(getattr(text_cfg, "action_codebook_size", 2048))
+        self.codebook_path = getattr(text_cfg, "action_codebook", None)
+        self.out_of_range_steps = 0
+        """Steps encoded (action) whose target motion lay outside the codebook's range (nearest entry used)."""
+        self._action = re.compile(r"<act_(0|[1-9]\d*)>")
         self.num_points = int(num_points)
         d = self.decimals
         frac = rf"\.\d{{{d}}}" if d > 0 else ""
@@ -135,6 +158,29 @@ class TrajectoryCodec:
     def _cv(self, ego_state):
         return self._cv_step_q(ego_state) if self.scheme.needs_ego_state else None
 
+    @property
+    def codebook(self):
+        """The :class:`odvla.model.action_codebook.ActionCodebook` of ``text.action_codebook`` (action only; loaded
+        once per file version, checked against ``text.action_codebook_size``)."""
+        from odvla.model.action_codebook import load_codebook
+
+        if not self.action:
+            raise ValueError(f"text.traj_encoding {self.encoding!r} has no action codebook")
+        if not self.codebook_path:
+            raise ValueError("text.traj_encoding 'action' needs model.text.action_codebook: the codebook file "
+                             "(`odvla codebook fit --shards DIR` writes DIR/action_codebook.json)")
+        return load_codebook(self.codebook_path, self.codebook_size)
+
+    def _action_codes(self, result, what: str) -> str:
+        n = int(result.out_of_range.sum())
+        if n:
+            before = self.out_of_range_steps
+            self.out_of_range_steps += n
+            if len(str(before)) < len(str(self.out_of_range_steps)) or before == 0:  # 1st, then per decade
+                log.warning("%s: %d step(s) outside the range of the action codebook %s, written with the nearest "
+                            "entry (%d so far)", what, n, self.codebook_path, self.out_of_range_steps)
+        return "".join(f"<act_{int(k)}>" for k in result.codes)
+
     def to_written(self, traj_ego: np.ndarray, ego_state=None) -> np.ndarray:
         """[N, 2] ego frame -> [N, 2] text-frame values as written (absolute, deltas or residuals), in metres."""
         return self.scheme.future(ego_to_text(traj_ego), self.decimals, self._cv(ego_state))
@@ -147,6 +193,8 @@ class TrajectoryCodec:
             raise ValueError(f"trajectory must have shape ({self.num_points}, 2), got {p.shape}")
         if not np.all(np.isfinite(p)):
             raise ValueError(f"trajectory has non-finite values: {p.tolist()}")
+        if self.action:
+            return TRAJ_START + self._action_codes(self.codebook.encode_future(p), "trajectory") + TRAJ_END
         w = self.to_written(p, ego_state)
         if self.compact:
             return TRAJ_START + "".join(self._compact_number(v) for v in w.reshape(-1)) + TRAJ_END
@@ -166,6 +214,8 @@ class TrajectoryCodec:
         p = np.asarray(past_ego, dtype=np.float64).reshape(-1, 2)
         if not np.all(np.isfinite(p)):
             raise ValueError(f"history has non-finite values: {p.tolist()}")
+        if self.action:
+            return self._action_codes(self.codebook.encode_history(p), "history") if len(p) else ""
         w = self.scheme.history(ego_to_text(p), self.decimals, self._cv(ego_state) if len(p) else None)
         if self.compact:
             return "".join(self._compact_number(v) for v in w.reshape(-1))
@@ -182,6 +232,8 @@ class TrajectoryCodec:
 
     def tokens(self) -> list[str]:
         """Vocabulary this codec's text needs beyond ordinary text (markers, and the compact number tokens)."""
+        if self.action:
+            return [TRAJ_START, TRAJ_END] + action_tokens(self.codebook_size)
         return [TRAJ_START, TRAJ_END] + (compact_number_tokens(self.decimals) if self.compact else [])
 
     # ------------------------------------------------------------------------------------------------ decode
@@ -189,10 +241,13 @@ class TrajectoryCodec:
         """Answer text -> [6, 2] ego-frame positions (float64). Raises :class:`TrajectoryParseError`.
         ``ego_state`` [7]: needed by the residual encoding only (its velocity is the anchor)."""
         written = self.parse_written(text)
+        if self.action:
+            return self.codebook.decode(written.astype(np.int64))[:, :2]
         return text_to_ego(self.scheme.absolute(written, self.decimals, self._cv(ego_state)))
 
     def parse_written(self, text: str) -> np.ndarray:
-        """Answer text -> [6, 2] values as written (text frame: absolute, deltas or residuals)."""
+        """Answer text -> [6, 2] values as written (text frame: absolute, deltas or residuals); action: [6] codebook
+        indices (as float64)."""
         if not isinstance(text, str):
             raise TrajectoryParseError(f"expected a string, got {type(text).__name__}", str(text))
         s = text.strip()
@@ -200,6 +255,8 @@ class TrajectoryCodec:
         if not s.startswith(TRAJ_START):
             raise TrajectoryParseError(f"expected {TRAJ_START!r} at char {off}, found {s[:12]!r}", text, off)
         pos = len(TRAJ_START)
+        if self.action:
+            return np.asarray(self._parse_action(s, pos, text, off), dtype=np.float64)
         values = self._parse_compact(s, pos, text, off) if self.compact else self._parse_plain(s, pos, text, off)
         return np.asarray(values, dtype=np.float64).reshape(self.num_points, 2)
 
@@ -264,6 +321,28 @@ class TrajectoryCodec:
             raise TrajectoryParseError(f"unexpected text after {TRAJ_END} at char {pos + off}", text, pos + off)
         return values
 
+    def _parse_action(self, s: str, pos: int, text: str, off: int) -> list[int]:
+        n, codes = self.num_points, []
+        for i in range(n):
+            m = self._action.match(s, pos)
+            if m is None:
+                if s.startswith(TRAJ_END, pos):
+                    raise TrajectoryParseError(f"only {i} action tokens, expected {n}", text, pos + off)
+                raise TrajectoryParseError(f"step {i + 1} of {n}: expected an action token like '<act_12>' at char "
+                                           f"{pos + off}, found {s[pos:pos + 10]!r}", text, pos + off)
+            k = int(m.group(1))
+            if k >= self.codebook_size:
+                raise TrajectoryParseError(f"step {i + 1} of {n}: <act_{k}> is outside the codebook's "
+                                           f"{self.codebook_size} entries", text, pos + off)
+            codes.append(k)
+            pos = m.end()
+        if self._action.match(s, pos):
+            raise TrajectoryParseError(f"more than {n} action tokens", text, pos + off)
+        pos = self._expect(s, pos, TRAJ_END, "end of the trajectory", text, off)
+        if pos != len(s):
+            raise TrajectoryParseError(f"unexpected text after {TRAJ_END} at char {pos + off}", text, pos + off)
+        return codes
+
     def find(self, text: str) -> Optional[str]:
         """The first ``<traj_start>...<traj_end>`` span in a longer answer, or None (no trajectory written)."""
         i = text.find(TRAJ_START)
@@ -276,6 +355,8 @@ class TrajectoryCodec:
         """Character spans [start, end) of each waypoint in an encoded text (for masking invalid waypoints)."""
         self.parse_written(text)
         s0 = text.find(TRAJ_START) + len(TRAJ_START)
+        if self.action:
+            return [(s0 + m.start(), s0 + m.end()) for m in self._action.finditer(text[s0:])][:self.num_points]
         if self.compact:
             toks = list(re.finditer(r"<[+\-.][0-9]*>", text[s0:]))
             per = 4 if self.decimals > 0 else 2

@@ -19,6 +19,8 @@ class TrajEncoding:
     name = ""
     needs_ego_state = False
     """Encoding and decoding need the row's ``ego_state`` (its velocity), so ``cv_q`` is given."""
+    needs_codebook = False
+    """Tokens name entries of an action codebook (``action``): the codec does the arithmetic, not these methods."""
     prompt_note = ""
     """A sentence the system prompt adds so the model is told how numbers are written ('' for none)."""
 
@@ -101,6 +103,19 @@ class ResidualEncoding(DeltaEncoding):
         return np.cumsum(written + cv_q / 10 ** decimals, axis=0)
 
 
+class ActionEncoding(TrajEncoding):
+    """One token per 0.5-s step naming an entry of a learned codebook of motions (dx, dy, dyaw in the frame of the
+    previous pose; ``odvla.model.action_codebook``): a 3-s plan is 6 tokens. The arithmetic is the codebook's, so
+    the numeric methods do not apply; the codec writes and reads the tokens (``TrajectoryCodec``)."""
+
+    name = "action"
+    needs_codebook = True
+    """Encoding and decoding need ``text.action_codebook`` (the file beside the shards, or in an export)."""
+    prompt_note = (" With action tokens, each 0.5-second step of the trajectory is written as one motion token "
+                   "<act_k> (a learned motion segment relative to the previous pose), six between the markers; the "
+                   "historical trajectory is written the same way.")
+
+
 TRAJ_ENCODINGS: dict[str, TrajEncoding] = {e.name: e for e in (AbsoluteEncoding(), DeltaEncoding(),
-                                                                  ResidualEncoding())}
+                                                                  ResidualEncoding(), ActionEncoding())}
 """``text.traj_encoding`` -> its encoding."""

@@ -194,7 +194,8 @@ class VisionEncoder(nn.Module):
             states.append(SceneState(
                 scene_token=scenes[b], frame_index=frames[b], sample_token=samples[b], track_embed=embed,
                 track_mask=carry, track_ids=ids, track_boxes=agent["boxes"][b].detach(),
-                track_scores=agent["scores"][b].detach(), prev_bev=lifted[b].detach(), next_track_id=next_id,
+                track_scores=agent["scores"][b].detach(),
+                track_labels=agent["labels"][b].detach(), prev_bev=lifted[b].detach(), next_track_id=next_id,
                 ego2global=None if ego2global is None else ego2global[b].detach().float(), track_misses=misses,
                 track_gt=track_gt))
         return states, torch.stack(all_ids)

@@ -41,7 +41,7 @@ class DemoResult:
     tracking_uri: str
     seconds: float
     stateless_tracking: Optional[dict] = None
-    """The export's tracking figures without temporal state (``tracking_stateless/...``; perception only)."""
+    """The export's devkit perception figures without temporal state (``perception_stateless/...``)."""
 
 
 def _say(console, msg: str) -> None:
@@ -78,27 +78,28 @@ DEMO_QA = 40
 the caption scorers end to end. Each answer is up to ``eval.max_new_tokens`` decode steps, so 200 of them were most of
 the evaluation's time."""
 
-STATELESS = "tracking_stateless/"
-"""Prefix of the tracking figures without temporal state."""
+STATELESS = "perception_stateless/"
+"""Prefix of the devkit's perception figures without temporal state."""
 
 
 def tracking_comparison(with_state: dict, without_state: dict) -> str:
-    """Markdown: the tracker's figures on the val split without and with temporal state (``tracking/...`` of the
-    scene-ordered evaluation, ``tracking_stateless/...``)."""
-    rows = [("ID switches", "id_switches", "{:.0f}"), ("velocity error (m/s)", "velocity_error", "{:.2f}"),
-            ("track recall (2 m)", "recall", "{:.3f}"), ("matched tracks", "matched", "{:.0f}"),
-            ("live tracks", "tracks", "{:.0f}")]
+    """Markdown: the nuScenes devkit's perception figures on the val split without and with temporal state
+    (``perception/...`` of the scene-ordered evaluation, ``perception_stateless/...``)."""
+    rows = [("AMOTA", "AMOTA", "{:.3f}"), ("AMOTP (m)", "AMOTP", "{:.2f}"), ("ID switches (IDS)", "IDS", "{:.0f}"),
+            ("track recall", "recall", "{:.3f}"), ("mAP", "mAP", "{:.3f}"), ("NDS", "NDS", "{:.3f}"),
+            ("velocity error, mAVE (m/s)", "mAVE", "{:.2f}"), ("track boxes", "tracks", "{:.0f}")]
 
     def cell(m: dict, key: str, fmt: str) -> str:
         v = m.get(key)
         return "-" if v is None or v != v else fmt.format(v)
 
-    lines = ["## Tracker without / with temporal state (val keyframes, centre distance 2 m)", "",
+    lines = ["## Tracker without / with temporal state (val keyframes; nuScenes devkit, tracking_nips_2019)", "",
              "| figure | without state | with state (SceneState) |", "|---|---:|---:|"]
-    lines += [f"| {name} | {cell(without_state, STATELESS + k, f)} | {cell(with_state, 'tracking/' + k, f)} |"
+    lines += [f"| {name} | {cell(without_state, STATELESS + k, f)} | {cell(with_state, 'perception/' + k, f)} |"
               for name, k, f in rows]
-    n = with_state.get("tracking/gt_agents", without_state.get(STATELESS + "gt_agents", 0))
-    return "\n".join(lines + ["", f"{int(n)} annotated agents over the val keyframes.", ""])
+    n = with_state.get("perception/trk_classes_with_gt", without_state.get(STATELESS + "trk_classes_with_gt", 0))
+    return "\n".join(lines + ["", f"{cell({'n': n}, 'n', '{:.0f}')} of 7 tracking classes annotated in the val "
+                                   "keyframes (AMOTA averages over those).", ""])
 
 
 def run_demo(out: str | Path = "demo_out", overrides: Iterable[str] = (), stages: Optional[list] = None,

@@ -2,7 +2,8 @@
 
     <out_dir>/model.safetensors   all weights (shared tensors stored once), dtype ``model.dtype``
     <out_dir>/config.yaml         the resolved job config of the run that wrote it (``model:`` rebuilds the network)
-    <out_dir>/tokenizer/          the tokenizer (``save_pretrained``), so the export loads without rebuilding it
+    <out_dir>/tokenizer/          the tokenizer (``save_pretrained``), so the export loads without rebuilding it;
+                                  with ``model.text.traj_encoding: action`` also its ``action_codebook.json``
     <out_dir>/export.json         format version, stage, parameter count
 
 ``load_export(ref)`` takes a folder, ``runs:/<run_id>/export`` or ``models:/odvla-planner/<version|alias>``.
@@ -57,6 +58,8 @@ def save_export(model, cfg: Config, out_dir: str | os.PathLike, state_dict: Opti
     tok = getattr(model, "tokenizer", None)
     if tok is not None:
         tok.save_pretrained(str(tmp / TOKENIZER))
+    if cfg.model.text.traj_encoding == "action":  # the codebook travels with the tokens that name its entries
+        _copy_codebook(cfg.model.text, tmp / TOKENIZER)
     meta = {"format": EXPORT_FORMAT, "stage": cfg.stage.name, "model_preset": cfg.model.preset,
             "dtype": cfg.model.dtype,  # ds_numel: a ZeRO-3 partitioned parameter's full size
             "num_parameters": int(sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())),
@@ -104,9 +107,27 @@ def _model_version_source(ref: str, uri: str) -> str:
     return mv.source
 
 
+def _copy_codebook(text_cfg, tokenizer_dir: Path) -> None:
+    from odvla.model.action_codebook import CODEBOOK_FILE, load_codebook
+
+    if not text_cfg.action_codebook:
+        raise ValueError("save_export: model.text.traj_encoding 'action' without model.text.action_codebook")
+    load_codebook(text_cfg.action_codebook, text_cfg.action_codebook_size)  # a bad file never enters an export
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(text_cfg.action_codebook, tokenizer_dir / CODEBOOK_FILE)
+
+
 def load_export_config(ref: str | os.PathLike, tracking_uri: Optional[str] = None) -> tuple[Path, Config]:
+    """-> (folder, config). An 'action' export's ``model.text.action_codebook`` is its own copy
+    (``tokenizer/action_codebook.json``), whatever path the training run had."""
     path = resolve_export(ref, tracking_uri)
-    return path, from_dict(read_yaml(path / CONFIG))
+    cfg = from_dict(read_yaml(path / CONFIG))
+    if cfg.model.text.traj_encoding == "action":
+        from odvla.model.action_codebook import CODEBOOK_FILE, load_codebook
+
+        cfg.model.text.action_codebook = str(path / TOKENIZER / CODEBOOK_FILE)
+        load_codebook(cfg.model.text.action_codebook, cfg.model.text.action_codebook_size)
+    return path, cfg
 
 
 def load_weights(model, path: str | os.PathLike, strict: bool = True) -> None:

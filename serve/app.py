@@ -36,17 +36,17 @@ from odvla.serve.auth import TOKEN_ENV, make_auth_dependency, token_from_env
 from odvla.serve.body_limit import install_body_limit
 from odvla.serve.deployment import Planner
 from odvla.serve.schemas import (
-    ChatForm,
-    ChatRequest,
+    POSITION_LIMIT_M,
     ChatResponse,
     ErrorResponse,
     Health,
     ModelInfo,
-    PlanForm,
-    PlanRequest,
     PlanResponse,
     SessionInfo,
     Timings,
+    encoding_note,
+    history_limits,
+    request_models,
 )
 from odvla.serve.upload import BodyError, Scene, body_schema, component_schemas, read_scene
 
@@ -128,6 +128,9 @@ class PlannerAPI:
         self.max_body_bytes = int(self.settings.get("max_body_bytes", 16 * 1024 * 1024))
         self._info: Optional[dict] = None
         self._session_replica: dict[str, str] = {}
+        # the request models: history points bounded by what the served model's encoding can write
+        limits = tuple(self.settings.get("history_limits", (POSITION_LIMIT_M, POSITION_LIMIT_M)))
+        self.models = request_models(limits, self.settings.get("history_note", ""))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)
@@ -247,6 +250,9 @@ def create_api(owner: PlannerAPI) -> FastAPI:
     deps = [Depends(make_auth_dependency(owner.token))] if auth_on else []  # no security scheme without a token
     install_body_limit(app, owner.max_body_bytes)
     v1_errors = error_responses((400, 413, 415, 422, 503, 504), auth_on)
+    # the request models of the served encoding (an owner without them: the encoding-independent bound)
+    models = getattr(owner, "models", None) or request_models((POSITION_LIMIT_M, POSITION_LIMIT_M))
+    PlanRequest, PlanForm, ChatRequest, ChatForm = models  # noqa: N806
 
     def openapi() -> dict:
         """FastAPI's document plus the request bodies the v1 routes read themselves (JSON or multipart)."""
@@ -374,6 +380,18 @@ def planner_options(s) -> dict:
     return opts
 
 
+def served_history(ref: str, tracking_uri: Optional[str]) -> dict:
+    """The ingress settings that bound a request's history by what the export ``ref``'s trajectory encoding can
+    write (``schemas.history_limits``); the OpenAPI schema states them."""
+    from odvla.model.config import TextConfig
+    from odvla.platform.config.loader import read_yaml
+    from odvla.platform.export import CONFIG, resolve_export
+
+    path = resolve_export(ref, tracking_uri) / CONFIG  # only its model.text section is read
+    text = TextConfig(**((read_yaml(path).get("model") or {}).get("text") or {}))
+    return {"history_limits": list(history_limits(text)), "history_note": encoding_note(text)}
+
+
 def build_app(args: dict | AppArgs | None = None):
     """Application builder (``import_path: odvla.serve.app:build_app``, ``args:`` of the Serve config, or
     ``serve run odvla.serve.app:build_app model=REF``): config files + overrides -> bound ingress + planner."""
@@ -409,7 +427,7 @@ def build_app_from_config(args: AppArgs, serve_cfg, tracking_cfg):
     if token:  # hand the token to the ingress replicas only (never into the config or the logs)
         ingress_actor["runtime_env"] = {"env_vars": {TOKEN_ENV: token}}
     settings = {"request_timeout_s": float(s.request_timeout_s), "max_body_bytes": int(s.max_body_bytes),
-                "token_env": TOKEN_ENV}
+                "token_env": TOKEN_ENV, **served_history(ref, tracking_uri)}
     return PlannerAPI.options(
         num_replicas=int(s.ingress_replicas), ray_actor_options=ingress_actor,
         max_queued_requests=int(s.max_queued_requests) * 4,

@@ -28,7 +28,8 @@ from pydantic import (
 )
 
 from odvla.model.constants import CAMERAS, COMMANDS, EGO_STATE_FIELDS, FUTURE_STEPS, PAST_STEPS
-from odvla.model.traj_codec import COMPACT_INT_LIMIT
+from odvla.model.traj_codec import COMPACT_INT_LIMIT, MAX_INT_DIGITS
+from odvla.model.traj_encodings import TRAJ_ENCODINGS, DeltaEncoding, ResidualEncoding
 
 CommandText = Literal["turn right", "turn left", "keep forward"]
 assert tuple(CommandText.__args__) == COMMANDS  # one vocabulary: model/constants.py
@@ -48,8 +49,8 @@ MAX_IMAGE_B64_CHARS = 8_000_000
 """Largest base64 string accepted for one camera image (~6 MB of JPEG); the body limit caps the total."""
 MAX_QUESTION_CHARS = 2000
 POSITION_LIMIT_M = float(COMPACT_INT_LIMIT)
-"""Largest |coordinate| of a history waypoint (m): what every trajectory encoding can write in the prompt (the
-compact tokens stop at <+99>); 2 s of history at 45 m/s."""
+"""Largest |coordinate| of a history waypoint (m) whatever the encoding: 2 s of history at 45 m/s. The served
+model's encoding may bound it further (``history_limits``)."""
 
 SessionId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
@@ -240,6 +241,67 @@ class PlanForm(SceneForm, _PlanFields):
 
 class ChatForm(SceneForm, _ChatFields):
     """The ``request`` part of a multipart ``/v1/chat``."""
+
+
+# ---------------------------------------------------------------------- the history the served encoding can write
+def history_limits(text_cfg) -> tuple[float, float]:
+    """The largest |x| and |y| (m, ego frame: x forward, y left) of a history point such that the served model's
+    trajectory encoding (``text_cfg``: ``traj_encoding``, ``traj_decimals``, ``compact_tokens``) can write every
+    history the schema accepts, capped at ``POSITION_LIMIT_M``.
+
+    A written number has at most ``MAX_INT_DIGITS`` integer digits, or with compact tokens |integer part| <=
+    ``COMPACT_INT_LIMIT`` (``model/traj_codec.py``): W = the largest writable |value|. Points are rounded to
+    10^-decimals m before the encodings difference them (``model/traj_encodings.py``), and any two valid history
+    points can be consecutive (null steps are skipped), so with every coordinate within L:
+    - ``absolute`` writes the points: L = W;
+    - ``delta`` writes steps between consecutive points and into the ego: |step| <= 2L, so L = floor(W / 2);
+    - ``residual`` writes a step minus the constant-velocity step ``v * 0.5 s`` of the ego state, |v| within
+      ``EGO_STATE_BOUNDS`` (text X = -y from vy, text Y = x from vx): L = floor((W - |v|max * 0.5) / 2) per axis;
+    - ``action`` writes codebook entries (a step outside the codebook gets the nearest entry, counted): no bound.
+    The bound is tight: one unit past it, two points of opposite sign with the largest ego velocity are not
+    writable (``tests/test_serve_units.py``)."""
+    scheme = TRAJ_ENCODINGS[text_cfg.traj_encoding]
+    d = int(text_cfg.traj_decimals)
+    unit = 10 ** d
+    compact = bool(text_cfg.compact_tokens) and not getattr(scheme, "needs_codebook", False)
+    w_q = ((COMPACT_INT_LIMIT + 1) if compact else 10 ** MAX_INT_DIGITS) * unit - 1  # W in units of 10^-d m
+    cap_q = int(round(POSITION_LIMIT_M * unit))
+    if getattr(scheme, "needs_codebook", False):
+        return cap_q / unit, cap_q / unit
+    if not isinstance(scheme, DeltaEncoding):  # absolute: the points themselves are written
+        return min(w_q, cap_q) / unit, min(w_q, cap_q) / unit
+    cv_x = cv_y = 0
+    if isinstance(scheme, ResidualEncoding):  # text Y (ego x) moves by vx * 0.5 s, text X (ego y) by -vy * 0.5 s
+        cv_x = int(round(max(map(abs, EGO_STATE_BOUNDS["vx"])) * 0.5 * unit))
+        cv_y = int(round(max(map(abs, EGO_STATE_BOUNDS["vy"])) * 0.5 * unit))
+    return min((w_q - cv_x) // 2, cap_q) / unit, min((w_q - cv_y) // 2, cap_q) / unit
+
+
+def history_field(limits: tuple[float, float], note: str = ""):
+    """The ``history`` field with every point within ``limits`` (|x|, |y| in metres), as the OpenAPI schema states
+    (``minimum`` / ``maximum`` of each coordinate); ``note`` says where the bound comes from."""
+    lx, ly = limits
+    point = Annotated[tuple[_num(-lx, lx, description="x (m, forward)"), _num(-ly, ly, description="y (m, left)")],
+                      Field(description="[x, y] metres, ego frame (x forward, y left)")]
+    doc = (f"{PAST_STEPS} past ego positions at 0.5 s steps (t-2.0 .. t-0.5 s), oldest first, in the current ego "
+           f"frame; null for a step without data (start of a scene). |x| <= {lx:g} m, |y| <= {ly:g} m" +
+           (f": {note}" if note else ""))
+    return (Optional[Annotated[list[Optional[point]], Field(min_length=PAST_STEPS, max_length=PAST_STEPS)]],
+            Field(None, description=doc))
+
+
+def request_models(limits: tuple[float, float], note: str = "") -> tuple[type[BaseModel], ...]:
+    """``PlanRequest``, ``PlanForm``, ``ChatRequest``, ``ChatForm`` (same names in the OpenAPI document) whose
+    history points lie within ``limits`` (``history_limits`` of the served model's encoding)."""
+    hist = history_field(limits, note)
+    return tuple(create_model(m.__name__, __base__=m, __doc__=m.__doc__, history=hist)
+                 for m in (PlanRequest, PlanForm, ChatRequest, ChatForm))
+
+
+def encoding_note(text_cfg) -> str:
+    """Why the history is bounded, for the schema's description: the encoding and its widest step."""
+    enc = text_cfg.traj_encoding + (" with compact number tokens" if text_cfg.compact_tokens else "")
+    return f"what the served model's '{enc}' trajectory encoding can write"
 
 
 class ModelInfo(BaseModel):

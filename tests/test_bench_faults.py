@@ -19,9 +19,20 @@ def test_table_has_one_row_per_fault_and_dashes_where_a_column_does_not_apply():
                     ("serve node loss (3 clients)", "0.5", "-", "2 / 40", ""),
                     ("train node loss", "did not recover", "-", "-", "run failed")]
     table = fault_table(figures)
-    assert [c.header for c in table.columns] == list(COLUMNS)
-    assert table.row_count == 3
-    assert COLUMNS[1:4] == ("time to recover (s)", "steps repeated", "requests failed / sent")
+    # the printed table: a header of the five columns, figures right-aligned between left-aligned names and notes,
+    # one line per fault with its cells in column order
+    assert [c.justify for c in table.columns] == ["left", "right", "right", "right", "left"]
+    from rich.console import Console
+
+    console = Console(record=True, width=160, color_system=None)
+    console.print(table)
+    text = console.export_text()
+    head = next(line for line in text.splitlines() if "fault" in line and "note" in line)
+    assert [head.index(c) for c in COLUMNS] == sorted(head.index(c) for c in COLUMNS)
+    for row in rows:
+        line = next(x for x in text.splitlines() if row[0] in x)
+        cells = [c for c in row if c]
+        assert [line.index(c) for c in cells] == sorted(line.index(c) for c in cells), line
 
 
 def test_cli_names_an_unknown_fault_and_lists_the_known_ones(capsys):

@@ -90,7 +90,7 @@ def test_boxes_rendered_at_projected_places(synth_root, nusc):
 
     from nuscenes.utils.geometry_utils import BoxVisibility, view_points
 
-    from odvla.platform.data.synth_render import Renderer
+    from odvla.platform.world.render import Renderer
 
     checked = 0
     for s in nusc.sample[::3]:

@@ -2,7 +2,7 @@
 stages on `tiny` (Ray Train + DeepSpeed on the CPU; stage3 on scene clips) -> evaluation scene by scene with
 temporal state. The trained planner must beat the constant-velocity baseline clearly on the synthetic val split
 (UniAD L2 averaged over 1/2/3 s), every answer must parse, the printed table and MLflow location must be there, and
-the tracking figures with and without temporal state must be printed and sane."""
+the nuScenes devkit's perception figures with and without temporal state must be printed."""
 from __future__ import annotations
 
 import math
@@ -30,7 +30,27 @@ def test_demo_planner_beats_constant_velocity(ray_session, mlflow_sqlite, tmp_pa
     m = res.eval.metrics
     model, cv, mlp = m["uniad/L2_avg"], m["cv/uniad/L2_avg"], m["mlp/uniad/L2_avg"]
     assert all(math.isfinite(v) for v in (model, cv, mlp)), m
+    # constrained decoding makes every answer parse by construction (predict/malformed is 0 whatever the model):
+    # report how often the trained model writes a trajectory by itself, and check the grammar changes nothing where
+    # it does (argmax number choice: the constrained answer is the unconstrained one)
+    from odvla.platform.config import load_config
+    from odvla.platform.data.collate import rows_from_table
+    from odvla.platform.data.pipeline import resolve_dataroot
+    from odvla.platform.data.rows import RowSpec
+    from odvla.platform.data.shards import read_split
+    from odvla.platform.eval.decoding_check import decoding_comparison
+    from odvla.platform.export import load_export
+
     assert m["predict/malformed"] == 0
+    planner, _ = load_export(res.pipeline.export_dir)
+    data = load_config(overrides=[f"data.shards={res.shards}"]).data
+    rows = rows_from_table(read_split(res.shards, "val").slice(0, 6), resolve_dataroot(data),
+                           RowSpec.from_config(data, planner.config.vision))
+    dc = decoding_comparison(planner, rows)
+    print(f"[demo figure] parse rate on 6 val keyframes without constrained decoding "
+          f"{dc['decoding/parse_rate_unconstrained']:.0%}, with {dc['decoding/parse_rate_constrained']:.0%}")
+    assert dc["decoding/parse_rate_constrained"] == 1.0
+    assert dc["decoding/parse_rate_unconstrained"] == 0.0 or dc["decoding/same_where_unconstrained_parses"] == 1.0
     assert model < CLEAR_MARGIN * cv, f"demo planner L2 {model:.2f} m vs constant velocity {cv:.2f} m (MLP {mlp:.2f})"
     assert [r.metrics["global_step"] for r in res.pipeline.results] == [demo_steps(s) for s in stage_names()]
     assert "constant velocity" in printed and f"MLflow: {mlflow_sqlite}" in printed
@@ -47,16 +67,12 @@ def test_demo_planner_beats_constant_velocity(ray_session, mlflow_sqlite, tmp_pa
     # export's tracks without state beside it
     assert run.data.params["data.clip_len"] == str(DEMO_CLIP_LEN) and m["predict/temporal"] == 1.0
     st = res.stateless_tracking
-    for key in ("id_switches", "velocity_error", "recall", "matched", "tracks", "gt_agents"):
-        assert f"tracking/{key}" in m and f"{STATELESS}{key}" in st, key
-    agents = m["tracking/gt_agents"]
-    assert agents == st[f"{STATELESS}gt_agents"] > 0
-    for figs, p in ((m, "tracking/"), (st, STATELESS)):
-        assert 0.0 <= figs[f"{p}recall"] <= 1.0 and figs[f"{p}matched"] <= agents
-        assert figs[f"{p}id_switches"] <= figs[f"{p}matched"]
-        assert figs[f"{p}matched"] == 0 or 0.0 <= figs[f"{p}velocity_error"] < 10.0  # m/s
-    assert m["tracking/tracks"] > 0 and st[f"{STATELESS}tracks"] > 0  # the trained tracker gives birth to tracks
-    # the detector trains within the demo's budget (measured: 27 % recall without state, 18 % with; learned
-    # queries gave about 1 %). No with/without-state ordering is asserted: one run's figures are not a law.
-    assert st[f"{STATELESS}recall"] >= 0.1, st
-    assert "## Tracking" in printed and "## Tracker without / with temporal state" in printed
+    for key in ("AMOTA", "AMOTP", "IDS", "recall", "mAP", "NDS", "tracks", "samples"):
+        assert f"perception/{key}" in m and f"{STATELESS}{key}" in st, key
+    assert m["perception/samples"] == st[f"{STATELESS}samples"] == m["predict/samples"]
+    assert m["perception/tracks"] > 0 and st[f"{STATELESS}tracks"] > 0  # the trained tracker gives birth to tracks
+    # the detector trains within the demo's budget: the devkit finds annotated agents (AP > 0 in some class). No
+    # with/without-state ordering is asserted on the trained model: one run's figures are not a law (the ordering
+    # on tracks that are known to be right is tests/test_eval_nusc_devkit.py's)
+    assert st[f"{STATELESS}mAP"] > 0.0 and m["perception/mAP"] > 0.0, (st, m)
+    assert "## Perception" in printed and "## Tracker without / with temporal state" in printed

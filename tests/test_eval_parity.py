@@ -223,8 +223,9 @@ def test_fill_equals_cv2_fillpoly_on_random_boxes():
             proj = np.stack([b[:, 1], -b[:, 0], b[:, 2], b[:, 3], b[:, 4] - np.pi / 2], 1)
             got = occ.occupancy_grids(1, 1)
             occ.rasterize_boxes(got, np.zeros(n, int), np.zeros(n, int), proj, raster)
-            # frame conversion can move a corner by ~1e-15 m across an exact rounding tie: allow none here
-            assert (got[0, 0] > 0).sum() == want.sum() and ((got[0, 0] > 0) == want).mean() > 0.999
+            # exact, cell for cell (boxes on quarter-metre ties and across the border included)
+            diff = np.argwhere((got[0, 0] > 0) != want)
+            assert len(diff) == 0, f"{raster}: {len(diff)} cells differ, first {diff[:3].tolist()}, boxes {b.tolist()}"
 
 
 def _random_case(rng):
@@ -258,6 +259,8 @@ def test_randomized_parity_with_the_reference(name):
     ref = np.stack([REFS[name](p, g, s) for p, g, s in cases])
     ours = project_decisions(name, np.stack([c[0] for c in cases]), np.stack([c[1] for c in cases]),
                              [project_sample(c[2]) for c in cases])
-    agree = (ref == ours).mean()
     assert ref.sum() > 30, "the cases should produce collisions"
-    assert agree >= 0.999, f"{name}: {agree:.4%} of {ref.size} sample-steps agree"
+    # every sample-step agrees (no residual disagreement is known; checked on 12 more seeds of 400 cases each)
+    bad = np.argwhere(ref != ours)
+    assert len(bad) == 0, (f"{name}: {len(bad)} of {ref.size} sample-steps disagree, first (case, step) "
+                           f"{bad[:3].tolist()}: pred {cases[bad[0][0]][0].tolist()}" if len(bad) else "")

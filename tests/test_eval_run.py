@@ -77,10 +77,14 @@ def test_run_eval_end_to_end(ray_session, shards_dir, export_dir, instructions, 
     assert all(r["reference"] for r in pred if r["task"] != "planning")
 
     assert "| OpenDriveVLA-0.5B | published | stp3 |" in res.table_md and "| this model | measured" in res.table_md
-    # the stateless default still scores the tracks each keyframe leaves
-    assert m["predict/temporal"] == 0.0 and m["tracking/gt_agents"] > 0 and 0.0 <= m["tracking/recall"] <= 1.0
+    # the stateless default still scores every agent query each keyframe leaves, through the devkit
+    assert m["predict/temporal"] == 0.0 and m["perception/samples"] == n_val
     assert "| off (every keyframe from an empty state) |" in res.table_md
-    assert all(len(r["track_ids"]) * 2 == len(r["track_xy"]) == len(r["track_vel"]) for r in pred)
+    assert all(len(r["track_ids"]) * 2 == len(r["track_xy"]) == len(r["track_vel"]) == len(r["track_boxes"]) * 2 / 9
+               == len(r["track_scores"]) * 2 == len(r["track_labels"]) * 2 for r in pred)
+    det = json.loads((res.out_dir / "perception" / "detection" / "results_nusc.json").read_text())
+    plan = [r for r in pred if r["task"] == "planning"]
+    assert sum(len(v) for v in det["results"].values()) == sum(len(r["track_ids"]) for r in plan)
     assert (res.out_dir / "results.md").read_text() == res.table_md
     assert json.loads((res.out_dir / "metrics.json").read_text())["predict/samples"] == n_val
     pngs = sorted(p.name for p in (res.out_dir / "plots").glob("*.png"))
@@ -109,10 +113,16 @@ def test_odvla_eval_command_on_a_runs_uri(ray_session, shards_dir, export_dir, t
     rc = main(["eval", "--model", f"runs:/{run_id}/export", "--shards", str(shards_dir), "--out",
                str(tmp_path / "cli"), "--set", f"tracking.tracking_uri={uri}", "--set", "eval.plots=0",
                "--set", "eval.max_new_tokens=120", "--set", "eval.baseline_mlp_epochs=5",
-               "--set", f"data.instructions={tmp_path / 'none'}", "--official-out", str(tmp_path / "official")])
+               "--set", f"data.instructions={tmp_path / 'none'}", "--official-out", str(tmp_path / "official"),
+               "--protocol", "pdms"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "| constant velocity | measured" in out and "malformed answers" in out
+    # --protocol pdms: NAVSIM's PDM score for the model, both baselines and the logged expert
+    metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert "PDM score (NAVSIM, on the logs)" in out and "| logged expert |" in out
+    assert metrics["expert/pdms/n"] == metrics["cv/pdms/n"] == metrics["mlp/pdms/n"] > 0
+    assert metrics["pdms/n"] <= metrics["expert/pdms/n"] and 0.0 <= metrics["cv/pdms/score"] <= 1.0
     assert (tmp_path / "cli" / "predictions.parquet").is_file()
     summary = json.loads((tmp_path / "official" / "summary.json").read_text())
     n_val = sum(pq.read_table(f, columns=["sample_token"]).num_rows for f in sorted((shards_dir / "val").glob("*.parquet")))

@@ -1,27 +1,11 @@
-"""Evaluation with temporal state: scene-ordered planning carrying SceneState, and the tracking figures."""
+"""Evaluation with temporal state: scene-ordered planning carrying SceneState, and the perception figures."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from odvla.platform.eval.tracking_metrics import TrackingAccumulator
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def test_id_switches_and_velocity_error():
-    acc = TrackingAccumulator(max_dist=2.0)
-    gt_inst = ["a", "b"]
-    gt_vel = np.array([[4.0, 0.0], [0.0, 0.0]])
-    acc.add("s", [[0.0, 0.0], [10.0, 0.0]], [[3.0, 0.0], [0.0, 0.0]], [7, 8], [[0.5, 0], [10, 0]], gt_vel, gt_inst)
-    acc.add("s", [[2.0, 0.0], [10.0, 0.0]], [[4.0, 0.0], [0.0, 1.0]], [7, 9], [[2.0, 0], [10, 0]], gt_vel, gt_inst)
-    acc.add("s", [[50.0, 0.0]], [[0.0, 0.0]], [7], [[4.0, 0]], gt_vel[:1], gt_inst[:1])  # too far: unmatched
-    acc.add("s", [[4.0, 0.0]], [[0.0, 0.0]], [-1], [[4.0, 0]], gt_vel[:1], gt_inst[:1])  # not a track
-    m = acc.metrics()
-    assert m["tracking/id_switches"] == 1.0  # b: 8 -> 9
-    assert m["tracking/matched"] == 4.0 and m["tracking/recall"] == 4 / 6
-    assert m["tracking/velocity_error"] == pytest.approx((1.0 + 0.0 + 0.0 + 1.0) / 4)
 
 
 @pytest.fixture(scope="module")
@@ -75,37 +59,19 @@ def test_temporal_scene_eval_carries_track_ids(scene_rows):
     assert not np.allclose(on["track_xy"][2], off["track_xy"][2])  # the state changed what frame 2 sees
 
 
-def test_tracking_figures_feed_each_scene_in_keyframe_order():
-    from odvla.platform.eval.tracking_metrics import tracking_figures
-
-    def row(tok, scene, f, xs):
-        return {"sample_token": tok, "scene_token": scene, "frame_index": f,
-                "agent_boxes": [[x, 0, 0, 1, 4, 1.5, 0, 2.0, 0] for x in xs], "agent_instance": ["a", "b"][:len(xs)]}
-
-    truth = [row("t2", "s", 2, [4.0]), row("t0", "s", 0, [0.0, 10.0]), row("t1", "s", 1, [2.0, 10.0]),
-             row("u0", "r", 0, [0.0])]
-    trk = {"t0": ([5, 6], [[0, 0], [10, 0]], [[2, 0], [0, 0]]), "t1": ([5, 7], [[2, 0], [10, 0]], [[2, 0], [0, 0]]),
-           "t2": ([5, -1], [[4, 0], [9, 9]], [[1, 0], [0, 0]]), "u0": ([6], [[0.5, 0]], [[2, 0]])}
-    m = tracking_figures(truth, trk)
-    # b: 6 -> 7 is the only switch; scene r's instance 'a' is another agent than scene s's 'a'
-    assert m["tracking/id_switches"] == 1.0 and m["tracking/gt_agents"] == 6.0 and m["tracking/matched"] == 6.0
-    assert m["tracking/tracks"] == 6.0 and m["tracking/recall"] == 1.0
-    assert m["tracking/velocity_error"] == pytest.approx((0 + 2 + 0 + 2 + 1 + 0) / 6)
-    with pytest.raises(KeyError, match="'t1'.*no predicted tracks"):
-        tracking_figures(truth, {k: v for k, v in trk.items() if k != "t1"})
-    bad = [dict(truth[0], agent_instance=[])]
-    with pytest.raises(ValueError, match="'t2' has 1 agent boxes but 0 agent_instance"):
-        tracking_figures(bad, trk)
-
-
-def test_results_table_has_a_tracking_table_only_with_figures():
+def test_results_table_has_a_perception_table_only_with_figures():
     from odvla.platform.eval.report import results_table
 
-    assert "## Tracking" not in results_table({"predict/samples": 3.0})
-    md = results_table({"predict/temporal": 1.0, "tracking/id_switches": 2.0, "tracking/velocity_error": 0.5,
-                        "tracking/recall": 0.25, "tracking/matched": 4.0, "tracking/tracks": 9.0,
-                        "tracking/gt_agents": 16.0})
-    assert "## Tracking" in md and "| on (scene order, SceneState carried) | 2 | 0.50 | 0.25 | 4 | 9 | 16 |" in md
+    assert "## Perception" not in results_table({"predict/samples": 3.0})
+    md = results_table({"predict/temporal": 1.0, "perception/mAP": 0.25, "perception/NDS": 0.5,
+                        "perception/mATE": 0.7, "perception/mAVE": 1.5, "perception/AMOTA": 0.125,
+                        "perception/AMOTP": 1.75, "perception/IDS": 3.0, "perception/recall": 0.5,
+                        "perception/det_classes_with_gt": 4.0, "perception/trk_classes_with_gt": 3.0,
+                        "perception/AP/car": 0.75, "perception/AP/bus": 0.0})
+    assert "## Perception" in md
+    assert "| on (scene order, SceneState carried) | 0.250 | 0.500 | 0.70 | 1.50 | 0.125 | 1.75 | 3 | 0.500 |" in md
+    assert "4 of 10 detection classes, 3 of 7 tracking classes" in md
+    assert "| class | bus | car |" in md and "| AP | 0.000 | 0.750 |" in md
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +118,17 @@ def test_run_eval_temporal_off_is_the_stateless_scene_eval_and_on_carries_tracks
         assert got[tok]["answer"] == ref["answer"][i], tok
         np.testing.assert_array_equal(np.asarray(got[tok]["pred_traj"], np.float32), ref["pred_traj"][i])
         assert got[tok]["track_ids"] == ref["track_ids"][i].tolist()
-    Q = len(ref["track_ids"][0])
     m_off = off.metrics
-    assert m_off["predict/temporal"] == 0.0 and m_off["tracking/tracks"] == Q * m_off["predict/samples"]
-    assert m_off["tracking/gt_agents"] > 0 and 0.0 <= m_off["tracking/recall"] <= 1.0
+    # every live track of a tracking class is a box of the devkit's tracking submission
+    from odvla.platform.eval.nusc_submission import TRACKING_CLASSES
+    from odvla.model.constants import DETECTION_CLASSES
+
+    trk_labels = [DETECTION_CLASSES.index(c) for c in TRACKING_CLASSES]
+    n_tracks = sum(int(((np.asarray(r["track_ids"]) >= 0) & np.isin(r["track_labels"], trk_labels)).sum())
+                   for r in got.values())
+    assert m_off["predict/temporal"] == 0.0 and m_off["perception/tracks"] == n_tracks
+    sub = json.loads((tmp_path / "off" / "perception" / "tracking" / "results_nusc.json").read_text())
+    assert sum(len(v) for v in sub["results"].values()) == n_tracks and set(sub["results"]) == set(got)
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -164,11 +137,10 @@ def test_run_eval_temporal_off_is_the_stateless_scene_eval_and_on_carries_tracks
     rc = main(["eval", "--model", str(tracking_export), "--temporal", "on", "--out", str(tmp_path / "on"),
                "--run-id", run_id] + [a for kv in common + [f"tracking.tracking_uri={uri}"] for a in ("--set", kv)])
     out = capsys.readouterr().out
-    assert rc == 0 and "## Tracking" in out and "| on (scene order, SceneState carried) |" in out
-    assert "temporal state on: ID switches" in out
+    assert rc == 0 and "## Perception" in out and "| on (scene order, SceneState carried) |" in out
+    assert "temporal state on (nuScenes devkit): mAP" in out
     m_on = json.loads((tmp_path / "on" / "metrics.json").read_text())
-    assert m_on["predict/temporal"] == 1.0 and m_on["tracking/tracks"] == m_off["tracking/tracks"]
-    assert m_on["tracking/gt_agents"] == m_off["tracking/gt_agents"]
+    assert m_on["predict/temporal"] == 1.0 and m_on["perception/samples"] == m_off["perception/samples"]
     on = pq.read_table(tmp_path / "on" / "predictions.parquet").to_pylist()
     by_scene: dict = {}
     for r in on:
@@ -179,5 +151,5 @@ def test_run_eval_temporal_off_is_the_stateless_scene_eval_and_on_carries_tracks
     xy_on = {r["sample_token"]: r["track_xy"] for r in on}
     assert any(not np.allclose(xy_on[t], got[t]["track_xy"]) for t in got)
     logged = client.get_run(run_id).data.metrics
-    assert logged["eval/tracking/id_switches"] == m_on["tracking/id_switches"]
+    assert logged["eval/perception/mAP"] == m_on["perception/mAP"]
     assert logged["eval/predict/temporal"] == 1.0

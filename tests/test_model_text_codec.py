@@ -197,7 +197,7 @@ def test_every_registered_encoding_round_trips(name):
     compact numbers, and tells the system prompt how it writes numbers unless it is the released absolute form."""
     from odvla.model.traj_encodings import TRAJ_ENCODINGS
 
-    assert set(TRAJ_ENCODINGS) == {"absolute", "delta", "residual"}
+    assert set(TRAJ_ENCODINGS) == {"absolute", "delta", "residual", "action"}  # action: tests/test_action_codebook.py
     rng = np.random.default_rng(7)
     ego = np.array([6.0, 0.4, 0.1, 0.0, 0.02, 6.01, 0.0])
     for compact in (False, True):

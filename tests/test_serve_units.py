@@ -303,3 +303,96 @@ def test_openapi_states_auth_only_with_a_token():
         names = [spec["components"]["schemas"][c["$ref"].rsplit("/", 1)[1]]["properties"]["name"]["const"]
                  for c in cams["prefixItems"]]
         assert names == list(CAMERAS) and cams["minItems"] == cams["maxItems"] == 6
+
+
+@pytest.mark.parametrize("encoding,compact", [("absolute", False), ("absolute", True), ("delta", False),
+                                              ("delta", True), ("residual", False), ("residual", True)])
+def test_history_limits_are_what_the_encoding_can_write(encoding, compact):
+    """Every history the bound admits is writable by the served encoding (the widest case: two consecutive
+    points at opposite corners, the fastest ego state the schema accepts against the step), and where the encoding
+    is what bounds it, one unit (0.01 m) further is not: the schema accepts exactly what the codec writes."""
+    from odvla.model.config import TextConfig
+    from odvla.model.traj_codec import TrajectoryCodec
+    from odvla.serve.schemas import EGO_STATE_BOUNDS, POSITION_LIMIT_M, history_limits
+
+    import numpy as np
+
+    text = TextConfig(traj_encoding=encoding, compact_tokens=compact)
+    codec = TrajectoryCodec(text)
+    lx, ly = history_limits(text)
+
+    def writes(x: float, y: float) -> bool:
+        # x from -x to +x (text Y grows 2x), y from +y to -y (text X grows 2y); residual: the constant-velocity step
+        # points the other way (vx = -70 m/s, vy = +20 m/s), so step - cv is widest
+        past = np.array([[-x, y], [x, -y], [x, -y], [x, -y]])
+        ego = [EGO_STATE_BOUNDS["vx"][0], EGO_STATE_BOUNDS["vy"][1], 0, 0, 0, 70.0, 0]
+        try:
+            codec.encode_history(past, ego)
+            codec.encode_history(past[[1, 0, 0, 0]], [-v if i < 2 else v for i, v in enumerate(ego)])
+        except ValueError:
+            return False
+        return True
+
+    assert writes(lx, ly)
+    if (lx, ly) == (POSITION_LIMIT_M, POSITION_LIMIT_M):  # the physical cap, not the encoding, binds
+        assert encoding == "absolute" or not compact
+    else:
+        assert not writes(lx + 0.01, ly) and not writes(lx, ly + 0.01)
+    expected = {("delta", True): (49.99, 49.99), ("residual", True): (32.49, 44.99)}  # (99.99 - cv) / 2
+    assert (lx, ly) == expected.get((encoding, compact), (POSITION_LIMIT_M, POSITION_LIMIT_M))
+
+
+def test_request_models_state_and_enforce_the_served_history_bound(body):
+    from odvla.serve.schemas import request_models
+
+    plan, form, chat, _ = request_models((32.49, 44.99), "the note")
+    assert plan.__name__ == "PlanRequest" and form.__name__ == "PlanForm" and chat.__name__ == "ChatRequest"
+    hist = plan.model_json_schema()["properties"]["history"]
+    point = hist["anyOf"][0]["items"]["anyOf"][0]
+    assert [(c["minimum"], c["maximum"]) for c in point["prefixItems"]] == [(-32.49, 32.49), (-44.99, 44.99)]
+    assert "|x| <= 32.49 m, |y| <= 44.99 m: the note" in hist["description"]
+    ok = dict(body, history=[[-32.49, 44.99], [32.49, -44.99], None, [0.0, 0.0]])
+    assert _parse(ok, plan).history[1] == (32.49, -44.99)
+    msg = _errors(dict(body, history=[[-3.0, 0.0], [-1.5, 0.0], [40.0, 0.0], None]), plan)
+    assert msg.startswith("history.2.0:") and "less than or equal to 32.49" in msg
+
+
+def test_a_batch_with_one_bad_input_gives_that_row_its_error_and_the_others_their_plans(body):
+    """``Planner._process`` (the replica's batch step, without Serve): the batch's generate fails on one input the
+    model cannot take (a history step the compact residual encoding cannot write), so the rows rerun one by one:
+    that row gets its error, the others their plans."""
+    import asyncio
+    import time
+
+    import numpy as np
+    import torch
+
+    from odvla.model.constrained_decoding import PRE
+    from odvla.model.vla import OpenDriveVLA
+    from odvla.platform.config import load_config
+    from odvla.serve.deployment import Planner
+    from odvla.serve.preprocess import json_jpegs, scene_item
+
+    cfg = load_config(model="tiny")
+    torch.manual_seed(0)
+    planner = object.__new__(Planner.func_or_class)  # the replica's state, without a Serve replica around it
+    planner.model, planner.model_cfg, planner.device = OpenDriveVLA(cfg.model).eval(), cfg.model, "cpu"
+    planner.min_plan_tokens = int(planner.model.grammar.min_to_finish(PRE)) + 1
+    planner.replica, planner._fatal, planner.max_batch_size, planner.batch_wait_timeout_s = "r", None, 4, 0.0
+    planner.info = {"ref": "x", "version": None, "preset": "tiny", "checksum": "c"}
+    hw = (cfg.model.vision.image_height, cfg.model.vision.image_width)
+    req = _parse(body)
+    item = scene_item(req, json_jpegs(req), [f"cameras.{i}.image" for i in range(6)], req.command, "planning", "",
+                      hw)
+    bad = dict(item, past_traj=np.array([[-150.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], np.float32),
+               past_mask=np.ones(4, np.float32))
+    good2 = dict(item, command=0)
+
+    def run(items):
+        return asyncio.run(planner._process([(it, None, time.perf_counter()) for it in items]))
+
+    outs = run([item, bad, good2])
+    assert set(outs[1]) == {"input_error"} and "outside the compact encoding's range" in outs[1]["input_error"]
+    for got in (outs[0], outs[2]):
+        assert "input_error" not in got and got["batch_size"] == 1  # rerun row by row
+        assert got["parsed"] and len(got["waypoints"]) == 6 and np.isfinite(got["waypoints"]).all()

@@ -58,7 +58,11 @@ def test_ablation_grid_and_hpo_space_validate_stage_sets():
     space = build_param_space(cfg.sweep)
     assert space["stages"]["grid_search"] == ["stage3", "stage1+stage3", "stage1+stage2+stage2_5+stage3"]
     assert space["model_size"]["grid_search"] == ["tiny", "0.5b"]
-    assert space["lr"]["grid_search"] == [1e-3, 1e-4]
+    # YAML 1.1 reads 1e-3 as the string '1e-3': the grid holds the floats, in the given order; without sweep.lrs
+    # there is no lr axis (each stage keeps its preset's lr)
+    assert cfg.sweep.lrs == ["1e-3", "1e-4"]
+    assert space["lr"]["grid_search"] == [0.001, 0.0001] and {type(x) for x in space["lr"]["grid_search"]} == {float}
+    assert "lr" not in build_param_space(load_config().sweep)
     hpo = build_hpo_space(load_config(overrides=["sweep.lr_min=1e-5", "sweep.lr_max=1e-3"]).sweep)
     assert hpo["stages"] == "stage3" and 1e-5 <= hpo["lr"].sample() <= 1e-3
     with pytest.raises(ConfigError, match="pipeline order"):
@@ -153,25 +157,23 @@ def test_results_table_shows_both_conventions_failures_and_notes(tmp_path):
 def test_results_table_shows_the_temporal_setting_and_tracking_figures():
     common = {"stages": "stage3", "model_size": "tiny", "lr": 1e-3, "uniad/L2_avg": 1.5, "status": "done"}
     rows = [  # as the trials report them (tune/trial.py: 'temporal' is 'on' / 'off'); 'on' listed first
-        {**common, "trial_id": "t_00001", "temporal": "on", "tracking/id_switches": 3.0,
-         "tracking/velocity_error": 0.512},
-        {**common, "trial_id": "t_00000", "temporal": "off", "tracking/id_switches": 17.0,
-         "tracking/velocity_error": 1.25},
+        {**common, "trial_id": "t_00001", "temporal": "on", "perception/IDS": 3.0, "perception/AMOTA": 0.512},
+        {**common, "trial_id": "t_00000", "temporal": "off", "perception/IDS": 17.0, "perception/AMOTA": 0.125},
         {"trial_id": "t_00002", "stages": "stage3", "model_size": "tiny", "lr": 1e-3, "status": "failed"},
     ]
     lines = results_markdown(rows).splitlines()
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     assert header[:5] == ["trial", "stages", "size", "lr", "temporal"]
-    assert "ID switches" in header and "vel err m/s" in header
+    assert "IDS" in header and "AMOTA" in header
 
     def cells(trial):
         line = next(x for x in lines if x.startswith(f"| {trial} "))
         return dict(zip(header, (c.strip() for c in line.strip("|").split("|"))))
 
     on, off, failed = cells("t_00001"), cells("t_00000"), cells("t_00002")
-    assert (on["temporal"], on["ID switches"], on["vel err m/s"]) == ("on", "3", "0.51")
-    assert (off["temporal"], off["ID switches"], off["vel err m/s"]) == ("off", "17", "1.25")
-    assert (failed["temporal"], failed["ID switches"], failed["vel err m/s"]) == ("-", "-", "-")
+    assert (on["temporal"], on["IDS"], on["AMOTA"]) == ("on", "3", "0.512")
+    assert (off["temporal"], off["IDS"], off["AMOTA"]) == ("off", "17", "0.125")
+    assert (failed["temporal"], failed["IDS"], failed["AMOTA"]) == ("-", "-", "-")
     body = [x for x in lines if x.startswith("| t_")]
     assert body.index(next(x for x in body if "t_00000" in x)) < body.index(next(x for x in body if "t_00001" in x))
 

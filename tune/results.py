@@ -16,6 +16,7 @@ COLUMNS = [
     ("model_size", "size", "{}"),
     ("lr", "lr", "{:.2e}"),
     ("temporal", "temporal", "{}"),
+    ("traj_encoding", "encoding", "{}"),
     ("uniad/L2_1s", "UniAD L2 1s", "{:.2f}"),
     ("uniad/L2_2s", "UniAD L2 2s", "{:.2f}"),
     ("uniad/L2_3s", "UniAD L2 3s", "{:.2f}"),
@@ -28,8 +29,8 @@ COLUMNS = [
     ("stp3/col_avg", "ST-P3 col % avg", "{:.2f}"),
     ("odvla/L2_avg", "ODVLA L2 avg", "{:.2f}"),
     ("odvla/col_avg", "ODVLA col % avg", "{:.2f}"),
-    ("tracking/id_switches", "ID switches", "{:.0f}"),
-    ("tracking/velocity_error", "vel err m/s", "{:.2f}"),
+    ("perception/AMOTA", "AMOTA", "{:.3f}"),
+    ("perception/IDS", "IDS", "{:.0f}"),
     ("train_loss", "train loss", "{:.3f}"),
     ("status", "status", "{}"),
 ]
@@ -48,7 +49,7 @@ def results_markdown(rows: list[dict], title: str = "Sweep results", notes: list
     """One row per trial; rows sorted by stage set, size, lr, then temporal setting ('off' before 'on').
     ``notes``: lines under the table."""
     rows = sorted(rows, key=lambda r: (str(r.get("stages")), str(r.get("model_size")), r.get("lr") or 0.0,
-                                       str(r.get("temporal") or "")))
+                                       str(r.get("temporal") or ""), str(r.get("traj_encoding") or "")))
     head = "| " + " | ".join(c[1] for c in COLUMNS) + " |"
     sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
     body = ["| " + " | ".join(_fmt(r.get(k), f) for k, _, f in COLUMNS) + " |" for r in rows]

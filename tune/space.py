@@ -4,9 +4,12 @@
 A trial's parameters are plain values (``stages`` is a '+'-joined string such as ``'stage1+stage3'`` so that it
 prints in tables and survives Tune's flattening); ``odvla.tune.trial`` turns them into per-stage configs (model
 preset from ``model_size``, stage presets from ``stages``, ``train.lr`` from ``lr``, ``data.clip_len`` and
-``eval.temporal`` from ``temporal``).
+``eval.temporal`` from ``temporal``, ``model.text.traj_encoding`` / ``compact_tokens`` / ``action_codebook`` from
+``traj_encoding``, ``sweep.traj_encodings``).
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 from ray import tune
 
@@ -52,6 +55,37 @@ def temporal_overrides(value: str, sw: SweepConfig) -> list[str]:
     raise ConfigError(f"trial parameter temporal={value!r} is neither 'off' nor 'on'")
 
 
+def traj_encoding_values(sw: SweepConfig) -> list[str]:
+    """``sweep.traj_encodings`` as ``ENCODING`` / ``ENCODING+compact`` strings, duplicates dropped; ConfigError
+    naming the key for an unknown encoding or flag."""
+    from odvla.model.traj_codec import ENCODINGS
+
+    out: list[str] = []
+    for v in sw.traj_encodings or []:
+        enc, _, flag = str(v).strip().partition("+")
+        if enc not in ENCODINGS or flag not in ("", "compact") or (enc == "action" and flag):
+            raise ConfigError(f"sweep.traj_encodings: {v!r} is not ENCODING[+compact] with ENCODING one of "
+                              f"{', '.join(ENCODINGS)} (action takes no +compact)")
+        key = f"{enc}+{flag}" if flag else enc
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def traj_encoding_overrides(value: str, shards) -> list[str]:
+    """A trial's ``traj_encoding`` value -> config overrides: the encoding, compact number tokens on or off, and
+    for ``action`` the codebook beside ``shards`` (``odvla codebook fit`` writes it)."""
+    enc, _, flag = str(value).partition("+")
+    out = [f"model.text.traj_encoding={enc}", f"model.text.compact_tokens={'true' if flag == 'compact' else 'false'}"]
+    if enc == "action":
+        if not shards:
+            raise ConfigError("sweep.traj_encodings: 'action' needs data.shards (its action_codebook.json)")
+        from odvla.model.action_codebook import CODEBOOK_FILE
+
+        out.append(f"model.text.action_codebook={Path(shards) / CODEBOOK_FILE}")
+    return out
+
+
 def build_param_space(sw: SweepConfig) -> dict:
     """Grid over stage sets x model sizes (``sw`` = the ``sweep`` section); learning rate from ``sweep.lrs`` (grid)
     or the stage presets' own."""
@@ -67,6 +101,9 @@ def build_param_space(sw: SweepConfig) -> dict:
     temporal = temporal_values(sw)
     if temporal != ["off"]:  # the default adds no axis: existing sweeps keep their trials and parameters
         space["temporal"] = tune.grid_search(temporal)
+    encodings = traj_encoding_values(sw)
+    if encodings:
+        space["traj_encoding"] = tune.grid_search(encodings)
     return space
 
 
@@ -81,6 +118,9 @@ def build_hpo_space(sw: SweepConfig) -> dict:
     temporal = temporal_values(sw)
     if temporal != ["off"]:  # the searcher tunes the LR of one setting: the first listed
         space["temporal"] = temporal[0]
+    encodings = traj_encoding_values(sw)
+    if encodings:
+        space["traj_encoding"] = encodings[0]
     return space
 
 

@@ -8,8 +8,8 @@ from its Ray Train checkpoint and its MLflow run. Reports to Tune:
 - after each stage: ``train_loss`` (that stage's final training loss), ``stage``, ``stages_done`` and a small
   Tune checkpoint listing the finished stages (their exports and MLflow runs). A retried or resumed trial starts
   after its last finished stage instead of retraining it.
-- at the end: the evaluation metrics (``uniad/L2_avg``, ``stp3/L2_avg``, ``uniad/col_avg``, the tracking figures
-  ``tracking/id_switches``, ``tracking/velocity_error``, ...) with ``phase='done'``.
+- at the end: the evaluation metrics (``uniad/L2_avg``, ``stp3/L2_avg``, ``uniad/col_avg``, the nuScenes devkit's
+  perception figures ``perception/AMOTA``, ``perception/IDS``, ...) with ``phase='done'``.
 
 A trial with a ``temporal`` parameter ('on' / 'off', ``sweep.temporal``) trains on clips of
 ``sweep.temporal_clip_len`` keyframes and evaluates with ``eval.temporal`` (or single keyframes, stateless).
@@ -29,7 +29,7 @@ from pathlib import Path
 from ray import tune
 
 from odvla.tune.recipe import SweepRecipe
-from odvla.tune.space import temporal_overrides, trial_resources
+from odvla.tune.space import temporal_overrides, traj_encoding_overrides, trial_resources
 from odvla.tune.sweep_storage import SweepLocation
 from odvla.platform.tracking.sweep_runs import TrialRun
 
@@ -70,6 +70,8 @@ def stage_configs(ctx: TrialContext, params: dict, trial_id: str) -> list:
             extra.append(f"train.lr={float(params['lr'])}")
         if params.get("temporal") is not None:  # clips in training, scene-ordered evaluation with state
             extra += temporal_overrides(str(params["temporal"]), probe.sweep)
+        if params.get("traj_encoding") is not None:  # the answer's trajectory encoding (and action codebook)
+            extra += traj_encoding_overrides(str(params["traj_encoding"]), probe.data.shards)
         out.append(ctx.recipe.trial_config(size, stage, extra))
     return out
 
@@ -155,9 +157,12 @@ def _params_metrics(params: dict, configs: list) -> dict:
     ``lr`` is the swept value, or (no LR grid) the last stage's preset learning rate.
     """
     lr = params.get("lr")
+    text = configs[-1].model.text
+    compact = text.compact_tokens and text.traj_encoding != "action"  # action tokens have no number tokens
     return {"stages": params["stages"], "model_size": params["model_size"],
             "lr": float(lr if lr is not None else configs[-1].train.lr),
-            "temporal": "on" if configs[-1].eval.temporal else "off"}
+            "temporal": "on" if configs[-1].eval.temporal else "off",
+            "traj_encoding": text.traj_encoding + ("+compact" if compact else "")}
 
 
 def _stage_losses(done: list[dict]) -> dict:

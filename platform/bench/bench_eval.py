@@ -5,8 +5,8 @@ spread over 50 m around the ego, 80 % vehicles), scored in all three protocols; 
 stage. Nothing is asserted.
 
 With ``--model EXPORT --shards DIR``: the model's open-loop evaluation (``run_eval``) of the same export with and
-without temporal state (``--temporal both``, or one of ``on`` / ``off``), printed side by side: tracking figures
-(ID switches, agent velocity error, track recall, live tracks), planning L2 and collision (UniAD and ST-P3
+without temporal state (``--temporal both``, or one of ``on`` / ``off``), printed side by side: the nuScenes
+devkit's perception figures (mAP, NDS, AMOTA, AMOTP, IDS, mAVE, track boxes), planning L2 and collision (UniAD and ST-P3
 columns), malformed answers and prediction seconds. Each run's full outputs go to ``--out``/temporal-<on|off>.
 """
 from __future__ import annotations
@@ -52,10 +52,12 @@ def synthetic_inputs(n: int, boxes: int, seed: int = 0):
     return pred, gt, mask, fb
 
 
-TEMPORAL_ROWS = (("ID switches", "tracking/id_switches", "{:.0f}"),
-                 ("velocity error (m/s)", "tracking/velocity_error", "{:.3f}"),
-                 ("track recall", "tracking/recall", "{:.3f}"), ("matched tracks", "tracking/matched", "{:.0f}"),
-                 ("live tracks", "tracking/tracks", "{:.0f}"), ("annotated agents", "tracking/gt_agents", "{:.0f}"),
+TEMPORAL_ROWS = (("mAP (devkit)", "perception/mAP", "{:.3f}"), ("NDS (devkit)", "perception/NDS", "{:.3f}"),
+                 ("AMOTA (devkit)", "perception/AMOTA", "{:.3f}"), ("AMOTP (devkit, m)", "perception/AMOTP", "{:.2f}"),
+                 ("ID switches (devkit IDS)", "perception/IDS", "{:.0f}"),
+                 ("velocity error (devkit mAVE, m/s)", "perception/mAVE", "{:.3f}"),
+                 ("track boxes", "perception/tracks", "{:.0f}"),
+                 ("perception scoring seconds", "perception/seconds", "{:.1f}"),
                  ("L2 avg, UniAD (m)", "uniad/L2_avg", "{:.3f}"), ("L2 avg, ST-P3 (m)", "stp3/L2_avg", "{:.3f}"),
                  ("collision avg, UniAD (%)", "uniad/col_avg", "{:.3f}"),
                  ("constant velocity L2 avg, UniAD (m)", "cv/uniad/L2_avg", "{:.3f}"),

@@ -4,8 +4,10 @@ The config starts from the export's own ``config.yaml`` (its model, data and eva
 files and ``--set`` overrides; ``--shards`` and ``--out`` are shortcuts for ``data.shards`` and ``eval.out``.
 Prints the results table (measured beside published numbers) and where predictions, plots and metrics went.
 ``--temporal on|off`` sets ``eval.temporal`` (scene-ordered planning carrying the tracking state, or stateless);
-the tracking figures (ID switches, velocity error, recall) are printed either way. ``--official-out DIR [--force]``
-also writes the released OpenDriveVLA evaluation's files (``official_export.py``).
+the nuScenes devkit's perception figures (mAP, NDS, AMOTA, AMOTP, IDS) are printed either way.
+``--official-out DIR [--force]`` also writes the released OpenDriveVLA evaluation's files (``official_export.py``).
+``--protocol pdms`` adds NAVSIM's PDM score on the logs (``platform/sim/log_pdms.py``) for the model, the baselines
+and the logged expert.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ def register(sub) -> None:
                    help="also write the released OpenDriveVLA evaluation's input files here (outputs.jsonl, "
                         "pred_trajs_dict.json, gt/*.pkl) to score with its official script")
     p.add_argument("--force", action="store_true", help="overwrite files in a non-empty --official-out folder")
+    p.add_argument("--protocol", action="append", default=[], choices=("pdms",), dest="protocols",
+                   help="extra protocol beside the open-loop ones (repeatable): pdms = NAVSIM's PDM score, each "
+                        "keyframe's 3-s plan driven against the logged agents and the map's drivable area")
     p.add_argument("--config", action="append", default=[], metavar="YAML", help="config file (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config value, e.g. --set eval.concurrency=2 (repeatable)")
@@ -52,17 +57,28 @@ def run(args) -> int:
     from odvla.platform.eval.evaluate import run_eval
 
     cfg = eval_config(args)
+    protocols = []
+    if "pdms" in args.protocols:
+        from odvla.platform.sim.log_pdms import LogPDMS
+
+        protocols.append(LogPDMS())
     result = run_eval(cfg, args.model, out_dir=cfg.eval.out, run_id=args.run_id,
-                      official_out=args.official_out, force=args.force)
+                      official_out=args.official_out, force=args.force, protocols=tuple(protocols))
     print(result.table_md)
     m = result.metrics
     print(f"samples {int(m['predict/samples'])}, malformed answers {int(m['predict/malformed'])} "
           f"({100 * m['predict/malformed_rate']:.1f} %)")
-    if "tracking/id_switches" in m:
-        print(f"temporal state {'on' if m['predict/temporal'] else 'off'}: ID switches {int(m['tracking/id_switches'])}"
-              f", velocity error {m['tracking/velocity_error']:.2f} m/s, track recall {m['tracking/recall']:.3f} "
-              f"({int(m['tracking/tracks'])} live tracks); planning L2 avg {m.get('uniad/L2_avg', float('nan')):.2f} m"
+    if "perception/mAP" in m:
+        nan = float("nan")
+        print(f"temporal state {'on' if m['predict/temporal'] else 'off'} (nuScenes devkit): mAP "
+              f"{m['perception/mAP']:.3f}, NDS {m['perception/NDS']:.3f}, AMOTA {m.get('perception/AMOTA', nan):.3f}, "
+              f"AMOTP {m.get('perception/AMOTP', nan):.2f} m, IDS {m.get('perception/IDS', nan):.0f} "
+              f"({int(m['perception/tracks'])} track boxes); planning L2 avg {m.get('uniad/L2_avg', nan):.2f} m"
               " (uniad)")
+    if "pdms/n" in m:
+        print(f"PDM score (NAVSIM, on the logs): {m['pdms/score']:.3f} over {int(m['pdms/n'])} keyframes (NC "
+              f"{m['pdms/nc']:.3f}, DAC {m['pdms/dac']:.3f}, TTC {m['pdms/ttc']:.3f}, EP {m['pdms/ep']:.3f}, C "
+              f"{m['pdms/comfort']:.3f}); logged expert {m.get('expert/pdms/score', float('nan')):.3f}")
     print(f"predictions: {result.predictions_path}")
     print(f"results:     {result.out_dir / 'results.md'}  plots: {result.out_dir / 'plots'}")
     if args.official_out:

@@ -189,6 +189,30 @@ class TrackingConfig:
 
 
 @dataclass
+class SimConfig:
+    """Closed-loop simulation (``odvla sim``, ``platform/sim/``)."""
+
+    scenarios: int = 4
+    """Normal scenarios: world seeds ``seed .. seed + scenarios - 1``."""
+    safety: bool = False
+    """Also the four safety scenarios (stationary, frontal, cutin, pedestrian) of each of those seeds."""
+    agents: str = "log"
+    """'log' (non-reactive replay) or 'idm' (Intelligent Driver Model)."""
+    duration_s: float = 15.0
+    seed: int = 0
+    workers: int = 2
+    """Ray actors running rollouts (each with 1 CPU and its own planners); 0 runs them in this process."""
+    image_height: int = 225
+    image_width: int = 400
+    """Rendered camera size (px): the dataset's (``odvla synth --image-size``); the model's input is resized from it."""
+    baselines: list = field(default_factory=lambda: ["expert", "constant_velocity", "ego_mlp"])
+    animate: bool = True
+    """BEV GIF and worst-moment camera strip of each rollout."""
+    torch_threads: int = 1
+    """Intra-op threads of an in-process model planner (as ``serve.torch_threads``)."""
+
+
+@dataclass
 class SweepConfig:
     mode: str = "ablation"
     """'ablation': grid over stage_sets x model_sizes (x lrs); 'hpo': LR search with a searcher + ASHA."""
@@ -210,6 +234,10 @@ class SweepConfig:
     ``temporal_clip_len`` keyframes and ``eval.temporal``); ``[off, on]`` crosses it with the grid."""
     temporal_clip_len: int = 3
     """``data.clip_len`` of a trial with temporal 'on' (UniAD's queue_length is 3)."""
+    traj_encodings: list = field(default_factory=list)
+    """Trajectory-encoding axis: ``ENCODING[+compact]`` values (``absolute``, ``absolute+compact``,
+    ``residual+compact``, ``action``, ...) crossed with the grid; a trial sets ``model.text.traj_encoding`` and
+    ``compact_tokens`` (``action``: the codebook beside ``data.shards``). Empty: the presets' own encoding, no axis."""
     max_concurrent_trials: int = 1
     """Trials running at once; 0 = as many of the largest trial as the cluster's GPUs hold."""
     max_failures: int = 1
@@ -234,3 +262,4 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    sim: SimConfig = field(default_factory=SimConfig)

@@ -12,9 +12,9 @@ Layout written under ``out``::
     odvla_split.json              the scene split: the last ``val_count(scenes)`` scenes are 'val' (a quarter,
                                   rounded, at least one when there are two scenes or more)
 
-Each scene: the ego drives a lane route of the town grid (``synth_map``) with turns, stops and speed changes
-(``synth_motion``); agents move around it and are annotated at every keyframe (0.5 s) while within
-``ANNOTATION_RANGE`` m of the ego. Cameras trigger a few ms after the lidar, each with its own ego pose, as in
+Each scene: the ego drives a lane route of the town grid (``platform/world/road_map.py``) with turns, stops and
+speed changes (``platform/world/motion.py``); agents move around it and are annotated at every keyframe (0.5 s)
+while within ``ANNOTATION_RANGE`` m of the ego. Cameras trigger a few ms after the lidar, each with its own ego pose, as in
 nuScenes. Deterministic for ``seed``.
 """
 from __future__ import annotations
@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from odvla.model.constants import CAMERAS
-from odvla.platform.data import synth_render as rig
+from odvla.platform.world import render as rig
 from odvla.platform.data.prepare import SPLIT_FILE, TABLES
 from odvla.platform.data.synth_canbus import can_blacklist, write_can_bus
-from odvla.platform.data.synth_map import RoadGrid
-from odvla.platform.data.synth_motion import ego_track, agents_around
+from odvla.platform.world.road_map import RoadGrid
+from odvla.platform.world.motion import ego_track, agents_around
 from odvla.platform.data.transforms import yaw_quat
 
 VERSION = "v1.0-mini"

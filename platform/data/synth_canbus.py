@@ -18,7 +18,7 @@ route               --      ``[[x, y], ...]`` the lane route the ego follows, gl
 meta                --      per message type: ``count``, ``first_utime``, ``last_utime``, ``frequency_hz``
 ==================  ======  ===============================================================================
 
-Kinematics from the ego :class:`~odvla.platform.data.synth_motion.Track` (the one the ego poses are sampled from):
+Kinematics from the ego :class:`~odvla.platform.world.motion.Track` (the one the ego poses are sampled from):
 speed ``v`` = |d(xy)/dt|, yaw rate = d(yaw)/dt, longitudinal acceleration = dv/dt, lateral acceleration =
 ``v * yaw_rate`` (central differences on the track's 20 Hz grid, linearly interpolated at the message times, so
 they agree with the poses). The vehicle moves

@@ -13,11 +13,15 @@ Steps (``jobs/evaluate.py`` and ``odvla eval`` call this):
    carrying ``SceneState`` (tracked queries, previous BEV), whole scenes in parallel over the replica pool;
    without it every keyframe starts from an empty state (the stateless evaluation);
 3. planning metrics in the three protocols (``planning_metrics.py``) for the model and the baselines
-   (constant velocity ``cv/...``, ego-status MLP trained on the train split ``mlp/...``);
+   (constant velocity ``cv/...``, ego-status MLP trained on the train split ``mlp/...``); with
+   ``protocols=(LogPDMS(),)`` (``platform/sim/log_pdms.py``, ``odvla eval --protocol pdms``) also NAVSIM's PDM
+   score on the logs for them and the logged expert (``pdms/...``, ``expert/pdms/...``);
 4. QA metrics (BLEU-4, METEOR, CIDEr, ROUGE-L) on the split's instruction examples when the conversation store has
    any (``qa/...``, at most ``eval.qa_max_examples``);
-5. tracking figures of the agent queries (``tracking_metrics.py``: ID switches, velocity error, recall) from
-   the tracks each keyframe leaves, ``tracking/...``;
+5. perception figures of the agent queries scored by the nuScenes devkit (``nusc_devkit.py``): the boxes and
+   tracks each keyframe leaves written as the devkit's submissions (``perception/detection/results_nusc.json``,
+   ``perception/tracking/results_nusc.json``, global frame) and scored by ``DetectionEval`` (mAP, NDS) and
+   ``TrackingEval`` (AMOTA, AMOTP, IDS) on the split's scenes of the dataroot, ``perception/...``;
 6. ``results.md`` (measured beside published numbers), ``metrics.json``, BEV and front-camera PNGs under
    ``plots/``; everything logged to MLflow when ``run_id`` is given or a run is active.
 """
@@ -41,7 +45,6 @@ from odvla.platform.eval.baselines import constant_velocity, train_ego_mlp
 from odvla.platform.eval.planning_frame import planning_inputs, prediction_to_planning
 from odvla.platform.eval.planning_metrics import compute_planning_metrics
 from odvla.platform.eval.report import results_table
-from odvla.platform.eval.tracking_metrics import TRUTH_COLUMNS, tracking_figures
 
 if TYPE_CHECKING:
     from odvla.model.config import VisionConfig
@@ -118,11 +121,15 @@ def score_trajectories(pred: np.ndarray, truth: "PlanningTruth | pa.Table", pref
     return {f"{prefix}{k}": v for k, v in metrics.items()}
 
 
-def baseline_metrics(data_cfg, eval_cfg, seed: int, val: pa.Table, truth: Optional[PlanningTruth] = None) -> dict:
+def baseline_metrics(data_cfg, eval_cfg, seed: int, val: pa.Table, truth: Optional[PlanningTruth] = None,
+                     plans: Optional[dict] = None) -> dict:
     """Constant velocity and the ego-status MLP (trained on the train split of ``data_cfg.shards``,
-    ``eval_cfg.baseline_mlp_epochs`` epochs) on the val rows."""
+    ``eval_cfg.baseline_mlp_epochs`` epochs) on the val rows. ``plans``: filled with each baseline's waypoints
+    [N, 6, 2] (ego frame) by prefix (``cv/``, ``mlp/``), for the PDM score."""
     truth = truth if truth is not None else PlanningTruth.from_table(val)
-    out = score_trajectories(constant_velocity(_arr(val, "ego_state", (-1,))), truth, "cv/")
+    plans = {} if plans is None else plans
+    plans["cv/"] = constant_velocity(_arr(val, "ego_state", (-1,)))
+    out = score_trajectories(plans["cv/"], truth, "cv/")
     try:
         train = read_split_table(data_cfg.shards, "train", _GT_COLUMNS)
     except FileNotFoundError as e:
@@ -139,7 +146,8 @@ def baseline_metrics(data_cfg, eval_cfg, seed: int, val: pa.Table, truth: Option
     mlp = train_ego_mlp(*inputs(train), _arr(train, "future_traj", (FUTURE_STEPS, 2)),
                         _arr(train, "future_mask", (FUTURE_STEPS,)), epochs=eval_cfg.baseline_mlp_epochs,
                         seed=seed)
-    out.update(score_trajectories(mlp.predict(*inputs(val)), truth, "mlp/"))
+    plans["mlp/"] = mlp.predict(*inputs(val))
+    out.update(score_trajectories(plans["mlp/"], truth, "mlp/"))
     out["mlp/train_samples"] = float(mlp.train_samples)
     out["mlp/train_l1"] = mlp.train_loss
     return out
@@ -180,6 +188,13 @@ def _write_predictions(cols: dict, path: Path) -> Path:
         "track_xy": pa.array([r.tolist() for r in np.asarray(cols["track_xy"], np.float32)], pa.list_(pa.float32())),
         "track_vel": pa.array([r.tolist() for r in np.asarray(cols["track_vel"], np.float32)],
                               pa.list_(pa.float32())),
+        # each slot's box [Q*9] (x, y, z, w, l, h, yaw, vx, vy; ego frame), score and class (DETECTION_CLASSES)
+        "track_boxes": pa.array([r.tolist() for r in np.asarray(cols["track_boxes"], np.float32)],
+                                pa.list_(pa.float32())),
+        "track_scores": pa.array([r.tolist() for r in np.asarray(cols["track_scores"], np.float32)],
+                                 pa.list_(pa.float32())),
+        "track_labels": pa.array([r.tolist() for r in np.asarray(cols["track_labels"], np.int64)],
+                                 pa.list_(pa.int64())),
     })
     pq.write_table(table, path)
     return path
@@ -201,11 +216,16 @@ def _scene_predictions(data: DataConfig, vision: VisionConfig, eval_cfg: EvalCon
 
 
 def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: Optional[str] = None,
-             official_out: Optional[str | Path] = None, force: bool = False) -> EvalResult:
+             official_out: Optional[str | Path] = None, force: bool = False,
+             protocols: tuple = ()) -> EvalResult:
     """Evaluate the export ``model_ref`` on ``cfg.eval.split`` of ``cfg.data.shards``; see the module docstring.
 
     ``official_out``: also write the released OpenDriveVLA evaluation's input files there
-    (``official_export.py``); a non-empty folder is an error unless ``force``.
+    (``official_export.py``); a non-empty folder is an error unless ``force``. ``protocols``: extra protocols
+    beside the open-loop ones, objects with ``name``, ``columns`` / ``check_columns`` (shard columns they read),
+    ``check(data, rows)`` (before the model runs), ``score(data, rows, plans) -> (figures, per-sample rows)`` and
+    ``table(metrics) -> markdown lines``; ``plans`` maps a method prefix ('' the model, ``cv/``, ``mlp/``) to its
+    waypoints [N, 6, 2] (ego frame, split order, NaN where unparsed). E.g. ``LogPDMS`` (``platform/sim/log_pdms.py``).
     """
     from odvla.platform.export import load_export_config
 
@@ -219,6 +239,9 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     out = Path(out_dir or cfg.eval.out or Path("runs") / "eval" / time.strftime("%Y%m%d-%H%M%S"))
     out.mkdir(parents=True, exist_ok=True)
     export_dir, export_cfg = load_export_config(model_ref, cfg.tracking.tracking_uri)
+    from odvla.platform.data.codebook import check_model_against_shards
+
+    check_model_against_shards(export_cfg.model, cfg.data.shards)  # 'action': the same codebook, or an error
     # the network (and so the image size the data pipeline resizes to) is the export's, whatever cfg.model says;
     # data.clip_len is how it was trained: evaluation reads single keyframes (state comes from eval.temporal)
     cfg = dataclasses.replace(cfg, model=export_cfg.model, data=dataclasses.replace(cfg.data, clip_len=1))
@@ -227,6 +250,8 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     if val.num_rows == 0:
         raise ValueError(f"eval: split {split!r} of {cfg.data.shards} has no samples")
     tokens = val.column("sample_token").to_pylist()
+    for proto in protocols:  # before the model runs: fail fast
+        proto.check(cfg.data, read_split_table(cfg.data.shards, split, proto.check_columns))
     qa = _qa_examples(cfg.data, cfg.eval, cfg.train.seed, split)
 
     t0 = time.perf_counter()
@@ -245,10 +270,11 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
     pred[~parsed] = np.nan
     truth = PlanningTruth.from_table(val)
     metrics.update(score_trajectories(pred, truth))
-    metrics.update(baseline_metrics(cfg.data, cfg.eval, cfg.train.seed, val, truth))
-    metrics.update(tracking_figures(read_split_table(cfg.data.shards, split, TRUTH_COLUMNS).to_pylist(), {
-        t: (i, xy, v) for t, i, xy, v in zip(cols["sample_token"].tolist(), cols["track_ids"], cols["track_xy"],
-                                             cols["track_vel"])}))
+    plans: dict = {"": pred}
+    metrics.update(baseline_metrics(cfg.data, cfg.eval, cfg.train.seed, val, truth, plans))
+    for proto in protocols:
+        metrics.update(_extra_protocol(proto, cfg.data, split, tokens, plans, out))
+    metrics.update(_perception(cfg.data, split, cols, out / "perception"))
     if official_out is not None:
         metrics.update(_write_official_inputs(official_out, val, truth, pred, parsed, force))
 
@@ -259,6 +285,8 @@ def run_eval(cfg, model_ref: str, out_dir: Optional[str | Path] = None, run_id: 
 
     predictions_path = _write_predictions(cols, out / "predictions.parquet")
     table_md = results_table(metrics)
+    for proto in protocols:
+        table_md += "\n" + "\n".join(proto.table(metrics))
     (out / "results.md").write_text(table_md)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     _plots(cfg.data, split, val, pred, out / "plots", cfg.eval.plots)
@@ -297,6 +325,25 @@ def _predict(data: DataConfig, vision: VisionConfig, eval_cfg: EvalConfig, track
         return rows(examples)
     all_columns = _scene_predictions(data, vision, eval_cfg, actor_ref, split, replica_tracking_uri)
     return _concat(all_columns, rows(examples.slice(len(tokens)))) if qa is not None else all_columns
+
+
+def _perception(data: DataConfig, split: str, cols: dict, folder: Path) -> dict:
+    """The devkit's detection and tracking figures of the planning rows' agent queries (``perception/...``)."""
+    from odvla.platform.eval.nusc_devkit import devkit_figures, tracks_from_columns
+
+    return devkit_figures(data, split, tracks_from_columns(cols), folder)
+
+
+def _extra_protocol(proto, data: DataConfig, split: str, tokens: list, plans: dict, out: Path) -> dict:
+    """One extra protocol's figures for the plans (``plans``: prefix -> [N, 6, 2], split order); its per-sample
+    rows to ``out/<name>_samples.parquet``."""
+    rows = read_split_table(data.shards, split, proto.columns)
+    if rows.column("sample_token").to_pylist() != tokens:
+        raise RuntimeError(f"eval: the {split} rows changed order between two reads of {data.shards}")
+    figures, records = proto.score(data, rows, plans)
+    if records:
+        pq.write_table(pa.Table.from_pylist(records), out / f"{proto.name}_samples.parquet")
+    return figures
 
 
 def _planning_rows(cols: dict, tokens: list, split: str) -> dict:

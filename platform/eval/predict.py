@@ -9,7 +9,10 @@ Output columns (numpy batch): sample_token, scene_token, task, question (str); a
 pred_traj float32 [B, 12] (6 x 2, ego frame, NaN where unparsed); gt_traj [B, 12]; gt_mask [B, 6]; parsed (bool);
 error (str, '' when parsed); num_generated_tokens (int64); and the agent tracks each row's keyframe leaves
 (``TRACK_COLUMNS``, from a fresh state: stateless): track_ids int64 [B, Q] (-1 = no track), track_xy and
-track_vel float32 [B, 2Q] (ego frame, metres and m/s), which the tracking figures score.
+track_vel float32 [B, 2Q] (ego frame, metres and m/s), track_boxes float32 [B, 9Q] (each slot's x, y, z, w, l, h,
+yaw, vx, vy; ego frame, metres, rad, m/s), track_scores float32 [B, Q] and track_labels int64 [B, Q] (index into
+``DETECTION_CLASSES``): the agent queries' boxes, which the nuScenes devkit's evaluators score
+(``nusc_submission.py``).
 """
 from __future__ import annotations
 
@@ -21,14 +24,25 @@ from odvla.model.constants import FUTURE_STEPS
 
 OUTPUT_COLUMNS = ("sample_token", "scene_token", "task", "question", "answer", "pred_traj", "gt_traj", "gt_mask",
                   "parsed", "error", "num_generated_tokens")
-TRACK_COLUMNS = ("track_ids", "track_xy", "track_vel")
+TRACK_COLUMNS = ("track_ids", "track_xy", "track_vel", "track_boxes", "track_scores", "track_labels")
+
+
+def state_tracks(s) -> dict:
+    """One ``SceneState`` -> its ``TRACK_COLUMNS`` values (ids [Q]; centres, velocities [2Q]; boxes [9Q]; scores,
+    labels [Q])."""
+    boxes = s.track_boxes.float().cpu().numpy()
+    q = len(boxes)
+    labels = s.track_labels.cpu().numpy() if s.track_labels is not None else np.full(q, -1)
+    scores = s.track_scores.float().cpu().numpy() if s.track_scores is not None else np.zeros(q)
+    return {"track_ids": s.track_ids.cpu().numpy().astype(np.int64), "track_xy": boxes[:, 0:2].reshape(-1),
+            "track_vel": boxes[:, 7:9].reshape(-1), "track_boxes": boxes.reshape(-1),
+            "track_scores": scores.astype(np.float32), "track_labels": labels.astype(np.int64)}
 
 
 def track_columns(states) -> dict:
-    """Per-row ``SceneState`` list -> ``TRACK_COLUMNS`` arrays (ids [B, Q]; centres and velocities [B, 2Q])."""
-    return {"track_ids": np.stack([s.track_ids.cpu().numpy().astype(np.int64) for s in states]),
-            "track_xy": np.stack([s.track_boxes[:, 0:2].float().cpu().numpy().reshape(-1) for s in states]),
-            "track_vel": np.stack([s.track_boxes[:, 7:9].float().cpu().numpy().reshape(-1) for s in states])}
+    """Per-row ``SceneState`` list -> ``TRACK_COLUMNS`` arrays, one row per state (``state_tracks``)."""
+    rows = [state_tracks(s) for s in states]
+    return {k: np.stack([r[k] for r in rows]) for k in TRACK_COLUMNS}
 
 
 def _to_device(batch: dict, device) -> dict:

@@ -57,7 +57,7 @@ def results_table(metrics: Mapping[str, float],
     parts += ["| protocol | computes | planning frame | occupancy |", "|---|---|---|---|"]
     parts += [f"| `{p.name}` | {p.label} | {p.frame} | {p.occupancy_text} |" for p in PROTOCOLS.values()]
     parts += ["", f"Published rows: {SOURCE}; not measured here. L2 in metres, collision in percent.", ""]
-    parts += tracking_table(metrics)
+    parts += perception_table(metrics)
     extra = [(k, v) for k, v in metrics.items() if k.startswith(("predict/", "qa/"))]
     if extra:
         parts += ["## Other metrics", "", "| metric | value |", "|---|---:|"]
@@ -66,17 +66,38 @@ def results_table(metrics: Mapping[str, float],
     return "\n".join(parts)
 
 
-def tracking_table(metrics: Mapping[str, float], prefix: str = "tracking/") -> list[str]:
-    """Markdown lines of the "Tracking" table (none without ``{prefix}`` figures): ID switches, velocity error,
-    recall of the agent tracks, labelled with whether the run carried temporal state (``predict/temporal``)."""
-    if f"{prefix}id_switches" not in metrics:
+PERCEPTION_COLUMNS = (("mAP", "mAP", "{:.3f}"), ("NDS", "NDS", "{:.3f}"), ("mATE m", "mATE", "{:.2f}"),
+                      ("mAVE m/s", "mAVE", "{:.2f}"), ("AMOTA", "AMOTA", "{:.3f}"), ("AMOTP m", "AMOTP", "{:.2f}"),
+                      ("IDS", "IDS", "{:.0f}"), ("recall", "recall", "{:.3f}"))
+"""The devkit figures of the perception table: (column, key after the prefix, format)."""
+
+
+def _cell(metrics: Mapping[str, float], key: str, fmt: str) -> str:
+    v = metrics.get(key)
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def perception_table(metrics: Mapping[str, float], prefix: str = "perception/") -> list[str]:
+    """Markdown lines of the "Perception" table (none without ``{prefix}mAP``): the nuScenes devkit's detection
+    (``DetectionEval``, detection_cvpr_2019) and tracking (``TrackingEval``, tracking_nips_2019) figures of the agent
+    queries, labelled with whether the run carried temporal state (``predict/temporal``), and how many classes keep
+    annotated boxes (the devkit averages over all ten / seven: absent classes count AP 0 in mAP and are NaN, left
+    out, in AMOTA)."""
+    if f"{prefix}mAP" not in metrics:
         return []
     state = {1.0: "on (scene order, SceneState carried)", 0.0: "off (every keyframe from an empty state)"}.get(
         metrics.get("predict/temporal"), "—")
-    n = int(metrics.get(f"{prefix}gt_agents", 0))
-    return ["## Tracking (agent queries; centre-distance matching, 2 m)", "",
-            "| temporal state | ID switches | velocity error (m/s) | recall | matched | live tracks | annotated agents |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-            f"| {state} | {int(metrics[f'{prefix}id_switches'])} | {_fmt(metrics.get(f'{prefix}velocity_error'))} | "
-            f"{_fmt(metrics.get(f'{prefix}recall'))} | {int(metrics.get(f'{prefix}matched', 0))} | "
-            f"{int(metrics.get(f'{prefix}tracks', 0))} | {n} |", ""]
+    head = " | ".join(c for c, _, _ in PERCEPTION_COLUMNS)
+    cells = " | ".join(_cell(metrics, prefix + k, f) for _, k, f in PERCEPTION_COLUMNS)
+    aps = sorted((k[len(prefix) + 3:], v) for k, v in metrics.items() if k.startswith(f"{prefix}AP/"))
+    lines = ["## Perception (nuScenes devkit: DetectionEval, TrackingEval)", "",
+             f"| temporal state | {head} |", "|---|" + "---:|" * len(PERCEPTION_COLUMNS), f"| {state} | {cells} |", "",
+             "Annotated classes after the devkit's range and point filters: "
+             f"{_cell(metrics, prefix + 'det_classes_with_gt', '{:.0f}')} of 10 detection classes, "
+             f"{_cell(metrics, prefix + 'trk_classes_with_gt', '{:.0f}')} of 7 tracking "
+             "classes; mAP and NDS average over all ten (a class without annotations has AP 0), AMOTA and AMOTP over "
+             "the tracking classes with annotations."]
+    if aps:
+        lines += ["", "| class | " + " | ".join(c for c, _ in aps) + " |", "|---|" + "---:|" * len(aps),
+                  "| AP | " + " | ".join(_cell({"v": v}, "v", "{:.3f}") for _, v in aps) + " |"]
+    return lines + [""]

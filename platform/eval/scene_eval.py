@@ -6,8 +6,8 @@ whole scenes (one block per scene, ``odvla.platform.data.clips.scene_tables``) i
 ``temporal=False`` every keyframe starts from an empty state: the stateless evaluation.
 
 Output columns: those of ``odvla.platform.eval.predict.OUTPUT_COLUMNS`` plus, per keyframe, the tracks after it:
-``frame_index`` int64, ``track_ids`` [Q] int64 (-1 = no track), ``track_xy`` [Q*2] and ``track_vel`` [Q*2]
-(ego frame, metres and m/s).
+``frame_index`` int64 and the ``predict.TRACK_COLUMNS`` (``track_ids`` [Q] int64, -1 = no track; ``track_xy`` and
+``track_vel`` [Q*2], ``track_boxes`` [Q*9], ego frame, metres and m/s; ``track_scores``, ``track_labels`` [Q]).
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def plan_scene(model, rows: list[dict], temporal: bool, max_new_tokens: Optional
     import torch
 
     from odvla.platform.data.collate import collate
+    from odvla.platform.eval.predict import TRACK_COLUMNS, state_tracks
 
     rows = sorted(rows, key=lambda r: int(r["frame_index"]))
     scenes = {str(r["scene_token"]) for r in rows}
@@ -37,8 +38,7 @@ def plan_scene(model, rows: list[dict], temporal: bool, max_new_tokens: Optional
         raise ValueError(f"plan_scene: rows of several scenes {sorted(scenes)[:3]}")
     states = None
     out: dict = {k: [] for k in ("sample_token", "scene_token", "task", "question", "answer", "pred_traj", "gt_traj",
-                                 "gt_mask", "parsed", "error", "num_generated_tokens", "frame_index", "track_ids",
-                                 "track_xy", "track_vel")}
+                                 "gt_mask", "parsed", "error", "num_generated_tokens", "frame_index") + TRACK_COLUMNS}
     for r in rows:
         b = collate([r])
         b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()}
@@ -58,9 +58,8 @@ def plan_scene(model, rows: list[dict], temporal: bool, max_new_tokens: Optional
         out["error"].append(g.errors[0] or "")
         out["num_generated_tokens"].append(int(g.num_generated_tokens[0]))
         out["frame_index"].append(int(r["frame_index"]))
-        out["track_ids"].append(s.track_ids.cpu().numpy().astype(np.int64))
-        out["track_xy"].append(s.track_boxes[:, 0:2].float().cpu().numpy().reshape(-1))
-        out["track_vel"].append(s.track_boxes[:, 7:9].float().cpu().numpy().reshape(-1))
+        for k, v in state_tracks(s).items():
+            out[k].append(v)
     res = {}
     for k, v in out.items():
         res[k] = np.asarray(v, dtype=object) if isinstance(v[0], str) else np.stack(v) if isinstance(

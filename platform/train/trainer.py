@@ -132,6 +132,9 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     from odvla.platform.train.stage_data import build_stage_dataset
 
     check_stage(cfg.stage)
+    from odvla.platform.data.codebook import resolve_action_codebook
+
+    resolve_action_codebook(cfg.model, cfg.data.shards)  # 'action': the codebook beside the shards, checked
     run_name = default_run_name(cfg.train, cfg.stage.name)
     storage = _storage_path(cfg.train)
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from odvla.platform.data.synth_map import HALF_WIDTH, OUTER_LANE, SIDEWALK, RoadGrid
+from odvla.platform.world.road_map import HALF_WIDTH, OUTER_LANE, SIDEWALK, RoadGrid
 
 SIM_DT = 0.05
 A_LAT = 2.5  # m/s^2 lateral acceleration limit in turns
