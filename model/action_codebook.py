@@ -20,16 +20,17 @@ distance is the root mean square of the four corner distances (``sum((X - x0)**2
   within ``tolerance`` (0.05 m, the reference's vehicle tolerance) an entry (the reference's ``cal_mean_heading``
   branch), remove them, repeat until ``size`` entries. Where the data runs out first (a small split), the tolerance
   halves and the draw continues over the segments farther than it from every entry (an extension: the reference
-  assumes a million segments).
+  assumes a million segments). The reference also skips draws whose first corner lies outside a box of -10..50 m x
+  -10..10 m; a 0.5-s ego motion never does, so that test is left out.
 - ``kmeans``: k-means (``scipy.cluster.vq.kmeans2``, k-means++ seeding) on the same 8-number contours; an entry is the
   mean motion of its members; an empty cluster takes the segment worst represented by the others.
 - ``auto``: both, and the one with the smaller mean round-trip error on the fitting trajectories is kept.
 
 **Encoding** (:meth:`ActionCodebook.encode_poses`) is closed-loop: entries are chained from the pose decoded so far
 and scored against the target poses by the same contour distance, with a small beam (``BEAM`` sequences) over the
-six steps, so quantisation errors do not accumulate. A target motion outside
-the codebook's range (the box of its entries, ``tolerance`` wider) still gets the nearest entry, and is counted
-(``EncodeResult.out_of_range``), never silently.
+six steps, so quantisation errors do not accumulate. A target motion outside the codebook's range (the box of its
+entries, ``tolerance`` wider) still gets the nearest entry, and is counted (``EncodeResult.out_of_range``), never
+silently.
 
 **File** (:meth:`ActionCodebook.save`, :func:`load_codebook`): JSON ``{"format", "size", "entries": [[dx, dy, dyaw],
 ...], "tolerance_m", "method", "seed", "vehicle": [length, width], "fit": {...}}``. A missing, corrupt or wrong-size

@@ -42,6 +42,8 @@ class DemoResult:
     seconds: float
     stateless_tracking: Optional[dict] = None
     """The export's devkit perception figures without temporal state (``perception_stateless/...``)."""
+    closed_loop: Optional[dict] = None
+    """Closed-loop figures per planner (``platform/sim/table.py``'s ``aggregate``: model and the three baselines)."""
 
 
 def _say(console, msg: str) -> None:
@@ -77,6 +79,12 @@ DEMO_QA = 40
 """QA examples the demo's evaluation generates and scores (``eval.qa_max_examples``; 200 by default): enough to run
 the caption scorers end to end. Each answer is up to ``eval.max_new_tokens`` decode steps, so 200 of them were most of
 the evaluation's time."""
+
+DEMO_SIM_SCENARIOS = 1
+"""Normal synthetic worlds the demo's closed loop drives (each with its four safety scenarios), for the model and the
+three baselines: 5 scenarios x 4 planners = 20 rollouts."""
+DEMO_SIM_DURATION_S = 10.0
+"""Seconds each closed-loop rollout lasts (20 planner ticks; the command's default is 15 s)."""
 
 STATELESS = "perception_stateless/"
 """Prefix of the devkit's perception figures without temporal state."""
@@ -147,24 +155,24 @@ def _run_demo(stream, out: Path, overrides: list, stages: Optional[list], scenes
     uri = resolve_tracking_uri(cfg.tracking.tracking_uri)
     cfg.tracking.tracking_uri = uri
 
-    _say(console, f"[bold]1/5 synthetic nuScenes[/bold] -> {out / 'nuscenes'}")
+    _say(console, f"[bold]1/6 synthetic nuScenes[/bold] -> {out / 'nuscenes'}")
     root = write_synthetic(out / "nuscenes", scenes=scenes or cfg.data.synth_scenes,
                            keyframes=keyframes or cfg.data.synth_keyframes, seed=cfg.data.synth_seed,
                            image_wh=(cfg.data.synth_image_width, cfg.data.synth_image_height))
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)  # its own local instance, even beside a `ray start` cluster
-    _say(console, f"[bold]2/5 prepare shards[/bold] -> {out / 'shards'}  ({time.time() - t0:.0f} s)")
+    _say(console, f"[bold]2/6 prepare shards[/bold] -> {out / 'shards'}  ({time.time() - t0:.0f} s)")
     manifest = prepare(root, cfg.data.version, out / "shards", rows_per_shard=cfg.data.rows_per_shard)
     cfg.data.shards = str(out / "shards")
     _say(console, f"    {manifest.get('splits', manifest.get('rows', ''))}")
-    _say(console, f"[bold]3/5 instruction data[/bold] (captions, QA, interaction, planning)  ({time.time() - t0:.0f} s)")
+    _say(console, f"[bold]3/6 instruction data[/bold] (captions, QA, interaction, planning)  ({time.time() - t0:.0f} s)")
     build_instructions(out / "shards", seed=cfg.data.synth_seed)
 
     name = cfg.train.run_name or f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     cfg.train.run_name = name
     user_steps = [o.split("=", 1)[1] for o in overrides if o.startswith("train.max_steps=")]
-    _say(console, f"[bold]4/5 train[/bold] {' -> '.join(stages)} (tiny, Ray Train + DeepSpeed on CPU); steps "
+    _say(console, f"[bold]4/6 train[/bold] {' -> '.join(stages)} (tiny, Ray Train + DeepSpeed on CPU); steps "
                   + ", ".join(f"{s} {user_steps[-1] if user_steps else demo_steps(s)}" for s in stages))
     clock = {"t": time.time()}
 
@@ -187,12 +195,12 @@ def _run_demo(stream, out: Path, overrides: list, stages: Optional[list], scenes
     pipe = run_pipeline(cfg, stages=stages, overrides=overrides, tags={"odvla.demo": "true"},
                         stage_overrides={s: demo_stage_overrides(s) for s in stages}, on_stage=progress,
                         on_progress=during)
-    evaluation = stateless = None
+    evaluation = stateless = closed = None
     if evaluate:
         from odvla.platform.eval.evaluate import run_eval
         from odvla.platform.eval.perception_tracks import perception_tracking_figures
 
-        _say(console, f"[bold]5/5 evaluate[/bold] {pipe.export_dir} on the synthetic val split  "
+        _say(console, f"[bold]5/6 evaluate[/bold] {pipe.export_dir} on the synthetic val split  "
                       f"({time.time() - t0:.0f} s)")
         # the scene-ordered evaluation carrying SceneState (the temporal model the clips trained)
         ecfg = stage_config(cfg, stages[-1], overrides=["eval.temporal=true", f"eval.qa_max_examples={DEMO_QA}"]
@@ -204,6 +212,7 @@ def _run_demo(stream, out: Path, overrides: list, stages: Optional[list], scenes
                                                 prefix=STATELESS)
         stream.write(tracking_comparison(evaluation.metrics, stateless) + "\n")
         stream.flush()
+        closed = _closed_loop(console, stream, cfg.sim, pipe.export_dir, t0)
     secs = time.time() - t0
     _say(console, f"MLflow: {uri}  (pipeline run {pipe.parent_run_id}, experiment {cfg.tracking.experiment!r})")
     if uri.startswith("sqlite:///"):
@@ -213,4 +222,21 @@ def _run_demo(stream, out: Path, overrides: list, stages: Optional[list], scenes
     _say(console, f"done in {secs:.0f} s on a machine at {speed.f32_gflops:.0f} GFLOP/s float32 (the demo's budget: "
                   f"{DEMO_BUDGET_S // 60} minutes at {REFERENCE_F32_GFLOPS:.0f} GFLOP/s); export {pipe.export_dir}")
     return DemoResult(shards=out / "shards", pipeline=pipe, eval=evaluation, tracking_uri=uri, seconds=secs,
-                      stateless_tracking=stateless)
+                      stateless_tracking=stateless, closed_loop=closed)
+
+
+def _closed_loop(console, stream, sim_cfg, export_dir, t0: float) -> dict:
+    """Step 6: the exported planner drives ``DEMO_SIM_SCENARIOS`` synthetic worlds and their safety scenarios in
+    closed loop, beside the expert (log replay), constant velocity and the ego-status MLP; prints one table.
+    ``sim_cfg``: the ``sim`` section (``SimConfig``); its duration becomes ``DEMO_SIM_DURATION_S``."""
+    import dataclasses
+
+    from odvla.platform.sim.runner import closed_loop_table
+
+    _say(console, f"[bold]6/6 closed loop[/bold] {DEMO_SIM_SCENARIOS} world(s) x (normal + 4 safety scenarios), "
+                  f"{DEMO_SIM_DURATION_S:.0f} s each, model and 3 baselines  ({time.time() - t0:.0f} s)")
+    sim_cfg = dataclasses.replace(sim_cfg, duration_s=DEMO_SIM_DURATION_S)
+    table, per_planner = closed_loop_table(export_dir, sim_cfg, DEMO_SIM_SCENARIOS, True)
+    stream.write("## Closed loop (synthetic worlds, the planner re-rendered every 0.5 s)\n\n" + table + "\n\n")
+    stream.flush()
+    return per_planner

@@ -21,7 +21,8 @@ def test_demo_planner_beats_constant_velocity(ray_session, mlflow_sqlite, tmp_pa
     from mlflow.tracking import MlflowClient
 
     from odvla.platform.config import stage_names
-    from odvla.platform.demo import DEMO_CLIP_LEN, STATELESS, demo_steps, run_demo
+    from odvla.platform.demo import (DEMO_CLIP_LEN, DEMO_SIM_DURATION_S, DEMO_SIM_SCENARIOS, STATELESS, demo_steps,
+                                     run_demo)
 
     res = run_demo(tmp_path / "demo", overrides=[
         f"tracking.tracking_uri={mlflow_sqlite}", "tracking.experiment=test-demo",
@@ -76,3 +77,15 @@ def test_demo_planner_beats_constant_velocity(ray_session, mlflow_sqlite, tmp_pa
     # on tracks that are known to be right is tests/test_eval_nusc_devkit.py's)
     assert st[f"{STATELESS}mAP"] > 0.0 and m["perception/mAP"] > 0.0, (st, m)
     assert "## Perception" in printed and "## Tracker without / with temporal state" in printed
+
+    # the closed loop: the model and the three baselines drove the same worlds, each normal world with its four
+    # safety scenarios; the expert replays the logged route, which each injected safety actor blocks, so it collides
+    # there (NeuroNCAP below 5), and every tick without a valid plan is counted, none hidden
+    cl = res.closed_loop
+    assert set(cl) == {"model", "expert", "constant_velocity", "ego_mlp"}, cl.keys()
+    ticks = round(DEMO_SIM_DURATION_S / 0.5)
+    for name, a in cl.items():
+        assert a["rollouts"] == 5 * DEMO_SIM_SCENARIOS and a["safety_rollouts"] == 4 * DEMO_SIM_SCENARIOS, name
+        assert a["ticks"] == a["rollouts"] * ticks and 0 <= a["planner_errors"] <= a["ticks"], name
+    assert cl["expert"]["collisions"] >= 4 * DEMO_SIM_SCENARIOS and cl["expert"]["ncap_score"] < 5.0, cl["expert"]
+    assert "## Closed loop" in printed and "| model |" in printed
