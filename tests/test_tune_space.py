@@ -108,6 +108,22 @@ def test_hpo_search_is_optuna_tpe_on_eval_metric_with_asha_on_train_loss():
     assert metric_mode("uniad/L2_avg") == "min" and metric_mode("qa/CIDEr") == "max"
 
 
+def test_closed_loop_metric_modes_follow_the_aggregate_keys():
+    """Every figure the closed-loop aggregate reports gets a direction: the scores up, the harms down."""
+    from odvla.platform.sim.table import aggregate
+
+    row = {"planner": "model", "distance_m": 50.0, "collisions": 1, "planner_errors": 0, "ticks": 4,
+           "collision_events": [{"impact_speed": 3.0}], "ncap_score": 2.0,
+           **{k: 0.5 for k in ("pdms", "pdms_nc", "pdms_dac", "pdms_ttc", "pdms_ep", "pdms_comfort",
+                               "route_completion", "offroad_time_s")}}
+    keys = set(aggregate([row])["model"])
+    higher = {"pdms", "pdms_nc", "pdms_dac", "pdms_ttc", "pdms_ep", "pdms_comfort", "route_completion", "ncap_score"}
+    lower = {"collisions", "collisions_per_km", "impact_speed", "offroad_time_s", "planner_errors"}
+    assert higher | lower <= keys
+    assert {k for k in higher if metric_mode(f"closed_loop/{k}") != "max"} == set()
+    assert {k for k in lower if metric_mode(f"closed_loop/{k}") != "min"} == set()
+
+
 def test_optuna_searcher_learns_only_from_final_reports():
     from ray import tune
 

@@ -160,8 +160,10 @@ def test_hpo_sweep_optuna_with_asha(shards_dir, ray_session, tmp_path):
     loss) run together on real training and evaluation reports. That they change what runs (proposals from the
     space, a lagging trial stopped) is shown by tests/test_tune_hpo_choices.py."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # the searcher judges a closed-loop figure: the trial drives one 7-s world in process after its evaluation
     overrides = [*_common(tmp_path, shards_dir, uri), "train.max_steps=1", "sweep.mode=hpo", "sweep.name=lr",
-                 "sweep.stage_sets=[[stage3]]", "sweep.num_samples=1", "sweep.lr_min=1e-4", "sweep.lr_max=1e-2"]
+                 "sweep.stage_sets=[[stage3]]", "sweep.num_samples=1", "sweep.lr_min=1e-4", "sweep.lr_max=1e-2",
+                 "sweep.metric=closed_loop/pdms", "sim.scenarios=1", "sim.duration_s=7", "sim.workers=0"]
     out = run_sweep(load_config(model="tiny", overrides=overrides), SweepRecipe(overrides=overrides))
 
     (row,) = out["rows"]
@@ -170,5 +172,7 @@ def test_hpo_sweep_optuna_with_asha(shards_dir, ray_session, tmp_path):
     assert row["training_iteration"] == 2  # the stage report (ASHA's rung) and the eval report
     assert isinstance(row["train_loss"], float) and isinstance(row["uniad/L2_avg"], float)
     assert out["best"]["trial_id"] == row["trial_id"]
+    assert row["closed_loop/rollouts"] == 1 and row["closed_loop/ticks"] == 14  # one world, 7 s at 0.5-s ticks
+    assert out["best"]["closed_loop/pdms"] == row["closed_loop/pdms"]
     assert Path(out["plot_path"]).exists() and "| stage3 | tiny |" in out["table_md"]
     assert "TUNE_DISABLE_STRICT_METRIC_CHECKING" not in os.environ  # relaxed for the sweep only

@@ -30,9 +30,19 @@ class FinalMetricOptunaSearch(OptunaSearch):
             super().on_trial_result(trial_id, result)
 
 
+CLOSED_LOOP_LOWER_IS_BETTER = ("collisions", "impact_speed", "offroad_time_s", "planner_errors")
+"""Closed-loop figures (``closed_loop/...``, ``platform/sim/table.py``) where lower is better; the scores (PDMS and
+its sub-scores, route completion, the NeuroNCAP score) are higher-is-better."""
+
+
 def metric_mode(metric: str) -> str:
-    """Lower is better for L2 / collision / loss; higher for QA scores (BLEU, METEOR, CIDEr)."""
-    return "max" if any(k in metric.lower() for k in ("bleu", "meteor", "cider")) else "min"
+    """Lower is better for L2 / collision / loss and the closed loop's collisions, impact speed, off-road time and
+    planner errors; higher for QA scores (BLEU, METEOR, CIDEr) and the closed loop's scores (``closed_loop/pdms``,
+    ``closed_loop/ncap_score``, ``closed_loop/route_completion``, ...)."""
+    m = metric.lower()
+    if m.startswith("closed_loop/"):
+        return "min" if any(k in m for k in CLOSED_LOOP_LOWER_IS_BETTER) else "max"
+    return "max" if any(k in m for k in ("bleu", "meteor", "cider")) else "min"
 
 
 def build_search(sw: SweepConfig, num_stages: int, seed: int = 0):

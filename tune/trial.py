@@ -9,7 +9,9 @@ from its Ray Train checkpoint and its MLflow run. Reports to Tune:
   Tune checkpoint listing the finished stages (their exports and MLflow runs). A retried or resumed trial starts
   after its last finished stage instead of retraining it.
 - at the end: the evaluation metrics (``uniad/L2_avg``, ``stp3/L2_avg``, ``uniad/col_avg``, the nuScenes devkit's
-  perception figures ``perception/AMOTA``, ``perception/IDS``, ...) with ``phase='done'``.
+  perception figures ``perception/AMOTA``, ``perception/IDS``, ...) with ``phase='done'``; when ``sweep.metric`` is
+  a closed-loop figure (``closed_loop/pdms``, ``closed_loop/ncap_score``, ...), also the model's closed-loop
+  aggregate over the ``sim`` section's scenarios (``platform/sim/runner.py``, ``model_closed_loop_figures``).
 
 A trial with a ``temporal`` parameter ('on' / 'off', ``sweep.temporal``) trains on clips of
 ``sweep.temporal_clip_len`` keyframes and evaluates with ``eval.temporal`` (or single keyframes, stateless).
@@ -102,6 +104,7 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
     library's log records go to the trial's log (``$ODVLA_LOG_LEVEL``, default INFO)."""
     from odvla.platform.eval.evaluate import run_eval
     from odvla.platform.log_setup import configure as configure_logging
+    from odvla.platform.sim.runner import CLOSED_LOOP_PREFIX, model_closed_loop_figures
     from odvla.platform.train import InitSource, run_stage
 
     configure_logging()
@@ -141,6 +144,8 @@ def run_trial(params: dict, ctx: TrialContext) -> None:
             eval_dir = SweepLocation(ctx.sweep_dir).upload(Path(ev.out_dir or eval_dir), f"eval/{trial_id}")
         metrics = {k: float(v) for k, v in ev.metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if configs[-1].sweep.metric.startswith(CLOSED_LOOP_PREFIX):  # the sweep judges a closed-loop figure
+            metrics.update(model_closed_loop_figures(done[-1]["export_dir"], configs[-1].sim))
         tune.report({**_params_metrics(params, configs), "phase": "done", "stages_done": len(configs),
                      "train_loss": done[-1]["train_loss"], **_stage_losses(done), **metrics,
                      "export_dir": done[-1]["export_dir"], "mlflow_run_id": run.run_id,

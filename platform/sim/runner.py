@@ -240,10 +240,30 @@ def closed_loop_table(export_dir, sim_cfg, scenarios: int, safety: bool) -> tupl
     import dataclasses
 
     cfg = dataclasses.replace(sim_cfg, scenarios=int(scenarios), safety=bool(safety), animate=False)
+    per_planner = _drive(export_dir, cfg, [PlannerSpec(b) for b in cfg.baselines])
+    return markdown_table(per_planner), per_planner
+
+
+CLOSED_LOOP_PREFIX = "closed_loop/"
+"""Prefix of the model's closed-loop figures in a sweep's reports (``sweep.metric: closed_loop/pdms``)."""
+
+
+def model_closed_loop_figures(export_dir, sim_cfg) -> dict:
+    """The model's closed-loop aggregate (``table.aggregate``: ``pdms``, ``ncap_score``, ``route_completion``,
+    ``collisions_per_km``, ...) over ``sim_cfg``'s scenarios, keyed ``closed_loop/<figure>``; no baselines, no
+    animation. A Tune trial reports these when its ``sweep.metric`` is one of them."""
+    import dataclasses
+
+    per_planner = _drive(export_dir, dataclasses.replace(sim_cfg, animate=False), [])
+    return {f"{CLOSED_LOOP_PREFIX}{k}": float(v) for k, v in per_planner["model"].items()}
+
+
+def _drive(export_dir, cfg, baselines: list) -> dict:
+    """Per-planner figures of the model of ``export_dir`` (in process) and ``baselines`` over ``cfg``'s
+    scenarios."""
     planners = [PlannerSpec("model", "export", {"ref": str(export_dir), "torch_threads": int(cfg.torch_threads)}),
-                *(PlannerSpec(b) for b in cfg.baselines)]
+                *baselines]
     check_planner(planners[0])
     rows = run_rollouts(rollout_jobs(cfg, planners), cfg.workers, (cfg.image_height, cfg.image_width), False,
                         cfg.torch_threads)
-    per_planner = aggregate(rows)
-    return markdown_table(per_planner), per_planner
+    return aggregate(rows)
