@@ -291,3 +291,37 @@ def test_sweep_encoding_axis_sets_each_trials_encoding(tmp_path):
     book = str(tmp_path / "shards" / CODEBOOK_FILE)
     assert got == {"absolute": [("absolute", False, None)] * 2, "residual+compact": [("residual", True, None)] * 2,
                    "action": [("action", False, book)] * 2}
+
+
+# --------------------------------------------------------------------------------------------------- the command
+def _write_shards(root, n_train: int = 80, n_val: int = 20):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from odvla.platform.data.shard_schema import SCHEMA_VERSION
+    from odvla.platform.data.shards import META_VERSION_KEY
+
+    for split, n, seed in (("train", n_train, 11), ("val", n_val, 12)):
+        f, p = bicycle(n, seed=seed)
+        cols = {"future_traj": f.reshape(n, -1), "future_mask": np.ones((n, 6)), "past_traj": p.reshape(n, -1),
+                "past_mask": np.ones((n, 4))}
+        table = pa.table({k: pa.array(v.astype(np.float32).tolist(), pa.list_(pa.float32())) for k, v in cols.items()})
+        table = table.replace_schema_metadata({META_VERSION_KEY: SCHEMA_VERSION})
+        (root / split).mkdir(parents=True)
+        pq.write_table(table, root / split / "part-00000.parquet")
+
+
+def test_codebook_fit_command_writes_beside_the_shards_and_reports_the_val_round_trip(tmp_path, capsys):
+    from odvla.platform.cli.main import main
+
+    _write_shards(tmp_path / "shards")
+    assert main(["codebook", "fit", "--shards", str(tmp_path / "shards"), "--size", "48", "--method", "kdisk"]) == 0
+    out = capsys.readouterr().out
+    cb = load_codebook(tmp_path / "shards" / CODEBOOK_FILE, expected_size=48)
+    report = json.loads((tmp_path / "shards" / "action_codebook.report.json").read_text())
+    f, _ = bicycle(20, seed=12)
+    rt = cb.round_trip(f)  # the val split written above
+    assert report["val_round_trip"]["mean_l2"] == pytest.approx(rt.mean_l2)
+    assert f"val round trip: 20 trajectories: L2 mean {rt.mean_l2:.4f} m" in out and cb.method == "kdisk"
+    assert main(["codebook", "fit", "--shards", str(tmp_path / "shards"), "--size", "5000"]) == 2
+    assert "fewer than the codebook size 5000" in capsys.readouterr().err
