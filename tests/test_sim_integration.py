@@ -52,6 +52,7 @@ def served(ray_session, export_dir):
 
     if ray.is_initialized():  # a failed test has the shared instance shut down (conftest.py)
         serve.delete(APP)
+        serve.shutdown()  # its proxy holds PORT's HTTP options: the next module's serve.start sets its own
 
 
 def _scenario(kind="normal", seed=0):
