@@ -297,3 +297,12 @@ def test_protocol_without_map_names_location_and_sample(tmp_path, shards_dir, sy
     check_maps(data, rows)  # the file is there now
     with pytest.raises(ValueError, match=f"sample {tok}: map '{loc}'.*no drivable_area"):
         MapLayers(str(tmp_path), loc, tok)
+
+
+def test_extra_protocols_by_name_and_unknown_names_are_named():
+    from odvla.platform.sim.log_pdms import LogPDMS, extra_protocols
+
+    (proto,) = extra_protocols(["pdms", "pdms"])  # once, however often it is asked for
+    assert isinstance(proto, LogPDMS) and extra_protocols([]) == ()
+    with pytest.raises(ValueError, match="'navsim'.*pdms"):
+        extra_protocols(["pdms", "navsim"])

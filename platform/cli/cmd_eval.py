@@ -57,13 +57,10 @@ def run(args) -> int:
     from odvla.platform.eval.evaluate import run_eval
 
     cfg = eval_config(args)
-    protocols = []
-    if "pdms" in args.protocols:
-        from odvla.platform.sim.log_pdms import LogPDMS
+    from odvla.platform.sim.log_pdms import extra_protocols
 
-        protocols.append(LogPDMS())
     result = run_eval(cfg, args.model, out_dir=cfg.eval.out, run_id=args.run_id,
-                      official_out=args.official_out, force=args.force, protocols=tuple(protocols))
+                      official_out=args.official_out, force=args.force, protocols=extra_protocols(args.protocols))
     print(result.table_md)
     m = result.metrics
     print(f"samples {int(m['predict/samples'])}, malformed answers {int(m['predict/malformed'])} "

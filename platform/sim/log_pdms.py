@@ -354,3 +354,17 @@ class LogPDMS:
 
     def table(self, metrics: Mapping[str, float]) -> list[str]:
         return pdms_table(metrics)
+
+
+EXTRA_PROTOCOLS = {"pdms": LogPDMS}
+"""Protocols beside the open-loop ones, by the name ``odvla eval --protocol`` and ``jobs/evaluate.py --protocol``
+take."""
+
+
+def extra_protocols(names) -> tuple:
+    """The protocol objects ``run_eval(protocols=...)`` takes, for ``names`` (keys of ``EXTRA_PROTOCOLS``); an unknown
+    name is an error naming the choices."""
+    unknown = [n for n in names if n not in EXTRA_PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown evaluation protocol {unknown[0]!r}: expected one of {sorted(EXTRA_PROTOCOLS)}")
+    return tuple(EXTRA_PROTOCOLS[n]() for n in dict.fromkeys(names))
