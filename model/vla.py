@@ -19,6 +19,7 @@ across keyframes is explicit (``SceneState`` lists in and out of ``generate``), 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable, ContextManager, Optional
 
 import numpy as np
@@ -29,7 +30,7 @@ from transformers import LogitsProcessorList
 from odvla.model.clip_batch import clip_frames, is_clip, supervised_frames
 from odvla.model.constrained_decoding import TrajectoryGrammar, TrajectoryLogitsProcessor, check_number_choice
 from odvla.model.ego_token import EGO_TOKEN, EgoProjector
-from odvla.model.generate_output import GenerateOutput
+from odvla.model.generate_output import PLAN_PARTS, GenerateOutput, StepClock
 from odvla.model.llm import build_llm
 from odvla.model.projectors import VisualProjectors
 from odvla.model.profiling import scope
@@ -223,19 +224,25 @@ class OpenDriveVLA(nn.Module):
         max_new = int(max_new_tokens or self.config.text.max_answer_tokens)
         was_training = self.training
         self.eval()
+        clock = [time.perf_counter()]
         try:
             vis = self.perceive(batch, states, compute_losses=False)
+            clock.append(time.perf_counter())
             tb = self.chat.encode(batch, with_answers=False, device=self._device())
             emb = self._embed(batch, tb.input_ids, vis)
             tasks = list(batch["task"])
             eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+            steps = StepClock()
             procs = LogitsProcessorList()
             if constrained:
                 procs.append(TrajectoryLogitsProcessor(self.grammar, tasks, eos, max_new,
                                                        number_choice=self.config.text.number_choice))
+            procs.append(steps)
+            clock.append(time.perf_counter())
             seqs = self.llm.generate(inputs_embeds=emb, attention_mask=tb.attention_mask, max_new_tokens=max_new,
                                      do_sample=False, num_beams=1, logits_processor=procs, eos_token_id=eos,
                                      pad_token_id=pad, use_cache=True)
+            clock.append(time.perf_counter())
         finally:
             self.train(was_training)
         B = len(tasks)
@@ -261,5 +268,9 @@ class OpenDriveVLA(nn.Module):
                 err = f"no {self.codec.tokens()[0]} in the answer {text[:80]!r}"
             parsed.append(ok)
             errors.append(err)
+        first = steps.calls[0] if steps.calls else clock[3]
+        marks = [*clock[:3], first, clock[3], time.perf_counter()]
+        timings = {k: 1e3 * (b - a) for k, a, b in zip(PLAN_PARTS, marks[:-1], marks[1:])}
+        timings["decode_steps"] = len(steps.calls)
         return GenerateOutput(answers=answers, trajectories=trajs, parsed=parsed, errors=errors,
-                              states=list(vis.states), num_generated_tokens=ntok)
+                              states=list(vis.states), num_generated_tokens=ntok, timings=timings)

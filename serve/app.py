@@ -221,6 +221,7 @@ class PlannerAPI:
             "queue_ms": max(0.0, roundtrip_ms - out["batch_ms"] - out["generate_ms"]),
             "batch_ms": out["batch_ms"],
             "generate_ms": out["generate_ms"],
+            "generate_parts": out["generate_parts"],
             "total_ms": (time.perf_counter() - t_received) * 1e3,
             "cpu_ms": {**scene.cpu, "decode_ms": decode_cpu, **out["cpu_ms"]},
             "batch_size": out["batch_size"],

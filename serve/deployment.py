@@ -239,7 +239,8 @@ class Planner:
         return outs
 
     def _generate(self, items: list[dict], states: list, max_new_tokens: Optional[int]):
-        """-> (``GenerateOutput``, stage times: ``batch_ms``/``generate_ms`` wall and ``cpu_ms`` process CPU)."""
+        """-> (``GenerateOutput``, stage times: ``batch_ms``/``generate_ms`` wall, ``generate_parts`` (the model's
+        own split of ``generate_ms``: ``GenerateOutput.timings``) and ``cpu_ms`` process CPU)."""
         import torch
 
         t0, c0 = time.perf_counter(), time.process_time()
@@ -253,6 +254,7 @@ class Planner:
                 torch.cuda.synchronize()
             t2, c2 = time.perf_counter(), time.process_time()
             return gen, {"batch_ms": (t1 - t0) * 1e3, "generate_ms": (t2 - t1) * 1e3,
+                         "generate_parts": dict(gen.timings),
                          "cpu_ms": {"batch_ms": (c1 - c0) * 1e3, "generate_ms": (c2 - c1) * 1e3}}
         except RuntimeError as e:
             msg = str(e)

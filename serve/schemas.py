@@ -324,6 +324,19 @@ class StageCpu(BaseModel):
     generate_ms: float
 
 
+class GenerateParts(BaseModel):
+    """``generate_ms`` split into the parts of a plan (wall ms, the whole batch; ``OpenDriveVLA.generate``):
+    vision encoder, prompt assembly, the LLM's prefill (up to the first step's logits), the decode steps after it,
+    and parsing the answers."""
+
+    vision_ms: float
+    prompt_ms: float
+    prefill_ms: float
+    decode_ms: float
+    parse_ms: float
+    decode_steps: int = Field(..., description="decode steps of the batch (its longest answer, end token included)")
+
+
 class Timings(BaseModel):
     """Where a request's time went (wall ms). total = http + parse + decode + queue + batch + generate + the
     ingress's own bookkeeping; the HTTP proxy in front of the ingress is outside (a client sees it as the
@@ -335,6 +348,7 @@ class Timings(BaseModel):
     queue_ms: float = Field(..., description="Ray hop to the model replica and back + waiting for a batch")
     batch_ms: float = Field(..., description="forming the model batch (stack, normalise, to device)")
     generate_ms: float = Field(..., description="model.generate of the batch (vision + language model)")
+    generate_parts: GenerateParts
     total_ms: float = Field(..., description="ingress received the request -> response built")
     cpu_ms: StageCpu
     batch_size: int = Field(..., description="requests in the batch this one ran in")

@@ -124,6 +124,10 @@ def test_generate_constrained_parses_and_returns_states(model):
     np.testing.assert_allclose(out.trajectories[0], TrajectoryCodec(model.config.text).decode(out.answers[0]))
     assert all(isinstance(s, SceneState) for s in out.states) and len(out.states) == 3
     assert all(1 <= n <= 120 for n in out.num_generated_tokens)
+    # the plan's parts: one logits call per decode step of the batch's longest answer, every part measured
+    t = out.timings
+    assert t["decode_steps"] == max(out.num_generated_tokens)
+    assert all(t[k] > 0 for k in ("vision_ms", "prompt_ms", "prefill_ms", "decode_ms", "parse_ms")), t
     # the next keyframe of the same scenes continues from the returned states
     nxt = make_batch(model.config.vision, 3, seed=3, tasks=["planning"] * 3)
     nxt["frame_index"] = torch.ones(3, dtype=torch.long)

@@ -153,11 +153,17 @@ def test_plan_returns_six_waypoints(served, body, export_dir):
     np.testing.assert_allclose(np.asarray(out["waypoints_text_frame"]), np.stack([-wp[:, 1], wp[:, 0]], 1))
     assert out["session"] is None and out["warnings"] == []
     t = out["timings"]
-    assert set(t) == {"http_ms", "parse_ms", "decode_ms", "queue_ms", "batch_ms", "generate_ms", "total_ms", "cpu_ms",
-                      "batch_size", "generated_tokens"}
+    assert set(t) == {"http_ms", "parse_ms", "decode_ms", "queue_ms", "batch_ms", "generate_ms", "generate_parts",
+                      "total_ms", "cpu_ms", "batch_size", "generated_tokens"}
     assert t["generated_tokens"] > 0 and out["model"]["preset"] == "tiny"
     stages = sum(t[k] for k in ("http_ms", "parse_ms", "decode_ms", "queue_ms", "batch_ms", "generate_ms"))
     assert 0 < stages <= t["total_ms"] * 1.01 and t["generate_ms"] > 0 and t["cpu_ms"]["decode_ms"] > 0
+    # generate_ms split into the plan's parts: they add up to it (less the call's own overhead), and a batch of one
+    # takes as many decode steps as its answer has tokens
+    parts = t["generate_parts"]
+    split = sum(parts[k] for k in ("vision_ms", "prompt_ms", "prefill_ms", "decode_ms", "parse_ms"))
+    assert t["batch_size"] > 1 or parts["decode_steps"] == t["generated_tokens"]
+    assert all(parts[k] > 0 for k in ("vision_ms", "prefill_ms", "decode_ms")) and split <= t["generate_ms"] * 1.01
 
 
 def _multipart(body: dict, drop=(), extra=(), replace=None):
