@@ -168,6 +168,13 @@ def _run_demo(stream, out: Path, overrides: list, stages: Optional[list], scenes
     _say(console, f"    {manifest.get('splits', manifest.get('rows', ''))}")
     _say(console, f"[bold]3/6 instruction data[/bold] (captions, QA, interaction, planning)  ({time.time() - t0:.0f} s)")
     build_instructions(out / "shards", seed=cfg.data.synth_seed)
+    text = cfg.model.text
+    if text.traj_encoding == "action" and not text.action_codebook:  # `odvla demo --set model.text.traj_encoding=action`
+        from odvla.platform.data.codebook import fit_from_shards
+
+        cb, val, path = fit_from_shards(out / "shards", size=text.action_codebook_size, seed=cfg.data.synth_seed)
+        _say(console, f"    action codebook: {cb.size} entries ({cb.method}) -> {path}"
+                      + (f"; val round trip: {val.line()}" if val else ""))
 
     name = cfg.train.run_name or f"demo-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     cfg.train.run_name = name
