@@ -119,6 +119,18 @@ def _shared_ray_is_up(request):
 
 
 @pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory):
+    """An untrained ``tiny`` export (random init; read only): what the Serve and closed-loop tests serve and drive,
+    where the plumbing, not the plans' quality, is tested."""
+    from odvla.model.vla import OpenDriveVLA
+    from odvla.platform.config import load_config
+    from odvla.platform.export import save_export
+
+    cfg = load_config(model="tiny")
+    return save_export(OpenDriveVLA(cfg.model), cfg, tmp_path_factory.mktemp("tiny-export") / "export")
+
+
+@pytest.fixture(scope="session")
 def synth_root(tmp_path_factory):
     """A small synthetic nuScenes v1.0-mini dataroot: 4 scenes x 20 keyframes (3 train, 1 val), 320x180 JPEGs."""
     from odvla.platform.data.synth import write_synthetic

@@ -29,17 +29,7 @@ MODEL_REF = "models:/odvla-planner/champion"
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.config import load_config
-    from odvla.platform.export import save_export
-
-    cfg = load_config(model="tiny")
-    return save_export(OpenDriveVLA(cfg.model), cfg, tmp_path_factory.mktemp("serve") / "export")
-
-
-@pytest.fixture(scope="module")
-def registry(export_dir, tmp_path_factory):
+def registry(tiny_export, tmp_path_factory):
     """A real MLflow store (SQLite) where the export is version 1 of odvla-planner, alias 'champion'."""
     from mlflow import MlflowClient
 
@@ -49,7 +39,7 @@ def registry(export_dir, tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     client = MlflowClient(uri)
     run = client.create_run(ensure_experiment(client, "serve-test", uri))
-    client.log_artifacts(run.info.run_id, str(export_dir), "export")
+    client.log_artifacts(run.info.run_id, str(tiny_export), "export")
     client.set_terminated(run.info.run_id)
     version = register_export(client, run.info.run_id, alias="champion")
     return uri, version
@@ -102,7 +92,7 @@ def _plan(client, body, **kw):
     return client.post("/v1/plan", json=body, headers=AUTH, **kw)
 
 
-def test_health_ready_and_model_from_registry(served, export_dir, registry):
+def test_health_ready_and_model_from_registry(served, tiny_export, registry):
     from odvla.platform.export import load_export
     from odvla.serve.deployment import weights_fingerprint
 
@@ -110,7 +100,7 @@ def test_health_ready_and_model_from_registry(served, export_dir, registry):
     ready = served.get("/readyz")
     assert ready.status_code == 200 and ready.json()["detail"] == MODEL_REF
     info = served.get("/v1/model", headers=AUTH).json()
-    model, _ = load_export(export_dir)
+    model, _ = load_export(tiny_export)
     assert info["checksum"] == weights_fingerprint(model)  # the registry's champion is the export we wrote
     assert info["preset"] == "tiny" and info["ref"] == MODEL_REF and info["version"] == registry[1] == "1"
     assert info["max_batch_size"] == 4
@@ -125,7 +115,7 @@ def test_auth_required_on_v1(served, body):
     assert r.status_code == 401 and "invalid" in r.json()["message"]
 
 
-def test_plan_returns_six_waypoints(served, body, export_dir):
+def test_plan_returns_six_waypoints(served, body, tiny_export):
     r = _plan(served, body)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -137,7 +127,7 @@ def test_plan_returns_six_waypoints(served, body, export_dir):
     from odvla.serve.preprocess import json_jpegs, scene_item
     from odvla.serve.schemas import PlanRequest
 
-    model, _ = load_export(export_dir)
+    model, _ = load_export(tiny_export)
     req = PlanRequest.model_validate_json(json.dumps(body))
     hw = (model.config.vision.image_height, model.config.vision.image_width)
     item = scene_item(req, json_jpegs(req), [f"cameras.{i}.image" for i in range(6)], req.command, "planning", "",

@@ -19,17 +19,7 @@ IMAGE_HW = (90, 160)
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-    from odvla.model.vla import OpenDriveVLA
-    from odvla.platform.config import load_config
-    from odvla.platform.export import save_export
-
-    cfg = load_config(model="tiny")
-    return save_export(OpenDriveVLA(cfg.model), cfg, tmp_path_factory.mktemp("sim") / "export")
-
-
-@pytest.fixture(scope="module")
-def served(ray_session, export_dir):
+def served(ray_session, tiny_export):
     """The export served on 127.0.0.1:8131 by 2 Planner replicas (one torch thread each)."""
     import httpx
     from ray import serve
@@ -39,7 +29,7 @@ def served(ray_session, export_dir):
 
     cfg = load_config(overrides=["serve.num_replicas=2", "serve.num_cpus=0.5", "serve.torch_threads=1",
                                  "serve.request_timeout_s=120", "serve.health_check_period_s=2"])
-    app = build_app_from_config(AppArgs(model=str(export_dir)), cfg.serve, cfg.tracking)
+    app = build_app_from_config(AppArgs(model=str(tiny_export)), cfg.serve, cfg.tracking)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     serve.run(app, name=APP, route_prefix="/")
     deadline = time.monotonic() + 180
@@ -62,14 +52,14 @@ def _scenario(kind="normal", seed=0):
 
 
 @pytest.mark.integration
-def test_http_and_in_process_give_the_same_rollout(served, export_dir):
+def test_http_and_in_process_give_the_same_rollout(served, tiny_export):
     import torch
 
     from odvla.platform.sim.planners import PlannerSpec, make_planner
     from odvla.platform.sim.rollout import run_rollout
 
     torch.set_num_threads(1)  # as the replicas (serve.torch_threads=1)
-    local = make_planner(PlannerSpec("model", "export", {"ref": str(export_dir)}))
+    local = make_planner(PlannerSpec("model", "export", {"ref": str(tiny_export)}))
     remote = make_planner(PlannerSpec("model", "http", {"url": served}))
     a = run_rollout(_scenario(), local, IMAGE_HW)
     b = run_rollout(_scenario(), remote, IMAGE_HW)
@@ -125,7 +115,7 @@ def test_rollout_survives_a_killed_replica_and_reports_it(served):
 
 
 @pytest.mark.integration
-def test_odvla_sim_end_to_end_on_ray(ray_session, export_dir, mlflow_sqlite, tmp_path, caplog):
+def test_odvla_sim_end_to_end_on_ray(ray_session, tiny_export, mlflow_sqlite, tmp_path, caplog):
     from mlflow import MlflowClient
     from PIL import Image
 
@@ -133,7 +123,7 @@ def test_odvla_sim_end_to_end_on_ray(ray_session, export_dir, mlflow_sqlite, tmp
 
     out = tmp_path / "sim"
     with caplog.at_level("INFO", logger="odvla.platform.sim.runner"):
-        rc = main(["sim", "--model", str(export_dir), "--scenarios", "2", "--out", str(out),
+        rc = main(["sim", "--model", str(tiny_export), "--scenarios", "2", "--out", str(out),
                    "--set", f"tracking.tracking_uri={mlflow_sqlite}", "--set", "tracking.experiment=sim-test",
                    "--set", f"sim.duration_s={DURATION}", "--set", "sim.workers=2",
                    "--set", f"sim.image_height={IMAGE_HW[0]}", "--set", f"sim.image_width={IMAGE_HW[1]}",
@@ -185,10 +175,10 @@ def test_unknown_scenario_kind_and_agent_mode_are_named():
                                                   ("pedestrian", 5)]
 
 
-def test_cli_names_a_bad_agent_mode(export_dir, capsys):
+def test_cli_names_a_bad_agent_mode(tiny_export, capsys):
     from odvla.platform.cli.main import main
 
-    assert main(["sim", "--model", str(export_dir), "--agents", "smart", "--no-mlflow"]) == 2
+    assert main(["sim", "--model", str(tiny_export), "--agents", "smart", "--no-mlflow"]) == 2
     assert "unknown agent mode 'smart'" in capsys.readouterr().err
 
 
