@@ -84,6 +84,29 @@ def test_deterministic_per_seed(tmp_path):
     assert not (tmp_path / "a.tmp").exists()
 
 
+def _tree_bytes(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_parallel_drawing_writes_the_same_dataroot(tmp_path, monkeypatch):
+    """Camera images drawn by a pool of forked processes: every file byte for byte as drawn in one process (the pool
+    really ran: more images than PARALLEL_MIN_IMAGES, and the processes each wrote images)."""
+    import os
+
+    from odvla.platform.data import synth
+
+    monkeypatch.setattr(synth, "PARALLEL_MIN_IMAGES", 12)
+    drawers = []
+    render_all = synth._render_all
+    monkeypatch.setattr(synth, "_render_all", lambda *a: drawers.append(render_all(*a)) or drawers[-1])
+    one = synth.write_synthetic(tmp_path / "one", scenes=2, keyframes=3, seed=3, image_wh=(96, 54), workers=1)
+    many = synth.write_synthetic(tmp_path / "many", scenes=2, keyframes=3, seed=3, image_wh=(96, 54), workers=2)
+    assert drawers[0] == {os.getpid()} and os.getpid() not in drawers[1] and len(drawers[1]) >= 1, drawers
+    a, b = _tree_bytes(one), _tree_bytes(many)
+    assert len([k for k in a if k.endswith(".jpg")]) == 2 * 3 * len(CAMERAS)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+
+
 def test_boxes_rendered_at_projected_places(synth_root, nusc):
     """The nearest fully visible box (devkit projection) covers pixels that differ from the empty background."""
     from PIL import Image

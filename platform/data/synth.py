@@ -97,18 +97,24 @@ class _Dataroot:
     Ks: dict
     """Camera -> intrinsics [3, 3] at ``W`` x ``H``."""
     renderer: rig.Renderer
+    renders: list = None
+    """Camera images still to draw: (file path, cam2global [4, 4], intrinsics [3, 3], boxes), drawn after every
+    scene's tables (``_render_all``), in parallel where the machine has cores for it."""
 
 
 def write_synthetic(out, scenes: int = 6, keyframes: int = 40, seed: int = 0,
                     image_wh: tuple[int, int] = (400, 225), progress: bool = False,
-                    scene_numbers: list[int] | None = None, can_bus: bool = True) -> Path:
+                    scene_numbers: list[int] | None = None, can_bus: bool = True,
+                    workers: int | None = None) -> Path:
     """Write a synthetic nuScenes ``v1.0-mini`` dataroot under ``out`` and return its path.
 
     ``scenes`` scenes of ``keyframes`` keyframes at 2 Hz; images ``image_wh`` (width, height) px. Scene ``i`` is
     named ``scene-NNNN`` with ``NNNN = scene_numbers[i]`` (default ``i + 1``; a number in the devkit's CAN
     blacklist, e.g. 161, gets no CAN bus files). ``can_bus=False`` writes no ``can_bus/`` folder. An existing
     ``out`` is replaced (the dataroot is written into ``out.tmp`` first and renamed, so an interrupted run never
-    leaves a half dataroot behind at ``out``).
+    leaves a half dataroot behind at ``out``). ``workers``: processes that draw the camera images (default: the
+    CPUs this process may use; 1 draws them in this process). Each image depends on its own pose and boxes only, so
+    the dataroot is byte-identical for any ``workers``.
     """
     out = Path(out)
     numbers = _scene_numbers(scenes, keyframes, scene_numbers)
@@ -131,6 +137,7 @@ def write_synthetic(out, scenes: int = 6, keyframes: int = 40, seed: int = 0,
         name = f"scene-{numbers[si]:04d}"
         split[scene_split(si, scenes)].append(name)
         log_tokens.append(_write_scene(root, grid, si, name, keyframes, can_bus and numbers[si] not in no_can))
+    _render_all(root.renderer, root.renders, workers)
     root.tables["map"].append({"token": map_token, "log_tokens": log_tokens, "category": "semantic_prior",
                                "filename": f"maps/{map_token}.png"})
     _write_tables(tmp, root.tables, split)
@@ -138,6 +145,53 @@ def write_synthetic(out, scenes: int = 6, keyframes: int = 40, seed: int = 0,
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+PARALLEL_MIN_IMAGES = 240
+"""Fewer camera images than this are drawn in this process (a pool costs more than it saves)."""
+
+_RENDERER: rig.Renderer | None = None
+"""The renderer a drawing process inherits (set before ``_render_all``'s pool forks)."""
+
+
+def _draw(job) -> int:
+    """Draw and write one image; returns the drawing process's id."""
+    import os
+
+    path, cam2global, K, boxes = job
+    Path(path).write_bytes(_RENDERER.render(cam2global, K, boxes))
+    return os.getpid()
+
+
+def _fork_is_safe() -> bool:
+    """Forking is safe here unless this process already runs Ray's threads (gRPC and Ray's core worker are not
+    fork-safe). The drawing processes use NumPy and Pillow only, never torch's thread pool."""
+    import multiprocessing as mp
+    import sys
+
+    ray = sys.modules.get("ray")
+    return "fork" in mp.get_all_start_methods() and not (ray is not None and ray.is_initialized())
+
+
+def _render_all(renderer: rig.Renderer, jobs: list, workers: int | None) -> set:
+    """Draw and write every camera image of ``jobs`` (see ``_Dataroot.renders``): in ``workers`` forked processes
+    (default: the CPUs this process may use), or here when that is 1, there are fewer than ``PARALLEL_MIN_IMAGES``
+    or forking is not safe (``_fork_is_safe``). Drawing is Python and NumPy per image (about 15 ms at 400 x 225), so
+    processes, not threads, share it out. Forked, not spawned: a spawned process would re-run the caller's main
+    script. Returns the ids of the processes that drew."""
+    import multiprocessing as mp
+    import os
+
+    global _RENDERER
+    n = workers if workers is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    _RENDERER = renderer
+    try:
+        if n <= 1 or len(jobs) < PARALLEL_MIN_IMAGES or not _fork_is_safe():
+            return {_draw(job) for job in jobs}
+        with mp.get_context("fork").Pool(n) as pool:
+            return set(pool.imap_unordered(_draw, jobs, chunksize=max(1, len(jobs) // (8 * n))))
+    finally:
+        _RENDERER = None
 
 
 def _scene_numbers(scenes: int, keyframes: int, scene_numbers: list[int] | None) -> list[int]:
@@ -171,7 +225,7 @@ def _start_dataroot(tmp: Path, seed: int, W: int, H: int, grid: RoadGrid) -> _Da
     renderer = rig.Renderer(W, H, grid.divider_polylines())
     for c in channels:
         (tmp / "samples" / c).mkdir(parents=True, exist_ok=True)
-    return _Dataroot(tmp, seed, W, H, channels, tables, cat_tok, att_tok, sensor_tok, s2e, Ks, renderer)
+    return _Dataroot(tmp, seed, W, H, channels, tables, cat_tok, att_tok, sensor_tok, s2e, Ks, renderer, [])
 
 
 def _write_scene(root: _Dataroot, grid: RoadGrid, si: int, name: str, keyframes: int, with_can_bus: bool) -> str:
@@ -328,7 +382,7 @@ def _sensor_frame(root: _Dataroot, si: int, name: str, k: int, c: str, ts: int, 
         h = w = 0
     else:
         fname = f"samples/{c}/{name}__{c}__{t_us}.jpg"
-        (root.tmp / fname).write_bytes(root.renderer.render(E @ root.s2e[c], root.Ks[c], boxes))
+        root.renders.append((root.tmp / fname, E @ root.s2e[c], root.Ks[c], boxes))
         h, w = root.H, root.W
     return pose_tok, t_us, fname, h, w
 
