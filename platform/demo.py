@@ -80,6 +80,10 @@ DEMO_QA = 40
 the caption scorers end to end. Each answer is up to ``eval.max_new_tokens`` decode steps, so 200 of them were most of
 the evaluation's time."""
 
+DEMO_EVAL_REPLICAS = 2
+"""Model replicas of the demo's evaluation (``eval.concurrency``): the scene-ordered evaluation plans each val scene on
+one replica, one CPU each, so two replicas plan the two val scenes at once instead of leaving a core idle."""
+
 DEMO_SIM_SCENARIOS = 1
 """Normal synthetic worlds the demo's closed loop drives (each with its four safety scenarios), for the model and the
 three baselines: 5 scenarios x 4 planners = 20 rollouts."""
@@ -210,7 +214,8 @@ def _run_demo(stream, out: Path, overrides: list, stages: Optional[list], scenes
         _say(console, f"[bold]5/6 evaluate[/bold] {pipe.export_dir} on the synthetic val split  "
                       f"({time.time() - t0:.0f} s)")
         # the scene-ordered evaluation carrying SceneState (the temporal model the clips trained)
-        ecfg = stage_config(cfg, stages[-1], overrides=["eval.temporal=true", f"eval.qa_max_examples={DEMO_QA}"]
+        ecfg = stage_config(cfg, stages[-1], overrides=["eval.temporal=true", f"eval.qa_max_examples={DEMO_QA}",
+                                                           f"eval.concurrency={DEMO_EVAL_REPLICAS}"]
                             + demo_stage_overrides(stages[-1], overrides))
         evaluation = run_eval(ecfg, str(pipe.export_dir), out_dir=out / "eval", run_id=pipe.results[-1].run_id)
         stream.write(evaluation.table_md + "\n")
