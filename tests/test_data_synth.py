@@ -88,9 +88,42 @@ def _tree_bytes(root) -> dict:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_parallel_drawing_writes_the_same_dataroot(tmp_path, monkeypatch):
-    """Camera images drawn by a pool of forked processes: every file byte for byte as drawn in one process (the pool
-    really ran: more images than PARALLEL_MIN_IMAGES, and the processes each wrote images)."""
+PARALLEL_CHECK = """
+import json, os, sys
+from pathlib import Path
+from odvla.platform.data import synth
+synth.PARALLEL_MIN_IMAGES = 12
+drawers = []
+render_all = synth._render_all
+synth._render_all = lambda *a: drawers.append(sorted(render_all(*a))) or set(drawers[-1])
+out = Path(sys.argv[1])
+for name, workers in (("one", 1), ("many", 2)):
+    synth.write_synthetic(out / name, scenes=2, keyframes=3, seed=3, image_wh=(96, 54), workers=workers)
+print(json.dumps({"pid": os.getpid(), "drawers": drawers}))
+"""
+
+
+def test_parallel_drawing_writes_the_same_dataroot(tmp_path):
+    """Camera images drawn by a pool of forked processes: every file byte for byte as drawn in one process, and the
+    pool really drew them (more images than PARALLEL_MIN_IMAGES, drawn by processes other than the caller). Run in a
+    fresh interpreter: this test process may already run Ray, where drawing stays in-process."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PARALLEL_CHECK, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    one_drawers, many_drawers = report["drawers"]
+    assert one_drawers == [report["pid"]] and report["pid"] not in many_drawers and many_drawers, report
+    a, b = _tree_bytes(tmp_path / "one"), _tree_bytes(tmp_path / "many")
+    assert len([k for k in a if k.endswith(".jpg")]) == 2 * 3 * len(CAMERAS)
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+
+
+@pytest.mark.integration
+def test_drawing_stays_in_process_where_ray_runs(tmp_path, ray_session, monkeypatch):
+    """With Ray running in this process (its threads are not fork-safe), the images are drawn here, not forked."""
     import os
 
     from odvla.platform.data import synth
@@ -99,12 +132,9 @@ def test_parallel_drawing_writes_the_same_dataroot(tmp_path, monkeypatch):
     drawers = []
     render_all = synth._render_all
     monkeypatch.setattr(synth, "_render_all", lambda *a: drawers.append(render_all(*a)) or drawers[-1])
-    one = synth.write_synthetic(tmp_path / "one", scenes=2, keyframes=3, seed=3, image_wh=(96, 54), workers=1)
-    many = synth.write_synthetic(tmp_path / "many", scenes=2, keyframes=3, seed=3, image_wh=(96, 54), workers=2)
-    assert drawers[0] == {os.getpid()} and os.getpid() not in drawers[1] and len(drawers[1]) >= 1, drawers
-    a, b = _tree_bytes(one), _tree_bytes(many)
-    assert len([k for k in a if k.endswith(".jpg")]) == 2 * 3 * len(CAMERAS)
-    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
+    root = synth.write_synthetic(tmp_path / "r", scenes=2, keyframes=3, seed=3, image_wh=(96, 54), workers=2)
+    assert drawers == [{os.getpid()}]
+    assert len(list((root / "samples" / "CAM_FRONT").glob("*.jpg"))) == 6
 
 
 def test_boxes_rendered_at_projected_places(synth_root, nusc):
