@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,7 @@ class _Dataroot:
     Ks: dict
     """Camera -> intrinsics [3, 3] at ``W`` x ``H``."""
     renderer: rig.Renderer
-    renders: list = None
+    renders: list = field(default_factory=list)
     """Camera images still to draw: (file path, cam2global [4, 4], intrinsics [3, 3], boxes), drawn after every
     scene's tables (``_render_all``), in parallel where the machine has cores for it."""
 
@@ -225,7 +225,7 @@ def _start_dataroot(tmp: Path, seed: int, W: int, H: int, grid: RoadGrid) -> _Da
     renderer = rig.Renderer(W, H, grid.divider_polylines())
     for c in channels:
         (tmp / "samples" / c).mkdir(parents=True, exist_ok=True)
-    return _Dataroot(tmp, seed, W, H, channels, tables, cat_tok, att_tok, sensor_tok, s2e, Ks, renderer, [])
+    return _Dataroot(tmp, seed, W, H, channels, tables, cat_tok, att_tok, sensor_tok, s2e, Ks, renderer)
 
 
 def _write_scene(root: _Dataroot, grid: RoadGrid, si: int, name: str, keyframes: int, with_can_bus: bool) -> str:
