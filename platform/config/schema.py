@@ -47,6 +47,15 @@ class DataConfig:
     156 MB of uint8 images."""
     decode_concurrency: int = 1
     """Decode actors of one CPU each (``odvla.platform.data.decode_pool``); 0: an autoscaling pool of at least one."""
+    cache_decoded: str = "auto"
+    """Keep a stage's decoded rows in the object store after the first epoch (``ds.materialize()`` on the driver,
+    ``odvla.platform.train.stage_data.cache_plan``) so later epochs read them instead of starting the decode actors
+    and decoding again. Decoding is deterministic, so the rows and their order are the same either way. 'auto':
+    when the stage runs more than one epoch, the decoded rows fit ``cache_decoded_max_mb`` and the cluster has one
+    node (decoded blocks held on a lost node could not be rebuilt); 'always': whenever they fit; 'never': not at
+    all."""
+    cache_decoded_max_mb: float = 1024.0
+    """Largest estimated size of the decoded rows (images uint8 at network size) that 'auto' or 'always' keeps."""
     max_agents: int = 32
     max_map_elements: int = 24
     clip_len: int = 1

@@ -6,6 +6,7 @@ examples. The row count comes from Parquet metadata / the examples table, never 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
@@ -53,3 +54,68 @@ def build_stage_dataset(data: DataConfig, vision: VisionConfig, stage: StageConf
     if num_rows == 0:
         raise ValueError(f"stage {stage.name}: no {split} rows in {data.shards} for mixture {stage.mixture}")
     return build_dataset(data, vision, split, examples), num_rows, mixture_report(examples)
+
+
+CACHE_MODES = ("auto", "always", "never")
+ROW_OVERHEAD_BYTES = 64 * 1024
+"""Decoded bytes of a row besides its images (geometry, boxes, map polylines, text), rounded up."""
+
+
+@dataclass
+class CachePlan:
+    """Whether a stage keeps its decoded rows across epochs (``data.cache_decoded``), and why."""
+
+    cache: bool
+    reason: str
+    epochs: float
+    """Planned passes over the stage's rows (optimiser steps x rows per step / rows)."""
+    mb: float
+    """Estimated decoded size of the stage's rows, MB."""
+
+
+def decoded_row_bytes(data: DataConfig, vision: VisionConfig) -> int:
+    """Estimated bytes of one decoded row: ``clip_len`` keyframes of 6 uint8 images at the network size, plus
+    ``ROW_OVERHEAD_BYTES`` per keyframe."""
+    from odvla.model.constants import CAMERAS
+
+    frames = max(int(data.clip_len), 1)
+    return frames * (len(CAMERAS) * int(vision.image_height) * int(vision.image_width) * 3 + ROW_OVERHEAD_BYTES)
+
+
+def cache_plan(data: DataConfig, vision: VisionConfig, num_rows: int, rows_per_step: int, total_steps: int,
+               nodes: int) -> CachePlan:
+    """Decide ``data.cache_decoded`` for a stage of ``total_steps`` optimiser steps of ``rows_per_step`` rows
+    (batch x accumulation x workers) over ``num_rows`` rows, on a cluster of ``nodes`` alive nodes.
+
+    Each epoch of a Ray dataset is a new execution: its decode actors start again (seconds each time on a small
+    machine) and decode every image again. Decoding is deterministic, so rows kept from the first epoch are the rows
+    later epochs would decode, in the same order."""
+    mode = str(data.cache_decoded).lower()
+    if mode not in CACHE_MODES:
+        raise ValueError(f"data.cache_decoded={data.cache_decoded!r}: expected one of {', '.join(CACHE_MODES)}")
+    epochs = total_steps * rows_per_step / max(num_rows, 1)
+    mb = num_rows * decoded_row_bytes(data, vision) / 2 ** 20
+    cap = float(data.cache_decoded_max_mb)
+
+    def plan(cache: bool, why: str) -> CachePlan:
+        return CachePlan(cache, why, epochs, mb)
+
+    if mode == "never":
+        return plan(False, "data.cache_decoded=never")
+    if mb > cap:
+        return plan(False, f"{num_rows} decoded rows are about {mb:.0f} MB, over data.cache_decoded_max_mb={cap:g}")
+    if mode == "always":
+        return plan(True, "data.cache_decoded=always")
+    if epochs <= 1:
+        return plan(False, f"one epoch or less ({epochs:.2f}): every row is decoded once anyway")
+    if nodes != 1:
+        return plan(False, f"{nodes} nodes: decoded blocks on a lost node could not be rebuilt "
+                           "(data.cache_decoded=always keeps them anyway)")
+    return plan(True, f"{epochs:.1f} epochs of {num_rows} rows, about {mb:.0f} MB decoded, one node")
+
+
+def alive_nodes() -> int:
+    """Alive nodes of the connected Ray cluster."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
