@@ -152,7 +152,7 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     _warn_if_no_cpu_left_for_data(t)
     dataset, num_rows, mixture = build_stage_dataset(cfg.data, cfg.model.vision, cfg.stage, t.seed)
     total_steps = planned_steps(t, cfg.data.batch_size, num_rows, t.num_workers)
-    dataset, cached = _cache_decoded(dataset, cfg, num_rows, total_steps)
+    dataset, cached = _cache_decoded(dataset, cfg.data, cfg.model.vision, t, cfg.stage.name, num_rows, total_steps)
     if not resumed:
         tracker.log_params({**flatten(to_dict(cfg)), "data.train_rows": num_rows, "train.total_steps": total_steps,
                             "data.cached_decoded": cached})
@@ -246,22 +246,22 @@ def _capacity_report(stage: str, t, start_timeout: float) -> str:
         return capacity_message(stage, t, waited, {}, {}, 0)
 
 
-def _cache_decoded(dataset, cfg: Config, num_rows: int, total_steps: int):
+def _cache_decoded(dataset, data, vision, t, stage: str, num_rows: int, total_steps: int):
     """(dataset, cached): the stage's dataset, materialized on the driver when ``data.cache_decoded`` says so
-    (``stage_data.cache_plan``), so that its epochs after the first read the decoded rows from the object store."""
+    (``stage_data.cache_plan``), so that its epochs after the first read the decoded rows from the object store.
+    ``data``, ``vision``, ``t``: the ``data``, ``model.vision`` and ``train`` sections."""
     import time
 
     from odvla.platform.train.stage_data import alive_nodes, cache_plan
 
-    t = cfg.train
-    plan = cache_plan(cfg.data, cfg.model.vision, num_rows, cfg.data.batch_size * t.grad_accum * t.num_workers,
-                      total_steps, alive_nodes())
+    plan = cache_plan(data, vision, num_rows, data.batch_size * t.grad_accum * t.num_workers, total_steps,
+                      alive_nodes())
     if not plan.cache:
-        log.info("%s: decoded rows not kept across epochs: %s", cfg.stage.name, plan.reason)
+        log.info("%s: decoded rows not kept across epochs: %s", stage, plan.reason)
         return dataset, False
     t0 = time.perf_counter()
     dataset = dataset.materialize()
-    log.info("%s: decoded rows kept across epochs (%s): %d rows decoded in %.1f s", cfg.stage.name, plan.reason,
+    log.info("%s: decoded rows kept across epochs (%s): %d rows decoded in %.1f s", stage, plan.reason,
              dataset.count(), time.perf_counter() - t0)
     return dataset, True
 
