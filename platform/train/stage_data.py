@@ -112,10 +112,3 @@ def cache_plan(data: DataConfig, vision: VisionConfig, num_rows: int, rows_per_s
         return plan(False, f"{nodes} nodes: decoded blocks on a lost node could not be rebuilt "
                            "(data.cache_decoded=always keeps them anyway)")
     return plan(True, f"{epochs:.1f} epochs of {num_rows} rows, about {mb:.0f} MB decoded, one node")
-
-
-def alive_nodes() -> int:
-    """Alive nodes of the connected Ray cluster."""
-    import ray
-
-    return sum(1 for n in ray.nodes() if n.get("Alive"))

@@ -235,13 +235,20 @@ def _is_capacity_failure(error: BaseException) -> bool:
         "WorkerGroupStartupTimeoutError", "WorkerGroupStartupFailedError")
 
 
+def _alive_nodes() -> int:
+    """Alive nodes of the connected Ray cluster."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
 def _capacity_report(stage: str, t, start_timeout: float) -> str:
     import ray
 
     waited = controller_failure_limit(t.capacity_timeout_s, start_timeout) * start_timeout
     try:
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        return capacity_message(stage, t, waited, ray.available_resources(), ray.cluster_resources(), nodes)
+        return capacity_message(stage, t, waited, ray.available_resources(), ray.cluster_resources(),
+                                _alive_nodes())
     except Exception:  # the cluster itself is gone: say what was wanted
         return capacity_message(stage, t, waited, {}, {}, 0)
 
@@ -252,10 +259,10 @@ def _cache_decoded(dataset, data, vision, t, stage: str, num_rows: int, total_st
     ``data``, ``vision``, ``t``: the ``data``, ``model.vision`` and ``train`` sections."""
     import time
 
-    from odvla.platform.train.stage_data import alive_nodes, cache_plan
+    from odvla.platform.train.stage_data import cache_plan
 
     plan = cache_plan(data, vision, num_rows, data.batch_size * t.grad_accum * t.num_workers, total_steps,
-                      alive_nodes())
+                      _alive_nodes())
     if not plan.cache:
         log.info("%s: decoded rows not kept across epochs: %s", stage, plan.reason)
         return dataset, False
