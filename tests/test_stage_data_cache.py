@@ -84,3 +84,30 @@ def test_kept_rows_train_the_same_sequence_across_the_epoch_boundary(ray_session
     assert len(seq["never"]) > 60 and seq["auto"] == seq["never"]  # step for step, the same keyframes in order
     # the first epoch visits every train keyframe once, the second starts over
     assert len(set(seq["never"][:60])) == 60 and set(seq["never"][60:]) <= set(seq["never"][:60])
+
+
+@pytest.mark.integration
+def test_a_bad_image_met_while_keeping_rows_fails_the_run_and_names_it(ray_session, synth_root, shards_dir,
+                                                                       mlflow_sqlite, tmp_path):
+    """Kept rows are decoded on the driver before training: a JPEG that does not decode fails the stage there, with
+    the sample token and file in the error, and the stage's MLflow run ends FAILED, as a failure in training does."""
+    import mlflow
+
+    from odvla.platform.data.shards import read_split
+    from odvla.platform.train import run_stage
+    from test_data_errors import _light_copy
+
+    root = _light_copy(synth_root, tmp_path / "root")
+    row = read_split(shards_dir, "train").slice(0, 1).to_pylist()[0]
+    img = root / row["cam_paths"][2]
+    img.unlink()
+    img.write_bytes(b"\xff\xd8" + bytes(range(256)) * 4 + b"\xff\xd9")  # markers intact, data not a JPEG
+    cfg = _stage(shards_dir, tmp_path / "runs", "bad-image", mlflow_sqlite, "auto")
+    cfg.data.dataroot = str(root)
+    with pytest.raises(Exception, match=row["sample_token"]) as e:
+        run_stage(cfg, register=False)
+    assert str(img) in str(e.value)
+    client = mlflow.MlflowClient(mlflow_sqlite)
+    exp = client.get_experiment_by_name("test-cache-decoded")
+    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'bad-image'")
+    assert [r.info.status for r in runs] == ["FAILED"]

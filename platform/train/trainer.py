@@ -152,7 +152,12 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     _warn_if_no_cpu_left_for_data(t)
     dataset, num_rows, mixture = build_stage_dataset(cfg.data, cfg.model.vision, cfg.stage, t.seed)
     total_steps = planned_steps(t, cfg.data.batch_size, num_rows, t.num_workers)
-    dataset, cached = _cache_decoded(dataset, cfg.data, cfg.model.vision, t, cfg.stage.name, num_rows, total_steps)
+    try:  # decoding runs here when the rows are kept: a bad image fails the stage's run as it would in training
+        dataset, cached = _cache_decoded(dataset, cfg.data, cfg.model.vision, t, cfg.stage.name, num_rows,
+                                         total_steps)
+    except BaseException:
+        tracker.terminate("FAILED")
+        raise
     if not resumed:
         tracker.log_params({**flatten(to_dict(cfg)), "data.train_rows": num_rows, "train.total_steps": total_steps,
                             "data.cached_decoded": cached})
