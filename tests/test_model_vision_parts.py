@@ -250,3 +250,42 @@ def test_previous_bev_is_warped_by_the_ego_motion(vcfg, motion, prev_xy, cur_xy)
     i, j = grid.cell_of(*cur_xy)
     assert float(warped[0, i, j]) == pytest.approx(1.0, abs=1e-3)
     assert float(warped.sum()) == pytest.approx(2.0, abs=1e-2)  # moved, not smeared
+
+
+def test_lift_samples_only_what_a_camera_sees_and_equals_the_dense_sum(vcfg):
+    """Each camera samples only the grid points it sees in some sample of the batch; the volume and its gradients
+    are those of sampling every point in every camera and masking the unseen ones. The two samples' rigs differ
+    (the second is turned by 30 degrees), so a camera sees points in one sample that it does not see in the other."""
+    import torch.nn.functional as F
+
+    from odvla.model.bev import pixels_to_grid
+
+    H, W = vcfg.image_height, vcfg.image_width
+    intr, s2e = camera_rig(2, (H, W))
+    turn = torch.eye(4)
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    turn[:2, :2] = torch.tensor([[c, -s], [s, c]])
+    s2e[1] = turn @ s2e[1]
+    g = torch.Generator().manual_seed(0)
+    feats = [torch.randn(2 * 6, 3, H // st, W // st, generator=g, requires_grad=True) for st in (8, 16, 32)]
+    enc = BEVEncoder(vcfg, in_channels=3)
+    volume, count = enc.lift(feats, intr, s2e)
+    (volume * torch.linspace(-1, 1, volume.numel()).view_as(volume)).sum().backward()
+    grads = [f.grad.clone() for f in feats]
+
+    dense = [f.detach().clone().requires_grad_(True) for f in feats]
+    uv, _, valid = project_points(enc.points, intr, s2e, (H, W))  # [2, 6, N, 2], [2, 6, N]
+    grid = pixels_to_grid(uv, (H, W))
+    acc = 0
+    for v in range(6):
+        cam = sum(F.grid_sample(f.reshape(2, 6, *f.shape[1:])[:, v], grid[:, v, :, None], mode="bilinear",
+                                padding_mode="border", align_corners=False)[..., 0] for f in dense)
+        acc = acc + cam * valid[:, v, None].float() / len(dense)
+    ref = (acc / valid.float().sum(1).clamp(min=1)[:, None]).reshape(volume.shape)
+    (ref * torch.linspace(-1, 1, ref.numel()).view_as(ref)).sum().backward()
+
+    seen_by_one_sample_only = (valid[0] != valid[1]).any(dim=1)  # [6] cameras
+    assert bool(seen_by_one_sample_only.all())
+    assert torch.allclose(volume, ref, atol=1e-6) and torch.equal(count, valid.float().sum(1).reshape(count.shape))
+    for a, b in zip(grads, (f.grad for f in dense)):
+        assert torch.allclose(a, b, atol=1e-5)

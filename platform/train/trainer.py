@@ -19,6 +19,7 @@ the driver adds the export (and, by config, the final checkpoint) as artifacts a
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -62,6 +63,38 @@ class CapacityError(RuntimeError):
 def _storage_path(train_cfg) -> str:
     """``train.storage_path`` as a URI or a durable absolute folder (never Ray's working-dir copy of a job)."""
     return resolve_storage_path(train_cfg.storage_path)
+
+
+HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+"""Ray Train's controller poll interval (seconds), read from the driver's environment when a run starts."""
+
+
+def poll_interval_s(train_cfg) -> float:
+    """``train.health_check_interval_s``, checked: a ValueError naming the setting unless it is a number > 0."""
+    try:
+        interval = float(train_cfg.health_check_interval_s)
+    except (TypeError, ValueError):
+        interval = float("nan")
+    if not interval > 0:
+        raise ValueError(f"train.health_check_interval_s={train_cfg.health_check_interval_s!r}: must be a number of "
+                         "seconds > 0")
+    return interval
+
+
+@contextlib.contextmanager
+def controller_poll_interval(train_cfg):
+    """While the block runs, Ray Train controllers started from this process poll their workers every
+    ``train.health_check_interval_s`` seconds (Ray passes the driver's ``RAY_TRAIN_*`` variables to the controller
+    it starts). A value the environment already holds wins. Yields the interval in force (seconds, as a string)."""
+    interval = poll_interval_s(train_cfg)
+    if HEALTH_CHECK_ENV in os.environ:
+        yield os.environ[HEALTH_CHECK_ENV]
+        return
+    os.environ[HEALTH_CHECK_ENV] = f"{interval:g}"
+    try:
+        yield os.environ[HEALTH_CHECK_ENV]
+    finally:
+        os.environ.pop(HEALTH_CHECK_ENV, None)
 
 
 def worker_resources(train_cfg) -> dict:
@@ -132,6 +165,7 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     from odvla.platform.train.stage_data import build_stage_dataset
 
     check_stage(cfg.stage)
+    poll_interval_s(cfg.train)
     from odvla.platform.data.codebook import resolve_action_codebook
 
     resolve_action_codebook(cfg.model, cfg.data.shards)  # 'action': the codebook beside the shards, checked
@@ -192,7 +226,8 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
     )
     try:
-        with StageProgress(uri, tracker.run_id, cfg.stage.name, total_steps, on_progress):
+        with StageProgress(uri, tracker.run_id, cfg.stage.name, total_steps, on_progress), \
+                controller_poll_interval(t):
             result = trainer.fit()
     except BaseException as e:
         tracker.terminate("FAILED")
