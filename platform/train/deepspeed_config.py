@@ -57,11 +57,9 @@ def build_ds_config(train_cfg, micro_batch: int, world_size: int) -> dict:
         "bf16": {"enabled": bool(t.bf16)},
         "optimizer": {
             "type": "AdamW",
-            # torch's AdamW: works on CPU and GPU without compiling DeepSpeed's fused/CPU Adam ops. On the CPU its
-            # fused kernel updates every tensor in one pass: 10 ms a step for `tiny`'s 233 tensors against 30-48 ms
-            # for the per-tensor loop torch picks by default there (docs/performance.md).
+            # torch's AdamW: works on CPU and GPU without compiling DeepSpeed's fused/CPU Adam ops.
             "params": {"lr": t.lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": t.weight_decay,
-                       "torch_adam": True, **({} if t.use_gpu else {"fused": True})},
+                       "torch_adam": True},
         },
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
