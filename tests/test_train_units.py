@@ -251,27 +251,26 @@ def test_controller_poll_interval_reaches_the_controllers_environment(monkeypatc
     RAY_TRAIN_* variables into the controller's runtime env), only while the run starts; an operator's variable wins."""
     from ray.train.v2._internal.constants import get_env_vars_to_propagate
 
-    from odvla.platform.train.trainer import HEALTH_CHECK_ENV, controller_poll_interval
+    from odvla.platform.train.trainer import HEALTH_CHECK_ENV, controller_poll_interval, poll_interval_s
 
     monkeypatch.delenv(HEALTH_CHECK_ENV, raising=False)
     cfg = load_config(model="tiny", stage="stage1", overrides=["train.health_check_interval_s=0.25"])
-    with controller_poll_interval(cfg.train) as used:
+    with controller_poll_interval(poll_interval_s(cfg.train)) as used:
         assert used == "0.25"
         assert get_env_vars_to_propagate().get(HEALTH_CHECK_ENV) == "0.25"
     assert HEALTH_CHECK_ENV not in get_env_vars_to_propagate()  # restored: the next run reads its own config
 
     monkeypatch.setenv(HEALTH_CHECK_ENV, "3")
-    with controller_poll_interval(cfg.train) as used:
+    with controller_poll_interval(poll_interval_s(cfg.train)) as used:
         assert used == "3" and get_env_vars_to_propagate()[HEALTH_CHECK_ENV] == "3"
     assert get_env_vars_to_propagate()[HEALTH_CHECK_ENV] == "3"
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "soon"])
 def test_a_bad_controller_poll_interval_names_the_setting(bad):
-    from odvla.platform.train.trainer import controller_poll_interval
+    from odvla.platform.train.trainer import poll_interval_s
 
     cfg = load_config(model="tiny", stage="stage1")
     cfg.train.health_check_interval_s = bad if bad == "soon" else float(bad)
     with pytest.raises(ValueError, match=r"train\.health_check_interval_s=.*> 0"):
-        with controller_poll_interval(cfg.train):
-            pass
+        poll_interval_s(cfg.train)

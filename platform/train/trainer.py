@@ -82,11 +82,11 @@ def poll_interval_s(train_cfg) -> float:
 
 
 @contextlib.contextmanager
-def controller_poll_interval(train_cfg):
-    """While the block runs, Ray Train controllers started from this process poll their workers every
-    ``train.health_check_interval_s`` seconds (Ray passes the driver's ``RAY_TRAIN_*`` variables to the controller
-    it starts). A value the environment already holds wins. Yields the interval in force (seconds, as a string)."""
-    interval = poll_interval_s(train_cfg)
+def controller_poll_interval(interval: float):
+    """While the block runs, Ray Train controllers started from this process poll their workers every ``interval``
+    seconds (``poll_interval_s``: ``train.health_check_interval_s``, checked; Ray passes the driver's ``RAY_TRAIN_*``
+    variables to the controller it starts). A value the environment already holds wins. Yields the interval in force
+    (seconds, as a string)."""
     if HEALTH_CHECK_ENV in os.environ:
         yield os.environ[HEALTH_CHECK_ENV]
         return
@@ -165,7 +165,7 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     from odvla.platform.train.stage_data import build_stage_dataset
 
     check_stage(cfg.stage)
-    poll_interval_s(cfg.train)
+    poll_interval = poll_interval_s(cfg.train)  # checked before anything starts
     from odvla.platform.data.codebook import resolve_action_codebook
 
     resolve_action_codebook(cfg.model, cfg.data.shards)  # 'action': the codebook beside the shards, checked
@@ -227,7 +227,7 @@ def run_stage(cfg: Config, parent_run_id: Optional[str] = None, previous: Option
     )
     try:
         with StageProgress(uri, tracker.run_id, cfg.stage.name, total_steps, on_progress), \
-                controller_poll_interval(t):
+                controller_poll_interval(poll_interval):
             result = trainer.fit()
     except BaseException as e:
         tracker.terminate("FAILED")
